@@ -1,0 +1,32 @@
+//! tidegate: memory-bounded, verified bulk file transfer.
+//!
+//! Files are read through memory-mapped *windows* ([`source`]), cut into chunks whose bytes
+//! are borrowed from the mapping without copying, admitted one by one through a byte
+//! [`Budget`] (the backpressure that bounds memory), and hashed with BLAKE3 on a rayon pool
+//! ([`pipeline`]). A file's root hash is assembled from its chunks' chaining values, so it
+//! equals what `b3sum` prints without a second pass over the data.
+//!
+//! The main types:
+//! - [`HashJob`] hashes files and streams through the bounded pipeline; it is what
+//!   `tidegate hash` runs. Starting it gives a [`HashHandle`] with a [`Progress`] stream,
+//!   cancellation and a final [`HashReport`].
+//! - [`PipelineOptions`] holds the knobs every job shares (memory budget, chunk size,
+//!   threads), each with a documented default.
+//! - [`SourceError`] and [`OptionsError`] are the typed errors.
+//!
+//! Nothing in this crate installs a tracing subscriber or touches the terminal; the `tidegate`
+//! binary (feature `cli`) does that.
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+pub mod hash_job;
+pub mod pipeline;
+pub mod progress;
+pub mod source;
+
+pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};
+pub use pipeline::budget::Budget;
+pub use pipeline::chunk::ChunkSize;
+pub use pipeline::options::{OptionsError, PipelineOptions};
+pub use progress::Progress;
+pub use source::{Input, SourceError};

@@ -1,0 +1,17 @@
+//! The bounded chunk pipeline: source → budget → hash → ordered output.
+//!
+//! - [`budget`]: the byte semaphore whose permits travel with chunks (the backpressure).
+//! - [`chunk`]: chunk sizes and the [`Chunk`](chunk::Chunk) type.
+//! - [`hash`]: BLAKE3 of each chunk on rayon, and the root hash built from chaining values.
+//! - [`options`]: the knobs and their defaults.
+//! - `run`: the producer thread and the ordered stream of [`Event`]s that jobs consume.
+//!
+//! The pipeline does not know about networks or terminals; jobs built on it do.
+
+pub mod budget;
+pub mod chunk;
+pub mod hash;
+pub mod options;
+pub(crate) mod run;
+
+pub(crate) use run::{Event, Pipeline};

@@ -1,0 +1,304 @@
+//! Running the pipeline: a producer thread that reads, a rayon pool that hashes, and an
+//! ordered stream of [`Event`]s for the job that consumes them.
+//!
+//! The producer is a plain thread because reads of pipes and positioned reads block; it waits
+//! for budget on the tokio runtime's handle, so backpressure reaches it directly. For each
+//! chunk it spawns the hashing on rayon and passes a `oneshot` receiver down a bounded
+//! channel, in order. [`Pipeline::next`] awaits those receivers in order, so hashing runs in
+//! parallel while events come out in file and chunk order, and it assembles each file's root.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::budget::Budget;
+use super::chunk::Chunk;
+use super::hash::{digest, HashPool, RootBuilder};
+use super::options::PipelineOptions;
+use crate::source::read::BufPool;
+use crate::source::{FileSource, Input, RawChunk, SourceError};
+
+/// Anything the pipeline can read: it only needs the [`Input`]; the rest (a relative path,
+/// metadata) rides along and comes back in [`Event::FileStarted`].
+pub(crate) trait Spec: Send + 'static {
+    /// What to open.
+    fn input(&self) -> &Input;
+}
+
+impl Spec for Input {
+    fn input(&self) -> &Input {
+        self
+    }
+}
+
+/// What the pipeline produces, in input order; each file's chunks come between its
+/// `FileStarted` and its `FileDone` or `FileFailed`.
+#[derive(Debug)]
+pub(crate) enum Event<S> {
+    /// A file was opened (or failed to open; `FileFailed` follows).
+    FileStarted {
+        file: u64,
+        spec: S,
+        size: Option<u64>,
+    },
+    /// A hashed chunk. Dropping it gives its bytes back to the budget.
+    Chunk(Chunk),
+    /// A file ended; `root` is its BLAKE3 hash.
+    FileDone {
+        file: u64,
+        len: u64,
+        root: blake3::Hash,
+    },
+    /// A file failed. No more chunks of it follow.
+    FileFailed { file: u64, error: SourceError },
+}
+
+/// Capacity of the producer-to-consumer queue. It only holds small records (the chunk data is
+/// owned by rayon jobs and bounded by the budget), so this just smooths scheduling.
+const QUEUE: usize = 64;
+
+enum Item<S> {
+    Start {
+        file: u64,
+        spec: S,
+        size: Option<u64>,
+    },
+    Chunk {
+        rx: oneshot::Receiver<Result<Chunk, SourceError>>,
+    },
+    End {
+        file: u64,
+        result: Result<u64, SourceError>,
+    },
+}
+
+struct Current {
+    file: u64,
+    /// For errors found by the consumer (hashing), which has no source to ask.
+    path: PathBuf,
+    root: RootBuilder,
+    failed: bool,
+}
+
+/// A running pipeline. Dropping it cancels the producer.
+pub(crate) struct Pipeline<S> {
+    rx: mpsc::Receiver<Item<S>>,
+    current: Option<Current>,
+    cancel: CancellationToken,
+    producer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<S: Spec> Pipeline<S> {
+    /// Starts reading `specs` in order. Must be called inside a tokio runtime.
+    ///
+    /// `options` must have been validated.
+    pub(crate) fn spawn(
+        specs: impl Iterator<Item = S> + Send + 'static,
+        options: &PipelineOptions,
+        pool: HashPool,
+        budget: Budget,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let cancel = cancel.child_token();
+        let producer = Producer {
+            tx,
+            budget,
+            pool,
+            cancel: cancel.clone(),
+            chunk_len: options.chunk_size.bytes(),
+            window_len: options.window_bytes(),
+            bufs: BufPool::new(
+                options.chunk_size.bytes(),
+                (options.memory_bytes / options.chunk_size.bytes() as u64).min(64) as usize,
+            ),
+            runtime: Handle::current(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("tidegate-source".into())
+            .spawn(move || producer.run(specs))?;
+        Ok(Pipeline {
+            rx,
+            current: None,
+            cancel,
+            producer: Some(handle),
+        })
+    }
+
+    /// The next event, or `None` when every input is done (or the job was cancelled).
+    pub(crate) async fn next(&mut self) -> Option<Event<S>> {
+        loop {
+            let Some(item) = self.rx.recv().await else {
+                if let Some(producer) = self.producer.take() {
+                    // The producer dropped its sender, so it is returning; this join does
+                    // not wait for any work.
+                    let _ = producer.join();
+                }
+                return None;
+            };
+            match item {
+                Item::Start { file, spec, size } => {
+                    self.current = Some(Current {
+                        file,
+                        path: spec.input().display_path().to_path_buf(),
+                        root: RootBuilder::new(),
+                        failed: false,
+                    });
+                    return Some(Event::FileStarted { file, spec, size });
+                }
+                Item::Chunk { rx } => {
+                    let result = rx.await;
+                    let Some(current) = self.current.as_mut() else {
+                        continue;
+                    };
+                    if current.failed {
+                        continue; // dropping the chunk returns its budget
+                    }
+                    let error = match result {
+                        Ok(Ok(chunk)) => match current.root.push(chunk.digest) {
+                            Ok(()) => return Some(Event::Chunk(chunk)),
+                            Err(e) => SourceError::Read {
+                                path: current.path.clone(),
+                                offset: chunk.offset,
+                                source: std::io::Error::other(e),
+                            },
+                        },
+                        Ok(Err(e)) => e,
+                        Err(_) => SourceError::Cancelled {
+                            path: current.path.clone(),
+                        },
+                    };
+                    current.failed = true;
+                    return Some(Event::FileFailed {
+                        file: current.file,
+                        error,
+                    });
+                }
+                Item::End { file, result } => {
+                    let Some(current) = self.current.take() else {
+                        continue;
+                    };
+                    if current.failed {
+                        continue;
+                    }
+                    return Some(match result {
+                        Ok(len) => match current.root.finish() {
+                            Ok(root) => Event::FileDone { file, len, root },
+                            Err(e) => Event::FileFailed {
+                                file,
+                                error: SourceError::Read {
+                                    path: current.path,
+                                    offset: len,
+                                    source: std::io::Error::other(e),
+                                },
+                            },
+                        },
+                        Err(error) => Event::FileFailed { file, error },
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl<S> Drop for Pipeline<S> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+struct Producer<S> {
+    tx: mpsc::Sender<Item<S>>,
+    budget: Budget,
+    pool: HashPool,
+    cancel: CancellationToken,
+    chunk_len: usize,
+    window_len: u64,
+    bufs: Arc<BufPool>,
+    runtime: Handle,
+}
+
+impl<S: Spec> Producer<S> {
+    fn run(self, specs: impl Iterator<Item = S>) {
+        for (file, spec) in (0u64..).zip(specs) {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let opened = FileSource::open(spec.input(), self.chunk_len, self.window_len, Arc::clone(&self.bufs));
+            let size = opened.as_ref().ok().and_then(FileSource::len_hint);
+            if self.tx.blocking_send(Item::Start { file, spec, size }).is_err() {
+                return;
+            }
+            let result = match opened {
+                Ok(source) => self.read_file(file, source),
+                Err(e) => Err(e),
+            };
+            if self.tx.blocking_send(Item::End { file, result }).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reads one file to its end, sending its chunks. Returns its length.
+    fn read_file(&self, file: u64, mut source: FileSource) -> Result<u64, SourceError> {
+        let path: Arc<PathBuf> = Arc::new(source.path().to_path_buf());
+        let expected_len = source.len_hint();
+        let mut index = 0;
+        while let Some(want) = source.next_request() {
+            let permit = self.runtime.block_on(async {
+                tokio::select! {
+                    permit = self.budget.acquire(want) => Some(permit),
+                    () = self.cancel.cancelled() => None,
+                }
+            });
+            let Some(permit) = permit else {
+                return Err(SourceError::Cancelled {
+                    path: path.to_path_buf(),
+                });
+            };
+            let Some(raw) = source.read_next(want)? else {
+                break;
+            };
+            let (tx, rx) = oneshot::channel();
+            let chunk_path = Arc::clone(&path);
+            self.pool.spawn(move || {
+                let path = chunk_path;
+                let RawChunk {
+                    offset,
+                    data,
+                    watch,
+                } = raw;
+                let digest = digest(offset, &data);
+                let result = if watch.is_some_and(|w| w.poisoned()) {
+                    Err(SourceError::Truncated {
+                        path: path.to_path_buf(),
+                        offset,
+                        expected_len: expected_len.unwrap_or(0),
+                        actual_len: std::fs::metadata(path.as_path()).map_or(0, |m| m.len()),
+                    })
+                } else {
+                    Ok(Chunk {
+                        file,
+                        index,
+                        offset,
+                        data,
+                        digest,
+                        permit,
+                    })
+                };
+                // The receiver is gone only if the consumer stopped; the chunk is dropped.
+                let _ = tx.send(result);
+            });
+            if self.tx.blocking_send(Item::Chunk { rx }).is_err() {
+                return Err(SourceError::Cancelled {
+                    path: path.to_path_buf(),
+                });
+            }
+            index += 1;
+        }
+        source.finish()
+    }
+}

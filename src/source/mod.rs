@@ -1,0 +1,334 @@
+//! Where chunk bytes come from: opening inputs and cutting them into raw chunks.
+//!
+//! [`FileSource`] picks the route for each input:
+//! - regular files larger than [`SMALL_FILE_BYTES`] are read through mapped windows
+//!   (`mmap.rs`), with the SIGBUS defence of `guard.rs`;
+//! - small regular files, and files the kernel refuses to map, use positioned reads
+//!   (`read.rs`);
+//! - stdin, pipes, character devices and files that report a size of zero (`/proc` files)
+//!   are read as streams into pooled buffers.
+//!
+//! The source does not own the budget, hashing, or ordering; that is `pipeline`.
+
+mod guard;
+mod mmap;
+pub(crate) mod read;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use mmap::{MapFailure, MappedReader};
+use read::BufPool;
+
+pub(crate) use guard::Watch;
+
+/// Regular files up to this size are read with one positioned read instead of a mapping:
+/// for them, `mmap` + `munmap` + page faults cost more than copying the bytes.
+pub const SMALL_FILE_BYTES: u64 = 64 * 1024;
+
+/// Something to read: a path, or standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file, pipe or special file on disk.
+    Path(PathBuf),
+    /// The process's standard input (`-` on the command line).
+    Stdin,
+}
+
+impl Input {
+    /// `-` means stdin, anything else is a path.
+    pub fn from_arg(arg: &str) -> Self {
+        if arg == "-" {
+            Input::Stdin
+        } else {
+            Input::Path(PathBuf::from(arg))
+        }
+    }
+
+    /// The path used in messages; `-` for stdin.
+    pub fn display_path(&self) -> &Path {
+        match self {
+            Input::Path(p) => p,
+            Input::Stdin => Path::new("-"),
+        }
+    }
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.display_path().display())
+    }
+}
+
+/// Why an input could not be read. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The input could not be opened or inspected.
+    #[error("{}: {source}", path.display())]
+    Open {
+        /// The input.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The input is a directory, where a file was expected.
+    #[error("{}: is a directory", path.display())]
+    IsDirectory {
+        /// The input.
+        path: PathBuf,
+    },
+    /// A read failed.
+    #[error("{}: read failed at offset {offset}: {source}", path.display())]
+    Read {
+        /// The input.
+        path: PathBuf,
+        /// Where in the file the read started.
+        offset: u64,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The file became shorter while it was being read.
+    #[error(
+        "{}: file shrank while being read (was {expected_len} bytes, now {actual_len}; \
+         data missing at offset {offset})",
+        path.display()
+    )]
+    Truncated {
+        /// The input.
+        path: PathBuf,
+        /// The first offset whose bytes were missing.
+        offset: u64,
+        /// The length when the file was opened.
+        expected_len: u64,
+        /// The length found afterwards.
+        actual_len: u64,
+    },
+    /// The job was cancelled before this input was finished.
+    #[error("{}: cancelled", path.display())]
+    Cancelled {
+        /// The input.
+        path: PathBuf,
+    },
+}
+
+/// Bytes of one chunk, as read, before hashing.
+pub(crate) struct RawChunk {
+    pub(crate) offset: u64,
+    pub(crate) data: Bytes,
+    /// Set for mapped chunks: tells whether the window lost pages to truncation.
+    pub(crate) watch: Option<Watch>,
+}
+
+enum Route {
+    Mapped(MappedReader),
+    Positioned(File),
+    Stream { stream: Box<dyn Read + Send>, eof: bool },
+}
+
+/// An opened input that hands out its bytes chunk by chunk, in order.
+pub(crate) struct FileSource {
+    path: PathBuf,
+    route: Route,
+    chunk_len: usize,
+    /// Length at open time for regular files; `None` for streams.
+    len: Option<u64>,
+    offset: u64,
+    pool: Arc<BufPool>,
+}
+
+impl FileSource {
+    /// Opens `input`. `window_len` is the mapping window (a multiple of `chunk_len`); `pool`
+    /// provides `chunk_len`-sized buffers for unmapped reads.
+    pub(crate) fn open(
+        input: &Input,
+        chunk_len: usize,
+        window_len: u64,
+        pool: Arc<BufPool>,
+    ) -> Result<Self, SourceError> {
+        let path = input.display_path().to_path_buf();
+        let open_err = |source| SourceError::Open {
+            path: path.clone(),
+            source,
+        };
+        let (route, len) = match input {
+            Input::Stdin => (
+                Route::Stream {
+                    stream: Box::new(io::stdin()),
+                    eof: false,
+                },
+                None,
+            ),
+            Input::Path(p) => {
+                let file = File::open(p).map_err(open_err)?;
+                let meta = file.metadata().map_err(open_err)?;
+                let ft = meta.file_type();
+                if ft.is_dir() {
+                    return Err(SourceError::IsDirectory { path });
+                }
+                let len = meta.len();
+                if ft.is_file() && len > SMALL_FILE_BYTES {
+                    (Route::Mapped(MappedReader::new(file, len, window_len)), Some(len))
+                } else if ft.is_file() && len > 0 {
+                    (Route::Positioned(file), Some(len))
+                } else if ft.is_file() || ft.is_fifo() || ft.is_char_device() || ft.is_socket() {
+                    // Empty regular files and /proc-style files that report size 0 but have
+                    // content are both read as streams: the stream decides.
+                    let stream = Box::new(file);
+                    (Route::Stream { stream, eof: false }, None)
+                } else {
+                    // Block devices and anything else: positioned reads to the reported size
+                    // would be wrong for devices (len 0); read them as streams too.
+                    let stream = Box::new(file);
+                    (Route::Stream { stream, eof: false }, None)
+                }
+            }
+        };
+        Ok(FileSource {
+            path,
+            route,
+            chunk_len,
+            len,
+            offset: 0,
+            pool,
+        })
+    }
+
+    /// The path used in messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The length at open time, when known (regular files).
+    pub(crate) fn len_hint(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// How many bytes the next chunk may hold (what to reserve from the budget), or `None`
+    /// when the input is exhausted.
+    pub(crate) fn next_request(&self) -> Option<usize> {
+        match (&self.route, self.len) {
+            (Route::Stream { eof: true, .. }, _) => None,
+            (Route::Stream { .. }, _) => Some(self.chunk_len),
+            (_, Some(len)) if self.offset < len => {
+                // Bounded by chunk_len, a usize.
+                Some((len - self.offset).min(self.chunk_len as u64) as usize)
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads the next chunk, of at most `len` bytes (the value `next_request` returned).
+    /// `Ok(None)` means end of input.
+    pub(crate) fn read_next(&mut self, len: usize) -> Result<Option<RawChunk>, SourceError> {
+        let offset = self.offset;
+        if let Route::Mapped(reader) = &mut self.route {
+            match reader.chunk(&self.path, offset, len) {
+                Ok((data, watch)) => {
+                    self.offset += data.len() as u64;
+                    return Ok(Some(RawChunk {
+                        offset,
+                        data,
+                        watch,
+                    }));
+                }
+                Err(MapFailure::Source(e)) => return Err(e),
+                Err(MapFailure::Unsupported) => self.fall_back_to_reads(),
+            }
+        }
+        let data = match &mut self.route {
+            Route::Mapped(_) => unreachable!("fall_back_to_reads replaced the mapped route"),
+            Route::Positioned(file) => {
+                let data = read::read_at(file, offset, len, &self.pool).map_err(|source| {
+                    SourceError::Read {
+                        path: self.path.clone(),
+                        offset,
+                        source,
+                    }
+                })?;
+                if data.len() < len {
+                    let actual_len = file.metadata().map(|m| m.len()).unwrap_or(offset);
+                    return Err(SourceError::Truncated {
+                        path: self.path.clone(),
+                        offset: offset + data.len() as u64,
+                        expected_len: self.len.unwrap_or(0),
+                        actual_len,
+                    });
+                }
+                data
+            }
+            Route::Stream { stream, eof } => {
+                let data = read::read_stream(stream.as_mut(), &self.pool).map_err(|source| {
+                    SourceError::Read {
+                        path: self.path.clone(),
+                        offset,
+                        source,
+                    }
+                })?;
+                if data.is_empty() {
+                    *eof = true;
+                    return Ok(None);
+                }
+                data
+            }
+        };
+        self.offset += data.len() as u64;
+        Ok(Some(RawChunk {
+            offset,
+            data,
+            watch: None,
+        }))
+    }
+
+    /// Switches a mapped file to positioned reads, keeping the offset.
+    fn fall_back_to_reads(&mut self) {
+        let placeholder = Route::Stream {
+            stream: Box::new(io::empty()),
+            eof: true,
+        };
+        if let Route::Mapped(reader) = std::mem::replace(&mut self.route, placeholder) {
+            self.route = Route::Positioned(reader.into_file());
+        }
+    }
+
+    /// Call after the last chunk: checks that a regular file did not shrink meanwhile, and
+    /// returns the number of bytes read. A file that grew is sent as it was when opened,
+    /// with a warning, as rsync does.
+    pub(crate) fn finish(&self) -> Result<u64, SourceError> {
+        if let (Some(expected_len), Route::Mapped(_) | Route::Positioned(_)) =
+            (self.len, &self.route)
+        {
+            let file = match &self.route {
+                Route::Mapped(r) => r.file(),
+                Route::Positioned(f) => f,
+                Route::Stream { .. } => return Ok(self.offset),
+            };
+            let actual_len = file
+                .metadata()
+                .map_err(|source| SourceError::Open {
+                    path: self.path.clone(),
+                    source,
+                })?
+                .len();
+            if actual_len < expected_len {
+                return Err(SourceError::Truncated {
+                    path: self.path.clone(),
+                    offset: actual_len,
+                    expected_len,
+                    actual_len,
+                });
+            }
+            if actual_len > expected_len {
+                tracing::warn!(path = %self.path.display(), expected_len, actual_len,
+                    "file grew while being read; sent as it was when opened");
+            }
+        }
+        Ok(self.offset)
+    }
+}
