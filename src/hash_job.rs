@@ -160,6 +160,11 @@ fn known_total(inputs: &[Input]) -> Option<u64> {
 }
 
 impl HashHandle {
+    /// A token that cancels the job when cancelled (for signal handlers, UI buttons).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     /// Asks the job to stop; [`wait`](Self::wait) then returns what was done.
     pub fn cancel(&self) {
         self.cancel.cancel();
@@ -194,7 +199,14 @@ struct Pending {
 
 impl Consumer {
     async fn run(mut self, mut pipeline: Pipeline<Input>, cancel: CancellationToken) -> HashReport {
-        while let Some(event) = pipeline.next().await {
+        loop {
+            // Cancellation must not wait for the producer: it may be blocked reading a pipe.
+            let event = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                event = pipeline.next() => event,
+            };
+            let Some(event) = event else { break };
             match event {
                 Event::FileStarted { file, spec, size } => {
                     self.emit(|| Progress::FileStarted {

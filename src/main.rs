@@ -1,1 +1,32 @@
-fn main() {}
+//! The `tidegate` binary: parse arguments, set up logging, run a subcommand, map its outcome
+//! to an exit code (0 success, 1 failure, 2 usage error).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::args::Cli::parse();
+    cli::logging::init(args.verbose, args.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("tidegate-io")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tidegate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tidegate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -115,6 +115,9 @@ mod tests {
             error: "gone".into(),
         };
         let json = serde_json::to_string(&e).unwrap();
-        assert_eq!(json, r#"{"event":"file_failed","file":3,"path":"a b","error":"gone"}"#);
+        assert_eq!(
+            json,
+            r#"{"event":"file_failed","file":3,"path":"a b","error":"gone"}"#
+        );
     }
 }

@@ -58,7 +58,12 @@ impl Default for ChunkSize {
 
 impl fmt::Display for ChunkSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", crate::progress::human_bytes(u64::from(self.0)))
+        // Exact, and parseable back by `FromStr` (it is a power of two of at least 16 KiB).
+        if self.0 % (1024 * 1024) == 0 {
+            write!(f, "{}MiB", self.0 / (1024 * 1024))
+        } else {
+            write!(f, "{}KiB", self.0 / 1024)
+        }
     }
 }
 
@@ -112,5 +117,8 @@ mod tests {
         assert_eq!("256KiB".parse::<ChunkSize>().unwrap().bytes(), 256 * 1024);
         assert_eq!("1M".parse::<ChunkSize>().unwrap().bytes(), 1 << 20);
         assert!("1000".parse::<ChunkSize>().is_err());
+        for c in [ChunkSize::MIN, ChunkSize::DEFAULT, ChunkSize::MAX] {
+            assert_eq!(c.to_string().parse::<ChunkSize>().unwrap(), c);
+        }
     }
 }

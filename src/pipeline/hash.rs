@@ -135,7 +135,10 @@ impl RootBuilder {
             // chunks, and every trailing zero bit of that count closes a subtree.
             let mut total = index + 1;
             while total & 1 == 0 {
-                let left = self.stack.pop().ok_or(RootError::MissingChainingValue { index })?;
+                let left = self
+                    .stack
+                    .pop()
+                    .ok_or(RootError::MissingChainingValue { index })?;
                 cv = merge_subtrees_non_root(&left, &cv, Mode::Hash);
                 total >>= 1;
             }
@@ -204,7 +207,19 @@ mod tests {
     #[test]
     fn root_matches_blake3_for_edge_lengths() {
         let c = 16 * 1024;
-        let mut lengths = vec![0, 1, 1023, 1024, 1025, 2048, c - 1, c, c + 1, 2 * c, 3 * c + 7];
+        let mut lengths = vec![
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            2048,
+            c - 1,
+            c,
+            c + 1,
+            2 * c,
+            3 * c + 7,
+        ];
         for n in 1..=6u32 {
             let k = (1usize << n) * c;
             lengths.extend([k - 1, k, k + 1]);

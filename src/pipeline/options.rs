@@ -37,7 +37,9 @@ impl Default for PipelineOptions {
 #[non_exhaustive]
 pub enum OptionsError {
     /// The budget cannot hold two chunks, so reading and consuming could not overlap.
-    #[error("memory budget of {memory_bytes} bytes must hold at least two {chunk_bytes}-byte chunks")]
+    #[error(
+        "memory budget of {memory_bytes} bytes must hold at least two {chunk_bytes}-byte chunks"
+    )]
     BudgetTooSmall {
         /// The budget asked for.
         memory_bytes: u64,
@@ -103,6 +105,9 @@ mod tests {
             memory_bytes: 1024 * 1024,
             ..PipelineOptions::default()
         };
-        assert!(matches!(bad.validate(), Err(OptionsError::BudgetTooSmall { .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(OptionsError::BudgetTooSmall { .. })
+        ));
     }
 }

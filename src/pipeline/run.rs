@@ -227,9 +227,18 @@ impl<S: Spec> Producer<S> {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let opened = FileSource::open(spec.input(), self.chunk_len, self.window_len, Arc::clone(&self.bufs));
+            let opened = FileSource::open(
+                spec.input(),
+                self.chunk_len,
+                self.window_len,
+                Arc::clone(&self.bufs),
+            );
             let size = opened.as_ref().ok().and_then(FileSource::len_hint);
-            if self.tx.blocking_send(Item::Start { file, spec, size }).is_err() {
+            if self
+                .tx
+                .blocking_send(Item::Start { file, spec, size })
+                .is_err()
+            {
                 return;
             }
             let result = match opened {
@@ -300,5 +309,129 @@ impl<S: Spec> Producer<S> {
             index += 1;
         }
         source.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::chunk::ChunkSize;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn file_of(len: usize, seed: u8) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        f.write_all(&data).unwrap();
+        f
+    }
+
+    fn options(memory: u64, chunk: u64) -> PipelineOptions {
+        PipelineOptions {
+            memory_bytes: memory,
+            chunk_size: ChunkSize::new(chunk).unwrap(),
+            ..PipelineOptions::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_consumer_stalls_the_reader_within_the_budget() {
+        let f = file_of(16 << 20, 1);
+        let opts = options(4 << 20, 1 << 20);
+        let budget = Budget::new(4 << 20);
+        let cancel = CancellationToken::new();
+        let inputs = vec![Input::Path(f.path().to_path_buf())];
+        let mut pipe = Pipeline::spawn(
+            inputs.into_iter(),
+            &opts,
+            HashPool::default(),
+            budget.clone(),
+            &cancel,
+        )
+        .unwrap();
+        assert!(matches!(pipe.next().await, Some(Event::FileStarted { .. })));
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            match pipe.next().await {
+                Some(Event::Chunk(c)) => held.push(c),
+                other => panic!("expected a chunk, got {other:?}"),
+            }
+        }
+        assert_eq!(budget.in_flight_bytes(), 4 << 20);
+        // With the whole budget held, no fifth chunk can be read, however long we wait.
+        let stalled = tokio::time::timeout(Duration::from_millis(300), pipe.next()).await;
+        assert!(stalled.is_err(), "the reader got ahead of the budget");
+        assert!(budget.in_flight_bytes() <= budget.total_bytes());
+        // Releasing one chunk lets exactly the reader continue.
+        held.remove(0);
+        assert!(matches!(pipe.next().await, Some(Event::Chunk(_))));
+        drop(held);
+        let mut rest = 0;
+        loop {
+            match pipe.next().await {
+                Some(Event::Chunk(c)) => {
+                    assert!(budget.in_flight_bytes() <= budget.total_bytes());
+                    rest += c.data.len();
+                }
+                Some(Event::FileDone { len, .. }) => {
+                    assert_eq!(len, 16 << 20);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(rest, 11 << 20);
+        assert!(pipe.next().await.is_none());
+        assert_eq!(budget.in_flight_bytes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_truncated_mid_read_fails_alone() {
+        let victim = file_of(32 << 20, 2);
+        let other = file_of(3 << 20, 3);
+        let opts = options(2 << 20, 256 << 10);
+        let cancel = CancellationToken::new();
+        let inputs = vec![
+            Input::Path(victim.path().to_path_buf()),
+            Input::Path(other.path().to_path_buf()),
+        ];
+        let mut pipe = Pipeline::spawn(
+            inputs.into_iter(),
+            &opts,
+            HashPool::default(),
+            Budget::new(2 << 20),
+            &cancel,
+        )
+        .unwrap();
+        let mut truncated = false;
+        let mut failures = Vec::new();
+        let mut done = Vec::new();
+        while let Some(event) = pipe.next().await {
+            match event {
+                Event::Chunk(c) if c.file == 0 && !truncated => {
+                    victim.as_file().set_len(100_000).unwrap();
+                    truncated = true;
+                }
+                Event::Chunk(_) | Event::FileStarted { .. } => {}
+                Event::FileFailed { file, error } => failures.push((file, error)),
+                Event::FileDone { file, root, .. } => done.push((file, root)),
+            }
+        }
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let (file, error) = &failures[0];
+        assert_eq!(*file, 0);
+        match error {
+            SourceError::Truncated {
+                path, expected_len, ..
+            } => {
+                assert_eq!(path, victim.path());
+                assert_eq!(*expected_len, 32 << 20);
+            }
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+        let expected = blake3::hash(&std::fs::read(other.path()).unwrap());
+        assert_eq!(done, vec![(1, expected)]);
     }
 }

@@ -69,7 +69,9 @@ pub(crate) fn install() -> bool {
         .get_or_init(|| {
             // SAFETY: sysconf has no preconditions.
             let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            let page_size = usize::try_from(page_size).ok().filter(|p| p.is_power_of_two())?;
+            let page_size = usize::try_from(page_size)
+                .ok()
+                .filter(|p| p.is_power_of_two())?;
             // SAFETY: a zeroed sigaction is a valid "no handler" value; sigaction() only
             // reads `action` and writes `previous`, both valid for the call.
             unsafe {
@@ -165,7 +167,11 @@ fn find_slot(addr: usize) -> Option<&'static Slot> {
     })
 }
 
-extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+extern "C" fn on_sigbus(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
     // SAFETY: errno is thread-local; saving and restoring it keeps the interrupted code's
     // view of errno intact across our mmap call.
     let saved_errno = unsafe { *libc::__errno_location() };

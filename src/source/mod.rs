@@ -129,7 +129,10 @@ pub(crate) struct RawChunk {
 enum Route {
     Mapped(MappedReader),
     Positioned(File),
-    Stream { stream: Box<dyn Read + Send>, eof: bool },
+    Stream {
+        stream: Box<dyn Read + Send>,
+        eof: bool,
+    },
 }
 
 /// An opened input that hands out its bytes chunk by chunk, in order.
@@ -174,7 +177,10 @@ impl FileSource {
                 }
                 let len = meta.len();
                 if ft.is_file() && len > SMALL_FILE_BYTES {
-                    (Route::Mapped(MappedReader::new(file, len, window_len)), Some(len))
+                    (
+                        Route::Mapped(MappedReader::new(file, len, window_len)),
+                        Some(len),
+                    )
                 } else if ft.is_file() && len > 0 {
                     (Route::Positioned(file), Some(len))
                 } else if ft.is_file() || ft.is_fifo() || ft.is_char_device() || ft.is_socket() {
@@ -330,5 +336,125 @@ impl FileSource {
             }
         }
         Ok(self.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_of(len: usize) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let block: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(block.len());
+            f.write_all(&block[..n]).unwrap();
+            left -= n;
+        }
+        f.flush().unwrap();
+        f
+    }
+
+    fn open(path: &Path, chunk: usize, window: u64) -> FileSource {
+        FileSource::open(
+            &Input::Path(path.to_path_buf()),
+            chunk,
+            window,
+            BufPool::new(chunk, 4),
+        )
+        .unwrap()
+    }
+
+    /// The SIGBUS defence: a mapped window whose file is truncated underneath reads zeros
+    /// and is marked poisoned, instead of killing the process.
+    #[test]
+    fn truncation_under_a_mapped_window_poisons_it_instead_of_crashing() {
+        let f = file_of(8 << 20);
+        let mut src = open(f.path(), 1 << 20, 4 << 20);
+        let first = src.read_next(1 << 20).unwrap().unwrap();
+        let second = src.read_next(1 << 20).unwrap().unwrap();
+        assert!(first.watch.is_some(), "large files are mapped");
+        // Touch the first chunk while the file is intact.
+        assert_eq!(first.data[1000], (1000 % 256) as u8);
+        assert!(!first.watch.unwrap().poisoned());
+        f.as_file().set_len(0).unwrap();
+        // Every page of the second chunk is now past the end of the file.
+        let sum: u64 = second.data.iter().map(|&b| u64::from(b)).sum();
+        assert_eq!(sum, 0, "vanished pages read as zeros");
+        assert!(second.watch.unwrap().poisoned());
+        // The rest of this window is still mapped (and would poison in turn); the next window
+        // is refused up front, with the file named.
+        drop((first, second));
+        src.read_next(1 << 20).unwrap().unwrap();
+        src.read_next(1 << 20).unwrap().unwrap();
+        let err = src.read_next(1 << 20).err().unwrap();
+        assert!(
+            matches!(err, SourceError::Truncated { actual_len: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn shrinking_before_the_next_window_is_a_typed_error() {
+        let f = file_of(8 << 20);
+        let mut src = open(f.path(), 1 << 20, 2 << 20);
+        for _ in 0..2 {
+            src.read_next(1 << 20).unwrap().unwrap();
+        }
+        f.as_file().set_len(3 << 20).unwrap();
+        let err = src.read_next(1 << 20).err().unwrap();
+        match err {
+            SourceError::Truncated {
+                path,
+                expected_len,
+                actual_len,
+                ..
+            } => {
+                assert_eq!(path, f.path());
+                assert_eq!((expected_len, actual_len), (8 << 20, 3 << 20));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_by_kind_and_size() {
+        let small = file_of(1000);
+        let mut src = open(small.path(), 16384, 65536);
+        let c = src.read_next(src.next_request().unwrap()).unwrap().unwrap();
+        assert!(c.watch.is_none() && c.data.len() == 1000);
+        assert!(src.next_request().is_none());
+        assert_eq!(src.finish().unwrap(), 1000);
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = FileSource::open(
+            &Input::Path(dir.path().to_path_buf()),
+            16384,
+            65536,
+            BufPool::new(16384, 1),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, SourceError::IsDirectory { .. }));
+
+        // /proc files report size 0 but have content: read as a stream.
+        let mut proc_file = open(Path::new("/proc/self/status"), 16384, 65536);
+        let c = proc_file.read_next(16384).unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&c.data).contains("VmHWM"));
+    }
+
+    #[test]
+    fn positioned_read_reports_truncation() {
+        let f = file_of(50_000);
+        let mut src = open(f.path(), 16384, 65536);
+        src.read_next(16384).unwrap().unwrap();
+        f.as_file().set_len(20_000).unwrap();
+        let err = src.read_next(16384).err().unwrap();
+        assert!(
+            matches!(err, SourceError::Truncated { offset: 20_000, .. }),
+            "{err:?}"
+        );
     }
 }

@@ -94,7 +94,12 @@ fn fill(
 /// a short read of a regular file as truncation). Full-size reads use the pool; shorter ones
 /// (the tail of a file, small files) get a buffer of exactly their size, so that the memory
 /// held matches what the budget counted.
-pub(crate) fn read_at(file: &File, offset: u64, len: usize, pool: &Arc<BufPool>) -> io::Result<Bytes> {
+pub(crate) fn read_at(
+    file: &File,
+    offset: u64,
+    len: usize,
+    pool: &Arc<BufPool>,
+) -> io::Result<Bytes> {
     if len == pool.buf_len() {
         let mut buf = pool.take();
         let n = fill(|b, done| file.read_at(b, offset + done), &mut buf)?;
@@ -112,7 +117,10 @@ pub(crate) fn read_at(file: &File, offset: u64, len: usize, pool: &Arc<BufPool>)
 }
 
 /// Reads up to one pool buffer from a stream. An empty result means end of input.
-pub(crate) fn read_stream(stream: &mut (dyn Read + Send), pool: &Arc<BufPool>) -> io::Result<Bytes> {
+pub(crate) fn read_stream(
+    stream: &mut (dyn Read + Send),
+    pool: &Arc<BufPool>,
+) -> io::Result<Bytes> {
     let mut buf = pool.take();
     let n = fill(|b, _| stream.read(b), &mut buf)?;
     if n == 0 {

@@ -1,0 +1,291 @@
+//! `tidegate hash`: print or check BLAKE3 sums in b3sum's format.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+use tidegate::{HashJob, HashReport, Input, PipelineOptions};
+
+use super::args::{HashArgs, PipelineArgs};
+use super::{progress, USAGE};
+
+pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    let options = match pipeline_options(&args.pipeline) {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("tidegate hash: {message}");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let files = if args.files.is_empty() {
+        vec!["-".to_owned()]
+    } else {
+        args.files.clone()
+    };
+    if args.check {
+        check(&args, options, &files).await
+    } else {
+        let inputs = files.iter().map(|f| Input::from_arg(f)).collect();
+        let report = hash(inputs, options, &args).await?;
+        let mut out = std::io::stdout().lock();
+        for f in &report.files {
+            match &f.result {
+                Ok(root) if args.json => writeln!(
+                    out,
+                    "{}",
+                    json!({"path": f.input.to_string(), "blake3": root.to_hex().as_str(), "bytes": f.bytes})
+                )?,
+                Ok(root) => writeln!(out, "{}", b3sum_line(root, f.input.display_path()))?,
+                Err(e) if args.json => writeln!(
+                    out,
+                    "{}",
+                    json!({"path": f.input.to_string(), "error": e.to_string()})
+                )?,
+                Err(e) => eprintln!("tidegate hash: {e}"),
+            }
+        }
+        summary(&mut out, &report, args.json, verbose)?;
+        Ok(exit_code(report.failures() == 0 && !report.cancelled))
+    }
+}
+
+/// Turns the shared pipeline flags into options, or a usage message.
+pub(crate) fn pipeline_options(args: &PipelineArgs) -> Result<PipelineOptions, String> {
+    let mut options = HashJob::default_options();
+    if let Some(m) = args.memory {
+        options.memory_bytes = m;
+    }
+    options.chunk_size = args.chunk_size;
+    options.threads = args.threads;
+    options.validate().map_err(|e| e.to_string())?;
+    Ok(options)
+}
+
+async fn hash(
+    inputs: Vec<Input>,
+    options: PipelineOptions,
+    args: &HashArgs,
+) -> anyhow::Result<HashReport> {
+    let total = inputs.iter().try_fold(0u64, |sum, i| match i {
+        Input::Path(p) => std::fs::metadata(p)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| sum + m.len()),
+        Input::Stdin => None,
+    });
+    let mut job = HashJob::new(inputs).options(options);
+    let bar = progress::wanted(args.no_progress || args.json, total)
+        .then(|| progress::spawn_bar(job.subscribe(), total));
+    let handle = job.start().context("starting the hash job")?;
+    let cancel = ctrl_c_cancels(&handle);
+    let report = handle
+        .wait()
+        .await
+        .context("the hash job stopped unexpectedly")?;
+    cancel.abort();
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    Ok(report)
+}
+
+/// Ctrl-C cancels the job; it then reports what it finished.
+fn ctrl_c_cancels(handle: &tidegate::HashHandle) -> tokio::task::JoinHandle<()> {
+    let token = handle.cancel_token();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            token.cancel();
+        }
+    })
+}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn summary(
+    out: &mut impl Write,
+    report: &HashReport,
+    json: bool,
+    verbose: u8,
+) -> std::io::Result<()> {
+    let secs = report.elapsed.as_secs_f64();
+    let mib_s = report.bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9);
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({"summary": {"files": report.files.len(), "failed": report.failures(),
+                "bytes": report.bytes, "seconds": secs, "mib_per_s": mib_s, "cancelled": report.cancelled}})
+        )?;
+    } else if verbose > 0 || report.cancelled {
+        eprintln!(
+            "{} files, {} in {secs:.2} s ({mib_s:.0} MiB/s){}",
+            report.files.len(),
+            tidegate::progress::human_bytes(report.bytes),
+            if report.cancelled { ", cancelled" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// A line as b3sum prints it. Paths with a backslash or newline are escaped and the line
+/// starts with a backslash, as b3sum does, so `--check` can read it back.
+fn b3sum_line(root: &blake3::Hash, path: &Path) -> String {
+    let name = path.to_string_lossy();
+    if name.contains(['\\', '\n']) {
+        let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");
+        format!("\\{}  {escaped}", root.to_hex())
+    } else {
+        format!("{}  {name}", root.to_hex())
+    }
+}
+
+/// One parsed line of a checkfile.
+#[derive(Debug, PartialEq, Eq)]
+struct Expected {
+    hash: blake3::Hash,
+    path: PathBuf,
+}
+
+/// Parses `<64 hex>  <path>`, with b3sum's backslash escaping.
+fn parse_line(line: &str) -> Result<Expected, String> {
+    let (escaped, line) = match line.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let (hex, path) = line
+        .split_once("  ")
+        .ok_or_else(|| "expected '<hash>  <path>'".to_owned())?;
+    let hash = blake3::Hash::from_hex(hex).map_err(|e| format!("bad hash: {e}"))?;
+    let path = if escaped {
+        unescape(path)?
+    } else {
+        path.to_owned()
+    };
+    if path.is_empty() {
+        return Err("empty path".to_owned());
+    }
+    Ok(Expected {
+        hash,
+        path: PathBuf::from(path),
+    })
+}
+
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('n') => out.push('\n'),
+            other => {
+                return Err(format!(
+                    "bad escape '\\{}'",
+                    other.map(String::from).unwrap_or_default()
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn check(
+    args: &HashArgs,
+    options: PipelineOptions,
+    checkfiles: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut expected = Vec::new();
+    let mut malformed = 0usize;
+    for checkfile in checkfiles {
+        let reader: Box<dyn BufRead> = if checkfile == "-" {
+            Box::new(BufReader::new(std::io::stdin()))
+        } else {
+            let f =
+                std::fs::File::open(checkfile).with_context(|| format!("opening {checkfile}"))?;
+            Box::new(BufReader::new(f))
+        };
+        for (n, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("reading {checkfile}"))?;
+            if line.is_empty() {
+                continue;
+            }
+            match parse_line(&line) {
+                Ok(e) => expected.push(e),
+                Err(why) => {
+                    malformed += 1;
+                    eprintln!("tidegate hash: {checkfile}:{}: {why}", n + 1);
+                }
+            }
+        }
+    }
+    let inputs = expected
+        .iter()
+        .map(|e| Input::Path(e.path.clone()))
+        .collect();
+    let report = hash(inputs, options, args).await?;
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0usize;
+    for (want, got) in expected.iter().zip(&report.files) {
+        let path = want.path.display();
+        let outcome = match &got.result {
+            Ok(root) if *root == want.hash => "OK".to_owned(),
+            Ok(_) => "FAILED".to_owned(),
+            Err(e) => format!("FAILED ({e})"),
+        };
+        if outcome != "OK" {
+            failed += 1;
+        }
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"path": path.to_string(), "ok": outcome == "OK", "result": outcome})
+            )?;
+        } else {
+            writeln!(out, "{path}: {outcome}")?;
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "tidegate hash: {failed} of {} files did not match",
+            expected.len()
+        );
+    }
+    Ok(exit_code(
+        failed == 0 && malformed == 0 && !report.cancelled,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip() {
+        let h = blake3::hash(b"x");
+        for name in ["plain.txt", "with space", "back\\slash", "new\nline"] {
+            let line = b3sum_line(&h, Path::new(name));
+            assert_eq!(
+                parse_line(&line).unwrap(),
+                Expected {
+                    hash: h,
+                    path: PathBuf::from(name)
+                }
+            );
+        }
+        assert!(parse_line("nothex  file").is_err());
+        assert!(parse_line(&h.to_hex().to_string()).is_err());
+        assert!(parse_line(&format!("\\{}  bad\\q", h.to_hex())).is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! Progress bars on stderr, drawn from the library's [`Progress`] events.
+//!
+//! The bar is shown only when stderr is a terminal and the work is large enough to be worth
+//! watching; it redraws at most 10 times a second. It is a view, not a log.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tidegate::Progress;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Inputs smaller than this finish before a bar would be readable.
+const SHOW_ABOVE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether to draw a bar: a terminal on stderr, not asked to be quiet, and enough bytes
+/// (`None`: unknown size, such as stdin, which may be large).
+pub(crate) fn wanted(disabled: bool, total_bytes: Option<u64>) -> bool {
+    !disabled
+        && std::io::stderr().is_terminal()
+        && total_bytes.is_none_or(|t| t >= SHOW_ABOVE_BYTES)
+}
+
+/// Draws a bytes bar (with rate and ETA) and the current file until the events end.
+pub(crate) fn spawn_bar(
+    mut events: mpsc::Receiver<Progress>,
+    total_bytes: Option<u64>,
+) -> JoinHandle<()> {
+    let bar = match total_bytes {
+        Some(total) => {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(10))
+        }
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10)),
+    };
+    let template = if total_bytes.is_some() {
+        "{wide_msg}\n[{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+    } else {
+        "{wide_msg}\n[{elapsed_precise}] {spinner} {bytes} {bytes_per_sec}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                Progress::FileStarted { path, .. } => bar.set_message(path),
+                Progress::Bytes { done_bytes, .. } => bar.set_position(done_bytes),
+                _ => {}
+            }
+        }
+        bar.finish_and_clear();
+    })
+}
