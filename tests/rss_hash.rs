@@ -13,6 +13,7 @@ const FILE_BYTES: usize = 2 << 30;
 const BOUND_BYTES: i64 = 64 << 20;
 
 /// Runs the command and returns (exit status, stdout, peak RSS in bytes) via wait4's rusage.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which Child cannot do
 fn run_measured(cmd: &mut Command) -> (std::process::ExitStatus, String, i64) {
     let child = cmd
         .stdout(Stdio::piped())

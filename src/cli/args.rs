@@ -27,13 +27,13 @@ pub(crate) enum Command {
 /// Options of the chunk pipeline shared by subcommands that read files.
 #[derive(Debug, Args)]
 pub(crate) struct PipelineArgs {
-    /// Memory budget for chunk data in flight (e.g. 32MiB, 1G). Resident memory stays near
-    /// this plus a few MiB, whatever the file sizes.
+    /// Memory budget for chunk data in flight (e.g. 32MiB, 1G) [hash: 32MiB]. Resident
+    /// memory stays near this plus a few MiB, whatever the file sizes.
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     pub(crate) memory: Option<u64>,
-    /// Chunk size: a power of two from 16KiB to 64MiB.
-    #[arg(long, value_name = "SIZE", default_value_t = ChunkSize::DEFAULT)]
-    pub(crate) chunk_size: ChunkSize,
+    /// Chunk size: a power of two from 16KiB to 64MiB [hash: 4MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) chunk_size: Option<ChunkSize>,
     /// Hashing threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,

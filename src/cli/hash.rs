@@ -57,7 +57,9 @@ pub(crate) fn pipeline_options(args: &PipelineArgs) -> Result<PipelineOptions, S
     if let Some(m) = args.memory {
         options.memory_bytes = m;
     }
-    options.chunk_size = args.chunk_size;
+    if let Some(c) = args.chunk_size {
+        options.chunk_size = c;
+    }
     options.threads = args.threads;
     options.validate().map_err(|e| e.to_string())?;
     Ok(options)
@@ -285,7 +287,7 @@ mod tests {
             );
         }
         assert!(parse_line("nothex  file").is_err());
-        assert!(parse_line(&h.to_hex().to_string()).is_err());
+        assert!(parse_line(h.to_hex().as_str()).is_err());
         assert!(parse_line(&format!("\\{}  bad\\q", h.to_hex())).is_err());
     }
 }

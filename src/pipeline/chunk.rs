@@ -44,6 +44,15 @@ impl ChunkSize {
         }
     }
 
+    /// [`new`](Self::new) for constants: `None` when out of range.
+    pub const fn new_const(bytes: u32) -> Option<Self> {
+        if bytes.is_power_of_two() && bytes >= Self::MIN.0 && bytes <= Self::MAX.0 {
+            Some(ChunkSize(bytes))
+        } else {
+            None
+        }
+    }
+
     /// The size in bytes.
     pub fn bytes(self) -> usize {
         self.0 as usize
