@@ -22,6 +22,7 @@
 pub mod hash_job;
 pub mod pipeline;
 pub mod progress;
+pub mod protocol;
 pub mod source;
 
 pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};

@@ -1,0 +1,383 @@
+//! The sans-IO codec: length-prefixed frames in and out of byte buffers.
+//!
+//! [`decode`] takes what has arrived so far and returns `Ok(None)` until a whole frame is
+//! there; a length over the limit is rejected from the 4-byte header alone, before anything is
+//! buffered or reserved. [`encode_head`] writes everything but a frame's payload, so a sender
+//! can pass the payload's `Bytes` to a vectored write without copying it; [`encode`] writes
+//! the whole frame (tests, fuzzing, small frames). No sockets, no clock.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::frame::Frame;
+
+/// Bytes in the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// The largest frame a peer may send by default: a 64 MiB chunk plus room for its header.
+pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024 + 64 * 1024;
+
+/// Why bytes from a peer are not a valid frame. Any of these ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix is over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A zero length: not even a type byte.
+    #[error("empty frame")]
+    Empty,
+    /// An unknown type byte.
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    /// The body ended before its fields did.
+    #[error("frame body too short for its fields")]
+    ShortBody,
+    /// The body has bytes after its last field.
+    #[error("frame type {ty} has {extra} unexpected trailing bytes")]
+    TrailingBytes {
+        /// The frame type.
+        ty: u8,
+        /// How many bytes were left.
+        extra: usize,
+    },
+    /// A string over [`MAX_STRING_LEN`](super::frame::MAX_STRING_LEN).
+    #[error("string of {len} bytes is too long")]
+    StringTooLong {
+        /// Declared length.
+        len: usize,
+    },
+    /// `Hello` without the magic.
+    #[error("not a tidegate peer (magic {0:?})")]
+    BadMagic([u8; 4]),
+    /// A small file whose payload length differs from its declared size.
+    #[error("declared size {declared} but {actual} bytes of content")]
+    SizeMismatch {
+        /// Declared size.
+        declared: u64,
+        /// Payload length.
+        actual: u64,
+    },
+}
+
+/// Decodes one frame from the front of `src`, consuming it. `Ok(None)`: need more bytes.
+///
+/// # Errors
+/// A [`DecodeError`] for malformed input; the connection should then be closed.
+pub fn decode(src: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, DecodeError> {
+    if src.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let mut prefix = [0u8; LEN_PREFIX];
+    prefix.copy_from_slice(&src[..LEN_PREFIX]);
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max_len {
+        return Err(DecodeError::TooLarge { len, max: max_len });
+    }
+    if len == 0 {
+        return Err(DecodeError::Empty);
+    }
+    let total = LEN_PREFIX + len;
+    if src.len() < total {
+        // Reserve for the rest of this frame only; the length is within the limit.
+        src.reserve(total - src.len());
+        return Ok(None);
+    }
+    src.advance(LEN_PREFIX);
+    let ty = src.get_u8();
+    let body: Bytes = src.split_to(len - 1).freeze();
+    Frame::parse(ty, body).map(Some)
+}
+
+/// The length of `frame` on the wire, prefix included.
+pub fn encoded_len(frame: &Frame) -> usize {
+    let mut head = BytesMut::new();
+    frame.put_body(&mut head);
+    LEN_PREFIX + 1 + head.len() + frame.payload().map_or(0, Bytes::len)
+}
+
+/// Writes `frame`'s prefix, type and body into `dst`, but not its payload, and returns the
+/// payload (a cheap clone of the `Bytes`) for the caller to write right after.
+pub fn encode_head(frame: &Frame, dst: &mut BytesMut) -> Option<Bytes> {
+    let start = dst.len();
+    dst.put_u32(0); // patched below
+    dst.put_u8(frame.type_byte());
+    frame.put_body(dst);
+    let payload = frame.payload().cloned();
+    let len = dst.len() - start - LEN_PREFIX + payload.as_ref().map_or(0, Bytes::len);
+    // Frames are built from chunks of at most 64 MiB and strings of at most 4 KiB, so the
+    // length fits in u32; saturate rather than wrap if a caller breaks that.
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    dst[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    payload
+}
+
+/// Writes the whole frame, payload included, into `dst`.
+pub fn encode(frame: &Frame, dst: &mut BytesMut) {
+    if let Some(payload) = encode_head(frame, dst) {
+        dst.put_slice(&payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::{Meta, MAX_STRING_LEN};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Frame> {
+        let meta = Meta {
+            path: b"dir/f\xffile".to_vec(),
+            size: 5,
+            mode: 0o644,
+            mtime_ns: -1,
+        };
+        vec![
+            Frame::Hello {
+                version: 1,
+                session: [7; 16],
+                nonce: [9; 32],
+            },
+            Frame::Challenge { nonce: [1; 32] },
+            Frame::Auth { mac: [2; 32] },
+            Frame::Welcome { mac: [3; 32] },
+            Frame::FileBegin {
+                file: 4,
+                meta: meta.clone(),
+                chunk_len: 1 << 20,
+            },
+            Frame::FileReady { file: 4 },
+            Frame::Data {
+                file: 4,
+                index: 2,
+                cv: [5; 32],
+                payload: Bytes::from_static(b"payload"),
+            },
+            Frame::Ack { file: 4, index: 2 },
+            Frame::FileEnd {
+                file: 4,
+                root: [6; 32],
+            },
+            Frame::FileDone { file: 4 },
+            Frame::SmallFile {
+                file: 5,
+                meta: meta.clone(),
+                root: [8; 32],
+                payload: Bytes::from_static(b"12345"),
+            },
+            Frame::Dir {
+                file: 6,
+                meta: Meta {
+                    size: 0,
+                    ..meta.clone()
+                },
+            },
+            Frame::Symlink {
+                file: 7,
+                meta: Meta { size: 0, ..meta },
+                target: b"../x".to_vec(),
+            },
+            Frame::Error {
+                file: u64::MAX,
+                code: 2,
+                message: b"wrong key".to_vec(),
+            },
+            Frame::Finish,
+            Frame::Finished,
+        ]
+    }
+
+    fn bytes_of(frame: &Frame) -> BytesMut {
+        let mut b = BytesMut::new();
+        encode(frame, &mut b);
+        b
+    }
+
+    #[test]
+    fn every_frame_round_trips_and_every_strict_prefix_is_incomplete() {
+        for frame in samples() {
+            let full = bytes_of(&frame);
+            assert_eq!(full.len(), encoded_len(&frame));
+            for cut in 0..full.len() {
+                let mut partial = BytesMut::from(&full[..cut]);
+                assert_eq!(
+                    decode(&mut partial, MAX_FRAME_LEN),
+                    Ok(None),
+                    "{frame:?} cut at {cut}"
+                );
+            }
+            let mut whole = full.clone();
+            whole.extend_from_slice(&full); // two in a row
+            assert_eq!(decode(&mut whole, MAX_FRAME_LEN), Ok(Some(frame.clone())));
+            assert_eq!(decode(&mut whole, MAX_FRAME_LEN), Ok(Some(frame)));
+            assert!(whole.is_empty());
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_from_the_header_alone() {
+        let mut b = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            decode(&mut b, MAX_FRAME_LEN),
+            Err(DecodeError::TooLarge {
+                len: u32::MAX as usize,
+                max: MAX_FRAME_LEN
+            })
+        );
+        assert!(b.capacity() < 1024, "nothing was reserved for it");
+    }
+
+    #[test]
+    fn malformed_frames_give_specific_errors() {
+        let cases: Vec<(Vec<u8>, DecodeError)> = vec![
+            (vec![0, 0, 0, 0], DecodeError::Empty),
+            (vec![0, 0, 0, 1, 99], DecodeError::UnknownType(99)),
+            (vec![0, 0, 0, 3, 8, 0, 0], DecodeError::ShortBody),
+            (
+                vec![0, 0, 0, 2, 15, 0],
+                DecodeError::TrailingBytes { ty: 15, extra: 1 },
+            ),
+            (
+                [&[0, 0, 0, 55, 1][..], b"XXXX", &[0u8; 50][..]].concat(),
+                DecodeError::BadMagic(*b"XXXX"),
+            ),
+        ];
+        for (input, want) in cases {
+            let mut b = BytesMut::from(&input[..]);
+            assert_eq!(decode(&mut b, MAX_FRAME_LEN), Err(want));
+        }
+        // A string longer than the limit.
+        let mut body = vec![14u8];
+        body.extend_from_slice(&u64::MAX.to_be_bytes());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&((MAX_STRING_LEN + 1) as u16).to_be_bytes());
+        body.extend(std::iter::repeat_n(b'a', MAX_STRING_LEN + 1));
+        let mut b = BytesMut::new();
+        b.put_u32(body.len() as u32);
+        b.put_slice(&body);
+        assert_eq!(
+            decode(&mut b, MAX_FRAME_LEN),
+            Err(DecodeError::StringTooLong {
+                len: MAX_STRING_LEN + 1
+            })
+        );
+        // A small file whose content disagrees with its size.
+        let mut b = bytes_of(&Frame::SmallFile {
+            file: 1,
+            meta: Meta {
+                path: b"f".to_vec(),
+                size: 3,
+                mode: 0,
+                mtime_ns: 0,
+            },
+            root: [0; 32],
+            payload: Bytes::from_static(b"12345"),
+        });
+        assert_eq!(
+            decode(&mut b, MAX_FRAME_LEN),
+            Err(DecodeError::SizeMismatch {
+                declared: 3,
+                actual: 5
+            })
+        );
+    }
+
+    #[test]
+    fn payload_is_not_copied_by_encode_head() {
+        let payload = Bytes::from(vec![1u8; 1000]);
+        let frame = Frame::Data {
+            file: 1,
+            index: 0,
+            cv: [0; 32],
+            payload: payload.clone(),
+        };
+        let mut head = BytesMut::new();
+        let out = encode_head(&frame, &mut head).unwrap();
+        assert_eq!(out.as_ptr(), payload.as_ptr());
+        assert_eq!(head.len() + out.len(), encoded_len(&frame));
+    }
+
+    fn arb_meta() -> impl Strategy<Value = Meta> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+            any::<u32>(),
+            any::<i64>(),
+        )
+            .prop_map(|(path, size, mode, mtime_ns)| Meta {
+                path,
+                size,
+                mode,
+                mtime_ns,
+            })
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..300);
+        prop_oneof![
+            (any::<u16>(), any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(
+                |(version, session, nonce)| Frame::Hello {
+                    version,
+                    session,
+                    nonce
+                }
+            ),
+            any::<[u8; 32]>().prop_map(|nonce| Frame::Challenge { nonce }),
+            (any::<u64>(), arb_meta(), any::<u32>()).prop_map(|(file, meta, chunk_len)| {
+                Frame::FileBegin {
+                    file,
+                    meta,
+                    chunk_len,
+                }
+            }),
+            (any::<u64>(), any::<u64>(), any::<[u8; 32]>(), bytes()).prop_map(
+                |(file, index, cv, p)| Frame::Data {
+                    file,
+                    index,
+                    cv,
+                    payload: Bytes::from(p)
+                }
+            ),
+            (any::<u64>(), arb_meta(), any::<[u8; 32]>(), bytes()).prop_map(
+                |(file, mut meta, root, p)| {
+                    meta.size = p.len() as u64;
+                    Frame::SmallFile {
+                        file,
+                        meta,
+                        root,
+                        payload: Bytes::from(p),
+                    }
+                }
+            ),
+            (any::<u64>(), arb_meta(), bytes())
+                .prop_map(|(file, meta, target)| { Frame::Symlink { file, meta, target } }),
+            (any::<u64>(), any::<u16>(), bytes()).prop_map(|(file, code, message)| {
+                Frame::Error {
+                    file,
+                    code,
+                    message,
+                }
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(file, index)| Frame::Ack { file, index }),
+            Just(Frame::Finish),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(frame in arb_frame()) {
+            let mut b = bytes_of(&frame);
+            prop_assert_eq!(decode(&mut b, MAX_FRAME_LEN), Ok(Some(frame)));
+            prop_assert!(b.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut b = BytesMut::from(&input[..]);
+            while let Ok(Some(_)) = decode(&mut b, 4096) {}
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The wire protocol, sans-IO: frame layout (`frame`), framing with limits (`codec`), and
+//! the authenticated handshake (`handshake`). Nothing here touches a socket or a clock; the
+//! client and server drive it. Specified in `docs/PROTOCOL.md`.
+
+pub mod codec;
+pub mod frame;
+pub mod handshake;
+
+pub use codec::{decode, encode, encode_head, DecodeError, MAX_FRAME_LEN};
+pub use frame::{ErrorCode, Frame, Meta};
