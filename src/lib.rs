@@ -23,11 +23,14 @@ pub mod hash_job;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;
+pub mod server;
 pub mod source;
+pub mod transport;
 
 pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};
 pub use pipeline::budget::Budget;
 pub use pipeline::chunk::ChunkSize;
 pub use pipeline::options::{OptionsError, PipelineOptions};
 pub use progress::Progress;
+pub use server::{Server, ServerOptions};
 pub use source::{Input, SourceError};

@@ -1,0 +1,97 @@
+//! Batched durability for small files.
+//!
+//! One `fsync` costs about 0.5 ms here, ten times the cost of writing a 32 KiB file, so small
+//! files are not flushed one by one. They are written to partial files and closed (mode and
+//! mtime applied); when a batch is full (`batch_files` or `batch_bytes`) or the client
+//! finishes, one `syncfs` flushes them all, then each is renamed into place, then each parent
+//! directory is flushed once, so the renames are durable too. Only then is `FileDone` sent:
+//! a file the client counts as delivered is always durable under its final name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::writer::{sync_dir, sync_filesystem, Finished};
+
+/// Small files waiting for a flush.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    items: Vec<(u64, Finished)>,
+    bytes: u64,
+}
+
+impl Batch {
+    pub(crate) fn push(&mut self, file: u64, finished: Finished, bytes: u64) {
+        self.items.push((file, finished));
+        self.bytes += bytes;
+    }
+
+    pub(crate) fn contains(&self, file: u64) -> bool {
+        self.items.iter().any(|(f, _)| *f == file)
+    }
+
+    pub(crate) fn is_full(&self, max_files: usize, max_bytes: u64) -> bool {
+        self.items.len() >= max_files || self.bytes >= max_bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub(crate) fn take(&mut self) -> Batch {
+        std::mem::take(self)
+    }
+
+    /// Deletes every partial file (a session that will never finish).
+    pub(crate) fn abandon(self) {
+        for (_, f) in self.items {
+            f.abandon();
+        }
+    }
+
+    /// Flushes, renames and syncs directories. Blocking. Returns the files now durable in
+    /// place, and those that failed with why.
+    pub(crate) fn commit(self, root: &Path) -> (Vec<u64>, Vec<(u64, std::io::Error)>) {
+        if self.items.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        if let Err(e) = sync_filesystem(root) {
+            let kind = e.kind();
+            let failed = self
+                .items
+                .into_iter()
+                .map(|(f, partial)| {
+                    partial.abandon();
+                    (f, std::io::Error::new(kind, format!("flush failed: {e}")))
+                })
+                .collect();
+            return (Vec::new(), failed);
+        }
+        let mut done = Vec::with_capacity(self.items.len());
+        let mut failed = Vec::new();
+        let mut dirs = BTreeMap::<PathBuf, Vec<u64>>::new();
+        for (file, partial) in self.items {
+            match partial.rename_into_place() {
+                Ok(()) => {
+                    let parent = partial.target().parent().unwrap_or(root);
+                    dirs.entry(parent.to_path_buf()).or_default().push(file);
+                }
+                Err(e) => {
+                    partial.abandon();
+                    failed.push((file, e));
+                }
+            }
+        }
+        for (dir, files) in dirs {
+            match sync_dir(&dir) {
+                Ok(()) => done.extend(files),
+                Err(e) => failed.extend(files.into_iter().map(|f| {
+                    (
+                        f,
+                        std::io::Error::new(e.kind(), format!("flushing {}: {e}", dir.display())),
+                    )
+                })),
+            }
+        }
+        (done, failed)
+    }
+}

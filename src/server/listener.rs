@@ -1,0 +1,191 @@
+//! The [`Server`]: bind, accept under a connection cap, expire idle sessions, shut down
+//! gracefully.
+//!
+//! A failed connection is logged and dropped; it never stops the server. Shutdown stops
+//! accepting, tells every connection to stop (in-flight chunks are abandoned, and a partial
+//! file is never renamed into place), waits for them, and deletes the partial files of
+//! sessions that did not finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::session::{self, Context};
+use super::ServerOptions;
+use crate::pipeline::hash::HashPool;
+
+/// A receiving server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("root", &self.options.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often idle sessions are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port) and prepares to serve `options.root`, which is
+    /// created if missing.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or the address cannot be bound.
+    pub async fn bind(addr: SocketAddr, mut options: ServerOptions) -> std::io::Result<Server> {
+        std::fs::create_dir_all(&options.root)?;
+        options.root = std::fs::canonicalize(&options.root)?;
+        let listener = TcpListener::bind(addr).await?;
+        let ctx = Arc::new(Context {
+            options,
+            pool: HashPool::default(),
+            sessions: Mutex::new(HashMap::new()),
+        });
+        Ok(Server {
+            listener,
+            ctx,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// When the socket cannot report it.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Cancelling this token shuts the server down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled.
+    ///
+    /// # Errors
+    /// Only when accepting fails persistently (after retries with backoff).
+    pub async fn serve(self) -> std::io::Result<()> {
+        let Server {
+            listener,
+            ctx,
+            shutdown,
+        } = self;
+        let slots = Arc::new(Semaphore::new(ctx.options.max_connections.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut accept_failures = 0u32;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = sweep.tick() => {
+                    expire_sessions(&ctx);
+                    while tasks.try_join_next().is_some() {}
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    accept_failures = 0;
+                    a
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off, then keep serving.
+                    accept_failures += 1;
+                    tracing::warn!(error = %e, "accept failed");
+                    if accept_failures > 16 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10 << accept_failures.min(8))).await;
+                    continue;
+                }
+            };
+            let ctx = Arc::clone(&ctx);
+            let stop = shutdown.child_token();
+            let span = tracing::debug_span!("connection", %peer);
+            tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    handle(stream, ctx, stop).await;
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        let sessions: Vec<_> = {
+            let mut map = ctx.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            map.drain().map(|(_, s)| s).collect()
+        };
+        for s in sessions {
+            s.abandon();
+        }
+        Ok(())
+    }
+}
+
+async fn handle(stream: TcpStream, ctx: Arc<Context>, stop: CancellationToken) {
+    tune(&stream);
+    let (rd, wr) = stream.into_split();
+    match session::serve(rd, wr, ctx, stop).await {
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(e) => tracing::warn!(error = %e, "connection ended"),
+    }
+}
+
+/// Large socket buffers and keepalive; small acknowledgements go out at once.
+pub(crate) fn tune(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let _ = stream.set_nodelay(true);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    let _ =
+        sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)));
+}
+
+/// Drops sessions that finished, or that have had no connection for `session_linger`.
+fn expire_sessions(ctx: &Context) {
+    let linger = ctx.options.session_linger;
+    let now = Instant::now();
+    let expired: Vec<_> = {
+        let mut map = ctx.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<_> = map
+            .iter()
+            .filter(|(_, s)| {
+                let inner = s.lock();
+                inner.connections == 0
+                    && (inner.finished || inner.last_active.is_none_or(|t| now - t > linger))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+    };
+    for s in expired {
+        s.abandon();
+    }
+}

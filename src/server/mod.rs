@@ -1,0 +1,68 @@
+//! The receiving side: a [`Server`] accepts authenticated connections, groups them into
+//! sessions, verifies every chunk and writes files into the served directory.
+//!
+//! - `listener.rs`: binding, accepting, the connection cap, session expiry, graceful shutdown.
+//! - `session.rs`: one connection's frames, against its session's shared state.
+//! - `writer.rs`: partial files, positioned writes, commit and rename.
+//! - `durability.rs`: batched flushing of small files.
+//! - [`paths`]: hostile path checks.
+
+mod durability;
+mod listener;
+pub mod paths;
+mod session;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use listener::Server;
+
+use crate::protocol::handshake::Key;
+
+/// Server settings. `ServerOptions::new(dir)` gives the documented defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The served directory; nothing is ever written outside it.
+    pub root: PathBuf,
+    /// The pre-shared key. Default: the empty passphrase (no authentication).
+    pub key: Key,
+    /// Connections served at once; more wait in the accept queue. Default 64.
+    pub max_connections: usize,
+    /// A connection with no frame for this long is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// The handshake must finish within this. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Largest chunk a client may use. With `max_connections`, this bounds memory: each
+    /// connection buffers at most one frame. Default 16 MiB.
+    pub max_chunk_len: u32,
+    /// Largest file accepted. Default 16 TiB.
+    pub max_file_size: u64,
+    /// A session with no connection for this long is dropped and its partial files deleted.
+    /// Default 120 s.
+    pub session_linger: Duration,
+    /// Small files written but not yet flushed, before a flush is forced. Default 512.
+    pub batch_files: usize,
+    /// Bytes of small files written but not yet flushed, before a flush is forced.
+    /// Default 64 MiB.
+    pub batch_bytes: u64,
+}
+
+impl ServerOptions {
+    /// Defaults for serving `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ServerOptions {
+            root: root.into(),
+            key: Key::default(),
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_chunk_len: 16 * 1024 * 1024,
+            max_file_size: 16 << 40,
+            session_linger: Duration::from_secs(120),
+            batch_files: 512,
+            batch_bytes: 64 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Hostile path checks: every path from the network is turned into a location inside the
+//! served directory, or rejected.
+//!
+//! Rejected: empty paths, absolute paths, `.` and `..` components, empty components (`a//b`),
+//! NUL bytes, over-long paths, and any existing ancestor inside the served directory that is
+//! a symbolic link (following it could leave the directory). The final component may not be
+//! an existing directory when a file is expected, nor a symlink (it would be replaced, never
+//! followed).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Longest accepted relative path, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Deepest accepted path, in components.
+pub const MAX_DEPTH: usize = 256;
+
+/// Why a path from a peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// Empty, absolute, or containing `.`, `..`, empty components or NUL.
+    #[error("path {0:?} is not a plain relative path")]
+    NotRelative(String),
+    /// Too long or too deep.
+    #[error("path {0:?} is too long")]
+    TooLong(String),
+    /// An ancestor is a symbolic link.
+    #[error("path {0:?} goes through a symbolic link")]
+    ThroughSymlink(String),
+}
+
+/// Checks `raw` (a `/`-separated relative path from the wire) and returns it joined onto
+/// `root`. Does not touch the filesystem.
+///
+/// # Errors
+/// [`PathError::NotRelative`] or [`PathError::TooLong`].
+pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
+    let shown = || String::from_utf8_lossy(raw).into_owned();
+    if raw.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong(shown()));
+    }
+    if raw.is_empty() || raw[0] == b'/' || raw.contains(&0) {
+        return Err(PathError::NotRelative(shown()));
+    }
+    let mut out = root.to_path_buf();
+    let mut depth = 0;
+    for part in raw.split(|&b| b == b'/') {
+        if part.is_empty() || part == b"." || part == b".." {
+            return Err(PathError::NotRelative(shown()));
+        }
+        depth += 1;
+        if depth > MAX_DEPTH {
+            return Err(PathError::TooLong(shown()));
+        }
+        out.push(OsStr::from_bytes(part));
+    }
+    Ok(out)
+}
+
+/// [`lexical`], then checks that no existing ancestor between `root` and the target is a
+/// symlink. The target itself may be anything; callers replace it atomically, never follow
+/// it.
+///
+/// # Errors
+/// As [`lexical`], plus [`PathError::ThroughSymlink`].
+pub fn resolve(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
+    let target = lexical(root, raw)?;
+    let mut at = root.to_path_buf();
+    let rel = target.strip_prefix(root).unwrap_or(&target);
+    let mut parts = rel.components().peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            break; // the target itself
+        }
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(PathError::ThroughSymlink(
+                    String::from_utf8_lossy(raw).into_owned(),
+                ))
+            }
+            // A missing ancestor is created later as a real directory; other errors surface
+            // when the file is created.
+            _ => {}
+        }
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_paths_are_rejected() {
+        let root = Path::new("/srv/in");
+        for bad in [
+            &b""[..],
+            b"/etc/passwd",
+            b"..",
+            b"../x",
+            b"a/../../x",
+            b"a/./b",
+            b"a//b",
+            b"a/",
+            b"a\0b",
+            b".",
+        ] {
+            assert!(
+                lexical(root, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            lexical(root, &[b'a'; MAX_PATH_LEN + 1]),
+            Err(PathError::TooLong(_))
+        ));
+        let deep = vec!["d"; MAX_DEPTH + 1].join("/");
+        assert!(matches!(
+            lexical(root, deep.as_bytes()),
+            Err(PathError::TooLong(_))
+        ));
+        assert_eq!(
+            lexical(root, b"a b/\xc3\xa9t\xc3\xa9").unwrap(),
+            Path::new("/srv/in/a b/été")
+        );
+        assert_eq!(
+            lexical(root, b"..a/b..").unwrap(),
+            Path::new("/srv/in/..a/b..")
+        );
+    }
+
+    #[test]
+    fn symlinked_ancestors_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        assert!(matches!(
+            resolve(dir.path(), b"link/x"),
+            Err(PathError::ThroughSymlink(_))
+        ));
+        assert!(resolve(dir.path(), b"real/x").is_ok());
+        assert!(resolve(dir.path(), b"new/dir/x").is_ok());
+        // The target itself being a link is allowed: it is replaced by rename, not followed.
+        assert!(resolve(dir.path(), b"link").is_ok());
+    }
+}

@@ -1,0 +1,621 @@
+//! One connection of a session: the handshake, then each frame checked against limits and
+//! the session's state, and answered.
+//!
+//! A session (one transfer, identified by the id in `Hello`) may have many connections, and
+//! connections may drop and come back: the session's state (files being received, files
+//! done, the small-file batch) lives in [`Session`], shared by its connections, and every
+//! request is idempotent so that a client can resend whatever was not answered.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::durability::Batch;
+use super::paths;
+use super::writer::{make_dir, make_symlink, system_time, PartialFile};
+use super::ServerOptions;
+use crate::pipeline::chunk::ChunkDigest;
+use crate::pipeline::hash::{digest, HashPool, RootBuilder};
+use crate::protocol::codec::LEN_PREFIX;
+use crate::protocol::handshake::{random, ServerHandshake, ServerStep};
+use crate::protocol::{ErrorCode, Frame, Meta};
+use crate::transport::{FrameReader, FrameWriter, LinkError};
+
+/// A file of more than one chunk being received.
+#[derive(Debug)]
+struct Large {
+    partial: PartialFile,
+    size: u64,
+    chunk_len: u64,
+    /// Chaining value of each verified chunk; 32 bytes per chunk (32 KiB per GiB at 1 MiB).
+    cvs: Mutex<Vec<Option<[u8; 32]>>>,
+}
+
+/// State shared by a session's connections.
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    large: HashMap<u64, Arc<Large>>,
+    done: HashSet<u64>,
+    batch: Batch,
+    /// Directories to stamp with their mtime once everything inside is written.
+    dirs: Vec<(PathBuf, i64)>,
+    pub(crate) connections: usize,
+    pub(crate) last_active: Option<Instant>,
+    pub(crate) finished: bool,
+}
+
+/// One transfer's state on the server.
+#[derive(Debug)]
+pub(crate) struct Session {
+    tag: String,
+    inner: Mutex<Inner>,
+}
+
+impl Session {
+    pub(crate) fn new(id: [u8; 16]) -> Self {
+        let tag = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Session {
+            tag,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes every partial file of the session (it will never finish).
+    pub(crate) fn abandon(&self) {
+        let mut inner = self.lock();
+        for (_, large) in inner.large.drain() {
+            if let Ok(large) = Arc::try_unwrap(large) {
+                large.partial.abandon();
+            }
+        }
+        inner.batch.take().abandon();
+    }
+}
+
+/// What a connection needs from its server.
+pub(crate) struct Context {
+    pub(crate) options: ServerOptions,
+    pub(crate) pool: HashPool,
+    pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
+}
+
+impl Context {
+    fn session(&self, id: [u8; 16]) -> Arc<Session> {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = map.entry(id).or_insert_with(|| Arc::new(Session::new(id)));
+        Arc::clone(s)
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] crate::protocol::handshake::HandshakeError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("server shutting down")]
+    Shutdown,
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> Self {
+        ConnError::Link(LinkError::Io(e))
+    }
+}
+
+fn error_frame(file: u64, code: ErrorCode, message: impl std::fmt::Display) -> Frame {
+    Frame::Error {
+        file,
+        code: code as u16,
+        message: message.to_string().into_bytes(),
+    }
+}
+
+/// Serves one connection until it closes, fails, or the server shuts down.
+pub(crate) async fn serve<R, W>(
+    rd: R,
+    wr: W,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let opts = &ctx.options;
+    let max_frame = max_buffered(opts);
+    // Until authenticated, a peer may only send small frames.
+    let mut reader = FrameReader::new(rd, 256);
+    let mut writer = FrameWriter::new(wr);
+    let mut hs = ServerHandshake::new(opts.key.clone(), random()?);
+    let deadline = opts.handshake_timeout;
+    let session_id = loop {
+        let Some(frame) = reader.next_within(deadline).await? else {
+            return Ok(());
+        };
+        match hs.handle(&frame) {
+            Ok(ServerStep::Reply(reply)) => writer.send(&reply).await?,
+            Ok(ServerStep::Done(welcome, accepted)) => {
+                writer.send(&welcome).await?;
+                break accepted.session;
+            }
+            Err(e) => {
+                let code = if matches!(e, crate::protocol::handshake::HandshakeError::BadKey) {
+                    ErrorCode::Auth
+                } else {
+                    ErrorCode::Protocol
+                };
+                let _ = writer.send(&error_frame(u64::MAX, code, &e)).await;
+                return Err(e.into());
+            }
+        }
+    };
+    reader.set_max_frame_len(max_frame);
+    let session = ctx.session(session_id);
+    {
+        let mut s = session.lock();
+        s.connections += 1;
+        s.last_active = Some(Instant::now());
+    }
+    let result = frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await;
+    {
+        let mut s = session.lock();
+        s.connections -= 1;
+        s.last_active = Some(Instant::now());
+    }
+    if let Err(ConnError::Link(LinkError::Decode(e))) = &result {
+        let _ = writer
+            .send(&error_frame(u64::MAX, ErrorCode::Protocol, e))
+            .await;
+    }
+    if matches!(result, Err(ConnError::Shutdown)) {
+        let _ = writer
+            .send(&error_frame(
+                u64::MAX,
+                ErrorCode::Shutdown,
+                "server shutting down",
+            ))
+            .await;
+    }
+    result
+}
+
+async fn frames<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let idle = ctx.options.idle_timeout;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Err(ConnError::Shutdown),
+            frame = reader.next_within(idle) => frame?,
+        };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        session.lock().last_active = Some(Instant::now());
+        for reply in handle(frame, ctx, session).await? {
+            writer.send(&reply).await?;
+        }
+    }
+}
+
+/// Answers one frame. Per-file problems become `Error` frames for that file; only protocol
+/// violations end the connection.
+async fn handle(
+    frame: Frame,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Result<Vec<Frame>, ConnError> {
+    let opts = &ctx.options;
+    match frame {
+        Frame::FileBegin {
+            file,
+            meta,
+            chunk_len,
+        } => Ok(vec![begin(file, meta, chunk_len, ctx, session).await]),
+        Frame::Data {
+            file,
+            index,
+            cv,
+            payload,
+        } => {
+            let large = session.lock().large.get(&file).cloned();
+            let Some(large) = large else {
+                if session.lock().done.contains(&file) {
+                    return Ok(vec![Frame::Ack { file, index }]);
+                }
+                return Ok(vec![error_frame(
+                    file,
+                    ErrorCode::Protocol,
+                    "data for a file that was not begun",
+                )]);
+            };
+            let offset = index
+                .checked_mul(large.chunk_len)
+                .filter(|&o| o < large.size);
+            let Some(offset) = offset else {
+                return Ok(vec![fail_large(
+                    session,
+                    file,
+                    ErrorCode::Protocol,
+                    "chunk index out of range",
+                )]);
+            };
+            let expected = (large.size - offset).min(large.chunk_len);
+            if payload.len() as u64 != expected {
+                return Ok(vec![fail_large(
+                    session,
+                    file,
+                    ErrorCode::Protocol,
+                    "chunk has the wrong length",
+                )]);
+            }
+            let writing = Arc::clone(&large);
+            let outcome = ctx
+                .pool
+                .run(move || {
+                    if digest(offset, &payload).chaining_value != Some(cv) {
+                        return Err(None);
+                    }
+                    writing.partial.write_at(offset, &payload).map_err(Some)
+                })
+                .await;
+            match outcome {
+                Ok(()) => {
+                    let mut cvs = large.cvs.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(slot) = cvs.get_mut(index as usize) {
+                        *slot = Some(cv);
+                    }
+                    Ok(vec![Frame::Ack { file, index }])
+                }
+                Err(None) => Ok(vec![fail_large(
+                    session,
+                    file,
+                    ErrorCode::Hash,
+                    format!("chunk {index} failed BLAKE3 verification"),
+                )]),
+                Err(Some(e)) => Ok(vec![fail_large(session, file, ErrorCode::Io, e)]),
+            }
+        }
+        Frame::FileEnd { file, root } => {
+            let large = {
+                let mut s = session.lock();
+                if s.done.contains(&file) {
+                    return Ok(vec![Frame::FileDone { file }]);
+                }
+                s.large.remove(&file)
+            };
+            let Some(large) = large else {
+                return Ok(vec![error_frame(
+                    file,
+                    ErrorCode::Protocol,
+                    "end of a file that was not begun",
+                )]);
+            };
+            let mut builder = RootBuilder::new();
+            let complete = {
+                let cvs = large.cvs.lock().unwrap_or_else(PoisonError::into_inner);
+                cvs.iter().all(|cv| {
+                    cv.is_some_and(|cv| {
+                        builder
+                            .push(ChunkDigest {
+                                chaining_value: Some(cv),
+                                solo_root: None,
+                            })
+                            .is_ok()
+                    })
+                })
+            };
+            let verified = complete
+                && builder
+                    .finish()
+                    .is_ok_and(|r| r == blake3::Hash::from_bytes(root));
+            let Ok(large) = Arc::try_unwrap(large) else {
+                return Ok(vec![error_frame(
+                    file,
+                    ErrorCode::Protocol,
+                    "file ended while chunks are still being written",
+                )]);
+            };
+            if !verified {
+                large.partial.abandon();
+                let why = if complete {
+                    "root hash mismatch"
+                } else {
+                    "file ended with chunks missing"
+                };
+                return Ok(vec![error_frame(file, ErrorCode::Hash, why)]);
+            }
+            let committed = tokio::task::spawn_blocking(move || {
+                let target = large.partial.target().to_path_buf();
+                let finished = large.partial.finish(true)?;
+                finished.rename_into_place()?;
+                super::writer::sync_dir(target.parent().unwrap_or(&target))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match committed {
+                Ok(()) => {
+                    session.lock().done.insert(file);
+                    Ok(vec![Frame::FileDone { file }])
+                }
+                Err(e) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+            }
+        }
+        Frame::SmallFile {
+            file,
+            meta,
+            root,
+            payload,
+        } => {
+            {
+                let s = session.lock();
+                if s.done.contains(&file) {
+                    return Ok(vec![
+                        Frame::Ack { file, index: 0 },
+                        Frame::FileDone { file },
+                    ]);
+                }
+                if s.batch.contains(file) {
+                    return Ok(vec![Frame::Ack { file, index: 0 }]);
+                }
+            }
+            if meta.size > opts.max_file_size {
+                return Ok(vec![error_frame(file, ErrorCode::Limit, "file too large")]);
+            }
+            let target = match paths::resolve(&opts.root, &meta.path) {
+                Ok(t) => t,
+                Err(e) => return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]),
+            };
+            let tag = session.tag.clone();
+            let bytes = payload.len() as u64;
+            let written = ctx
+                .pool
+                .run(move || {
+                    if blake3::hash(&payload) != blake3::Hash::from_bytes(root) {
+                        return Err(None);
+                    }
+                    let partial =
+                        PartialFile::create(target, meta.size, meta.mode, meta.mtime_ns, &tag)
+                            .map_err(Some)?;
+                    let written = partial.write_at(0, &payload);
+                    match written.and(Ok(())) {
+                        Ok(()) => partial.finish(false).map_err(Some),
+                        Err(e) => {
+                            partial.abandon();
+                            Err(Some(e))
+                        }
+                    }
+                })
+                .await;
+            match written {
+                Ok(finished) => {
+                    let full = {
+                        let mut s = session.lock();
+                        s.batch.push(file, finished, bytes);
+                        s.batch.is_full(opts.batch_files, opts.batch_bytes)
+                    };
+                    let mut replies = vec![Frame::Ack { file, index: 0 }];
+                    if full {
+                        replies.extend(flush(ctx, session).await);
+                    }
+                    Ok(replies)
+                }
+                Err(None) => Ok(vec![error_frame(
+                    file,
+                    ErrorCode::Hash,
+                    "file failed BLAKE3 verification",
+                )]),
+                Err(Some(e)) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+            }
+        }
+        Frame::Dir { file, meta } => {
+            let target = match paths::resolve(&opts.root, &meta.path) {
+                Ok(t) => t,
+                Err(e) => return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]),
+            };
+            let made = {
+                let t = target.clone();
+                tokio::task::spawn_blocking(move || make_dir(&t, meta.mode | 0o700))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            };
+            match made {
+                Ok(()) => {
+                    let mut s = session.lock();
+                    s.dirs.push((target, meta.mtime_ns));
+                    s.done.insert(file);
+                    Ok(vec![Frame::FileDone { file }])
+                }
+                Err(e) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+            }
+        }
+        Frame::Symlink { file, meta, target } => {
+            let path = match paths::resolve(&opts.root, &meta.path) {
+                Ok(t) => t,
+                Err(e) => return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]),
+            };
+            let tag = session.tag.clone();
+            let made = tokio::task::spawn_blocking(move || make_symlink(&path, &target, &tag))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match made {
+                Ok(()) => {
+                    session.lock().done.insert(file);
+                    Ok(vec![Frame::FileDone { file }])
+                }
+                Err(e) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+            }
+        }
+        Frame::Error { file, .. } => {
+            // The client gave up on a file (its source failed): drop what we have of it.
+            let large = session.lock().large.remove(&file);
+            if let Some(large) = large.and_then(|l| Arc::try_unwrap(l).ok()) {
+                large.partial.abandon();
+            }
+            Ok(Vec::new())
+        }
+        Frame::Finish => {
+            let mut replies = flush(ctx, session).await;
+            let dirs = std::mem::take(&mut session.lock().dirs);
+            // Deepest first, so stamping a parent is not undone by work in a child.
+            let stamped = tokio::task::spawn_blocking(move || {
+                let mut dirs = dirs;
+                dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+                for (dir, mtime) in dirs {
+                    if let Ok(f) = std::fs::File::open(&dir) {
+                        let _ = f.set_modified(system_time(mtime));
+                        let _ = f.sync_all();
+                    }
+                }
+            })
+            .await;
+            if stamped.is_err() {
+                tracing::warn!("stamping directory times failed");
+            }
+            session.lock().finished = true;
+            replies.push(Frame::Finished);
+            Ok(replies)
+        }
+        Frame::Hello { .. } | Frame::Auth { .. } => {
+            Err(ConnError::Protocol("handshake frame after the handshake"))
+        }
+        _ => Err(ConnError::Protocol("a frame only a server sends")),
+    }
+}
+
+async fn begin(
+    file: u64,
+    meta: Meta,
+    chunk_len: u32,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Frame {
+    let opts = &ctx.options;
+    {
+        let s = session.lock();
+        if s.done.contains(&file) {
+            return Frame::FileDone { file };
+        }
+        if s.large.contains_key(&file) {
+            return Frame::FileReady { file };
+        }
+    }
+    if !chunk_len.is_power_of_two() || chunk_len < 16 * 1024 || chunk_len > opts.max_chunk_len {
+        return error_frame(
+            file,
+            ErrorCode::Limit,
+            format!("chunk size {chunk_len} not accepted"),
+        );
+    }
+    if meta.size > opts.max_file_size {
+        return error_frame(
+            file,
+            ErrorCode::Limit,
+            format!("file of {} bytes exceeds the limit", meta.size),
+        );
+    }
+    let chunks = meta.size.div_ceil(u64::from(chunk_len));
+    if chunks < 2 {
+        return error_frame(
+            file,
+            ErrorCode::Protocol,
+            "a file of one chunk must be sent as a small file",
+        );
+    }
+    let target = match paths::resolve(&opts.root, &meta.path) {
+        Ok(t) => t,
+        Err(e) => return error_frame(file, ErrorCode::BadPath, e),
+    };
+    let tag = session.tag.clone();
+    let size = meta.size;
+    let created = tokio::task::spawn_blocking(move || {
+        PartialFile::create(target, size, meta.mode, meta.mtime_ns, &tag)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match created {
+        Ok(partial) => {
+            let large = Large {
+                partial,
+                size,
+                chunk_len: u64::from(chunk_len),
+                // `chunks` ≤ max_file_size / 16 KiB; allocated once the limits passed.
+                cvs: Mutex::new(vec![None; chunks as usize]),
+            };
+            let mut s = session.lock();
+            if let Some(existing) = s.large.insert(file, Arc::new(large)) {
+                // A concurrent duplicate begin won the race; keep one of them.
+                if let Ok(l) = Arc::try_unwrap(existing) {
+                    l.partial.abandon();
+                }
+            }
+            Frame::FileReady { file }
+        }
+        Err(e) => error_frame(file, ErrorCode::Io, e),
+    }
+}
+
+fn fail_large(
+    session: &Arc<Session>,
+    file: u64,
+    code: ErrorCode,
+    why: impl std::fmt::Display,
+) -> Frame {
+    let large = session.lock().large.remove(&file);
+    if let Some(large) = large.and_then(|l| Arc::try_unwrap(l).ok()) {
+        large.partial.abandon();
+    }
+    error_frame(file, code, why)
+}
+
+/// Commits the session's small-file batch; answers `FileDone` or `Error` for each file.
+async fn flush(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Frame> {
+    let batch = session.lock().batch.take();
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let root = ctx.options.root.clone();
+    let Ok((done, failed)) = tokio::task::spawn_blocking(move || batch.commit(&root)).await else {
+        return vec![error_frame(
+            u64::MAX,
+            ErrorCode::Io,
+            "flushing small files failed",
+        )];
+    };
+    let mut s = session.lock();
+    let mut replies = Vec::with_capacity(done.len() + failed.len());
+    for file in done {
+        s.done.insert(file);
+        replies.push(Frame::FileDone { file });
+    }
+    for (file, e) in failed {
+        replies.push(error_frame(file, ErrorCode::Io, e));
+    }
+    replies
+}
+
+/// Bytes a connection may buffer: one frame of the largest chunk plus its header.
+pub(crate) fn max_buffered(opts: &ServerOptions) -> usize {
+    opts.max_chunk_len as usize + 64 * 1024 + LEN_PREFIX
+}

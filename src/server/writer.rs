@@ -1,0 +1,192 @@
+//! Writing received files: partial files beside their targets, positioned writes into
+//! preallocated space, and the commit (durable, metadata applied, atomic rename).
+//!
+//! A partial file is named `.<name>.<tag>.tidegate-partial` in the target's directory, so
+//! the rename into place is atomic (same filesystem) and nobody ever sees a half-written file
+//! under the final name. Large files are flushed one by one at commit (`fdatasync`); small
+//! files are committed in batches by `durability.rs`, which flushes many at once.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Suffix of partial files.
+pub const PARTIAL_SUFFIX: &str = ".tidegate-partial";
+
+/// A file being received.
+#[derive(Debug)]
+pub(crate) struct PartialFile {
+    file: File,
+    partial: PathBuf,
+    target: PathBuf,
+    mode: u32,
+    mtime_ns: i64,
+}
+
+/// The partial path for `target`, tagged so concurrent sessions never share one.
+fn partial_path(target: &Path, tag: &str) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(target.file_name().unwrap_or_default());
+    name.push(".");
+    name.push(tag);
+    name.push(PARTIAL_SUFFIX);
+    target.with_file_name(name)
+}
+
+impl PartialFile {
+    /// Creates the partial file (and missing parent directories), preallocated to `size`.
+    pub(crate) fn create(
+        target: PathBuf,
+        size: u64,
+        mode: u32,
+        mtime_ns: i64,
+        tag: &str,
+    ) -> io::Result<Self> {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let partial = partial_path(&target, tag);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_private()
+            .open(&partial)?;
+        if size > 0 {
+            preallocate(&file, size)?;
+        }
+        Ok(PartialFile {
+            file,
+            partial,
+            target,
+            mode,
+            mtime_ns,
+        })
+    }
+
+    /// Writes `data` at `offset`.
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    /// The final path.
+    pub(crate) fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Applies mode and mtime; with `sync`, flushes the data first. Returns the paths for
+    /// [`rename_into_place`], and closes the file.
+    pub(crate) fn finish(self, sync: bool) -> io::Result<Finished> {
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))?;
+        self.file.set_modified(system_time(self.mtime_ns))?;
+        Ok(Finished {
+            partial: self.partial,
+            target: self.target,
+        })
+    }
+
+    /// Deletes the partial file.
+    pub(crate) fn abandon(self) {
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+/// A written, closed partial file waiting for its rename.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    partial: PathBuf,
+    target: PathBuf,
+}
+
+impl Finished {
+    /// Renames the file into place (atomic; replaces what was there).
+    pub(crate) fn rename_into_place(&self) -> io::Result<()> {
+        std::fs::rename(&self.partial, &self.target)
+    }
+
+    /// The final path.
+    pub(crate) fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Deletes the partial file.
+    pub(crate) fn abandon(&self) {
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+/// Makes a directory entry durable (after renames into it).
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Flushes every dirty page of the filesystem holding `path`: one call for a whole batch of
+/// small files, instead of one `fsync` each.
+pub(crate) fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(size).map_err(|_| io::Error::other("file too large"))?;
+    // SAFETY: a valid descriptor and a non-negative range.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate: reserve the length at least.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Nanoseconds since the epoch (negative: before it) as a `SystemTime`.
+pub(crate) fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Creates a directory (and parents), applying its mode.
+pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+}
+
+/// Creates or replaces a symlink at `path` pointing to `target` (never followed).
+pub(crate) fn make_symlink(path: &Path, target: &[u8], tag: &str) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = partial_path(path, tag);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)?;
+    std::fs::rename(&tmp, path)
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for OpenOptions {
+    /// Partial files are private until their real mode is applied at commit.
+    fn mode_private(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}

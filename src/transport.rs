@@ -1,0 +1,137 @@
+//! Frames over a byte stream: the thin I/O layer between the sans-IO codec and TCP.
+//!
+//! [`FrameReader`] reads into a buffer that never grows past one frame of the allowed size
+//! (the codec rejects longer lengths from the header). [`FrameWriter`] writes a frame's head
+//! and its payload with one vectored write, straight from the payload's `Bytes`.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{codec, DecodeError, Frame};
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// A socket error.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The peer sent something that is not a valid frame.
+    #[error("malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame")]
+    Truncated,
+    /// Nothing arrived within the idle timeout.
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+}
+
+/// Reads frames from `R`.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frame_len: usize,
+}
+
+/// The read buffer starts here and grows only to hold a frame that is within the limit.
+const INITIAL_READ_BUF: usize = 64 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader accepting frames up to `max_frame_len`.
+    pub fn new(inner: R, max_frame_len: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(INITIAL_READ_BUF),
+            max_frame_len,
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream (between frames).
+    ///
+    /// # Errors
+    /// [`LinkError`] on socket errors, malformed frames, or EOF mid-frame.
+    pub async fn next(&mut self) -> Result<Option<Frame>, LinkError> {
+        loop {
+            if let Some(frame) = codec::decode(&mut self.buf, self.max_frame_len)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(INITIAL_READ_BUF);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(LinkError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Changes the frame limit (raised once a peer is authenticated).
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
+
+    /// [`next`](Self::next) with an idle timeout.
+    ///
+    /// # Errors
+    /// As `next`, plus [`LinkError::Idle`].
+    pub async fn next_within(&mut self, idle: Duration) -> Result<Option<Frame>, LinkError> {
+        match tokio::time::timeout(idle, self.next()).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Idle(idle)),
+        }
+    }
+}
+
+/// Writes frames to `W`.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+    head: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer.
+    pub fn new(inner: W) -> Self {
+        FrameWriter {
+            inner,
+            head: BytesMut::with_capacity(256),
+        }
+    }
+
+    /// Writes one frame; the payload goes out by vectored write without being copied.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
+        self.head.clear();
+        let payload = codec::encode_head(frame, &mut self.head);
+        match payload {
+            Some(payload) if !payload.is_empty() => {
+                let mut both = Buf::chain(&self.head[..], &payload[..]);
+                while both.has_remaining() {
+                    if self.inner.write_buf(&mut both).await? == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                }
+            }
+            _ => self.inner.write_all(&self.head).await?,
+        }
+        Ok(())
+    }
+
+    /// Flushes and shuts down the write side.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.inner.shutdown().await
+    }
+}
