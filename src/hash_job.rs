@@ -254,6 +254,7 @@ impl Consumer {
                         .await;
                     }
                 }
+                Event::Entry { .. } => {}
                 Event::FileFailed { file, error } => {
                     if let Some(f) = self.files.last_mut() {
                         let path = f.input.to_string();

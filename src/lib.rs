@@ -19,12 +19,14 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod client;
 pub mod hash_job;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod server;
 pub mod source;
+pub mod transfer;
 pub mod transport;
 
 pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};
@@ -34,3 +36,4 @@ pub use pipeline::options::{OptionsError, PipelineOptions};
 pub use progress::Progress;
 pub use server::{Server, ServerOptions};
 pub use source::{Input, SourceError};
+pub use transfer::{Report, Transfer, TransferHandle, TransferOptions};

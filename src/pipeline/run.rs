@@ -22,15 +22,16 @@ use crate::source::read::BufPool;
 use crate::source::{FileSource, Input, RawChunk, SourceError};
 
 /// Anything the pipeline can read: it only needs the [`Input`]; the rest (a relative path,
-/// metadata) rides along and comes back in [`Event::FileStarted`].
+/// metadata) rides along and comes back in [`Event::FileStarted`]. A spec without an input
+/// (a directory, a symlink) passes through in order as [`Event::Entry`].
 pub(crate) trait Spec: Send + 'static {
-    /// What to open.
-    fn input(&self) -> &Input;
+    /// What to open, if anything.
+    fn input(&self) -> Option<&Input>;
 }
 
 impl Spec for Input {
-    fn input(&self) -> &Input {
-        self
+    fn input(&self) -> Option<&Input> {
+        Some(self)
     }
 }
 
@@ -54,6 +55,8 @@ pub(crate) enum Event<S> {
     },
     /// A file failed. No more chunks of it follow.
     FileFailed { file: u64, error: SourceError },
+    /// A spec with nothing to read, in its place in the order.
+    Entry { file: u64, spec: S },
 }
 
 /// Capacity of the producer-to-consumer queue. It only holds small records (the chunk data is
@@ -61,6 +64,10 @@ pub(crate) enum Event<S> {
 const QUEUE: usize = 64;
 
 enum Item<S> {
+    Entry {
+        file: u64,
+        spec: S,
+    },
     Start {
         file: u64,
         spec: S,
@@ -86,6 +93,9 @@ struct Current {
 /// A running pipeline. Dropping it cancels the producer.
 pub(crate) struct Pipeline<S> {
     rx: mpsc::Receiver<Item<S>>,
+    /// A chunk taken from the queue whose hash is still being awaited. Kept here, not in a
+    /// local, so that `next` is cancel-safe: a caller's `select!` may drop the future.
+    hashing: Option<oneshot::Receiver<Result<Chunk, SourceError>>>,
     current: Option<Current>,
     cancel: CancellationToken,
     producer: Option<std::thread::JoinHandle<()>>,
@@ -122,6 +132,7 @@ impl<S: Spec> Pipeline<S> {
             .spawn(move || producer.run(specs))?;
         Ok(Pipeline {
             rx,
+            hashing: None,
             current: None,
             cancel,
             producer: Some(handle),
@@ -129,8 +140,18 @@ impl<S: Spec> Pipeline<S> {
     }
 
     /// The next event, or `None` when every input is done (or the job was cancelled).
+    ///
+    /// Cancel-safe: if the future is dropped before it completes, no event is lost.
     pub(crate) async fn next(&mut self) -> Option<Event<S>> {
         loop {
+            if let Some(rx) = self.hashing.as_mut() {
+                let result = rx.await;
+                self.hashing = None;
+                if let Some(event) = self.on_hashed(result) {
+                    return Some(event);
+                }
+                continue;
+            }
             let Some(item) = self.rx.recv().await else {
                 if let Some(producer) = self.producer.take() {
                     // The producer dropped its sender, so it is returning; this join does
@@ -140,43 +161,20 @@ impl<S: Spec> Pipeline<S> {
                 return None;
             };
             match item {
+                Item::Entry { file, spec } => return Some(Event::Entry { file, spec }),
                 Item::Start { file, spec, size } => {
                     self.current = Some(Current {
                         file,
-                        path: spec.input().display_path().to_path_buf(),
+                        path: spec
+                            .input()
+                            .map(|i| i.display_path().to_path_buf())
+                            .unwrap_or_default(),
                         root: RootBuilder::new(),
                         failed: false,
                     });
                     return Some(Event::FileStarted { file, spec, size });
                 }
-                Item::Chunk { rx } => {
-                    let result = rx.await;
-                    let Some(current) = self.current.as_mut() else {
-                        continue;
-                    };
-                    if current.failed {
-                        continue; // dropping the chunk returns its budget
-                    }
-                    let error = match result {
-                        Ok(Ok(chunk)) => match current.root.push(chunk.digest) {
-                            Ok(()) => return Some(Event::Chunk(chunk)),
-                            Err(e) => SourceError::Read {
-                                path: current.path.clone(),
-                                offset: chunk.offset,
-                                source: std::io::Error::other(e),
-                            },
-                        },
-                        Ok(Err(e)) => e,
-                        Err(_) => SourceError::Cancelled {
-                            path: current.path.clone(),
-                        },
-                    };
-                    current.failed = true;
-                    return Some(Event::FileFailed {
-                        file: current.file,
-                        error,
-                    });
-                }
+                Item::Chunk { rx } => self.hashing = Some(rx),
                 Item::End { file, result } => {
                     let Some(current) = self.current.take() else {
                         continue;
@@ -204,6 +202,39 @@ impl<S: Spec> Pipeline<S> {
     }
 }
 
+impl<S> Pipeline<S> {
+    /// Turns a hashed chunk into its event; `None` when the chunk is dropped (its file
+    /// already failed).
+    fn on_hashed(
+        &mut self,
+        result: Result<Result<Chunk, SourceError>, oneshot::error::RecvError>,
+    ) -> Option<Event<S>> {
+        let current = self.current.as_mut()?;
+        if current.failed {
+            return None; // dropping the chunk returns its budget
+        }
+        let error = match result {
+            Ok(Ok(chunk)) => match current.root.push(chunk.digest) {
+                Ok(()) => return Some(Event::Chunk(chunk)),
+                Err(e) => SourceError::Read {
+                    path: current.path.clone(),
+                    offset: chunk.offset,
+                    source: std::io::Error::other(e),
+                },
+            },
+            Ok(Err(e)) => e,
+            Err(_) => SourceError::Cancelled {
+                path: current.path.clone(),
+            },
+        };
+        current.failed = true;
+        Some(Event::FileFailed {
+            file: current.file,
+            error,
+        })
+    }
+}
+
 impl<S> Drop for Pipeline<S> {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -227,8 +258,14 @@ impl<S: Spec> Producer<S> {
             if self.cancel.is_cancelled() {
                 break;
             }
+            let Some(input) = spec.input() else {
+                if self.tx.blocking_send(Item::Entry { file, spec }).is_err() {
+                    return;
+                }
+                continue;
+            };
             let opened = FileSource::open(
-                spec.input(),
+                input,
                 self.chunk_len,
                 self.window_len,
                 Arc::clone(&self.bufs),
@@ -414,7 +451,7 @@ mod tests {
                     victim.as_file().set_len(100_000).unwrap();
                     truncated = true;
                 }
-                Event::Chunk(_) | Event::FileStarted { .. } => {}
+                Event::Chunk(_) | Event::FileStarted { .. } | Event::Entry { .. } => {}
                 Event::FileFailed { file, error } => failures.push((file, error)),
                 Event::FileDone { file, root, .. } => done.push((file, root)),
             }
@@ -433,5 +470,36 @@ mod tests {
         }
         let expected = blake3::hash(&std::fs::read(other.path()).unwrap());
         assert_eq!(done, vec![(1, expected)]);
+    }
+
+    /// Regression: `next` used to lose the chunk it was awaiting when a caller's `select!`
+    /// dropped its future, which sent files with missing bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn next_is_cancel_safe() {
+        let f = file_of((8 << 20) + 777, 4);
+        let opts = options(4 << 20, 256 << 10);
+        let cancel = CancellationToken::new();
+        let inputs = vec![Input::Path(f.path().to_path_buf())];
+        let mut pipe = Pipeline::spawn(
+            inputs.into_iter(),
+            &opts,
+            HashPool::default(),
+            Budget::new(4 << 20),
+            &cancel,
+        )
+        .unwrap();
+        let (mut bytes, mut cancelled, mut root) = (0, 0, None);
+        loop {
+            match tokio::time::timeout(Duration::from_micros(1), pipe.next()).await {
+                Err(_) => cancelled += 1,
+                Ok(Some(Event::Chunk(c))) => bytes += c.data.len(),
+                Ok(Some(Event::FileDone { root: r, .. })) => root = Some(r),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+            }
+        }
+        assert!(cancelled > 0, "the test never interrupted next()");
+        assert_eq!(bytes, (8 << 20) + 777);
+        assert_eq!(root, Some(blake3::hash(&std::fs::read(f.path()).unwrap())));
     }
 }

@@ -16,6 +16,7 @@ pub mod writer;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub(crate) use listener::tune as tune_socket;
 pub use listener::Server;
 
 use crate::protocol::handshake::Key;

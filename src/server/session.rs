@@ -39,10 +39,12 @@ struct Large {
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     large: HashMap<u64, Arc<Large>>,
+    /// Large files between their `FileEnd` and their rename: a repeated end waits.
+    committing: HashSet<u64>,
     done: HashSet<u64>,
     batch: Batch,
     /// Directories to stamp with their mtime once everything inside is written.
-    dirs: Vec<(PathBuf, i64)>,
+    dirs: Vec<(PathBuf, u32, i64)>,
     pub(crate) connections: usize,
     pub(crate) last_active: Option<Instant>,
     pub(crate) finished: bool,
@@ -303,7 +305,15 @@ async fn handle(
                 if s.done.contains(&file) {
                     return Ok(vec![Frame::FileDone { file }]);
                 }
-                s.large.remove(&file)
+                if s.committing.contains(&file) || s.batch.contains(file) {
+                    // Answered with `FileDone` when its commit or flush completes.
+                    return Ok(Vec::new());
+                }
+                let large = s.large.remove(&file);
+                if large.is_some() {
+                    s.committing.insert(file);
+                }
+                large
             };
             let Some(large) = large else {
                 return Ok(vec![error_frame(
@@ -312,55 +322,13 @@ async fn handle(
                     "end of a file that was not begun",
                 )]);
             };
-            let mut builder = RootBuilder::new();
-            let complete = {
-                let cvs = large.cvs.lock().unwrap_or_else(PoisonError::into_inner);
-                cvs.iter().all(|cv| {
-                    cv.is_some_and(|cv| {
-                        builder
-                            .push(ChunkDigest {
-                                chaining_value: Some(cv),
-                                solo_root: None,
-                            })
-                            .is_ok()
-                    })
-                })
-            };
-            let verified = complete
-                && builder
-                    .finish()
-                    .is_ok_and(|r| r == blake3::Hash::from_bytes(root));
-            let Ok(large) = Arc::try_unwrap(large) else {
-                return Ok(vec![error_frame(
-                    file,
-                    ErrorCode::Protocol,
-                    "file ended while chunks are still being written",
-                )]);
-            };
-            if !verified {
-                large.partial.abandon();
-                let why = if complete {
-                    "root hash mismatch"
-                } else {
-                    "file ended with chunks missing"
-                };
-                return Ok(vec![error_frame(file, ErrorCode::Hash, why)]);
+            let reply = end_large(file, root, large).await;
+            let mut s = session.lock();
+            s.committing.remove(&file);
+            if matches!(reply, Frame::FileDone { .. }) {
+                s.done.insert(file);
             }
-            let committed = tokio::task::spawn_blocking(move || {
-                let target = large.partial.target().to_path_buf();
-                let finished = large.partial.finish(true)?;
-                finished.rename_into_place()?;
-                super::writer::sync_dir(target.parent().unwrap_or(&target))
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match committed {
-                Ok(()) => {
-                    session.lock().done.insert(file);
-                    Ok(vec![Frame::FileDone { file }])
-                }
-                Err(e) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
-            }
+            Ok(vec![reply])
         }
         Frame::SmallFile {
             file,
@@ -443,7 +411,7 @@ async fn handle(
             match made {
                 Ok(()) => {
                     let mut s = session.lock();
-                    s.dirs.push((target, meta.mtime_ns));
+                    s.dirs.push((target, meta.mode, meta.mtime_ns));
                     s.done.insert(file);
                     Ok(vec![Frame::FileDone { file }])
                 }
@@ -481,10 +449,13 @@ async fn handle(
             // Deepest first, so stamping a parent is not undone by work in a child.
             let stamped = tokio::task::spawn_blocking(move || {
                 let mut dirs = dirs;
-                dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-                for (dir, mtime) in dirs {
+                dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+                for (dir, mode, mtime) in dirs {
                     if let Ok(f) = std::fs::File::open(&dir) {
                         let _ = f.set_modified(system_time(mtime));
+                        let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                            mode & 0o7777,
+                        ));
                         let _ = f.sync_all();
                     }
                 }
@@ -501,6 +472,57 @@ async fn handle(
             Err(ConnError::Protocol("handshake frame after the handshake"))
         }
         _ => Err(ConnError::Protocol("a frame only a server sends")),
+    }
+}
+
+/// Verifies a large file's root from its chunks' chaining values, then makes it durable and
+/// renames it into place.
+async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
+    let mut builder = RootBuilder::new();
+    let complete = {
+        let cvs = large.cvs.lock().unwrap_or_else(PoisonError::into_inner);
+        cvs.iter().all(|cv| {
+            cv.is_some_and(|cv| {
+                builder
+                    .push(ChunkDigest {
+                        chaining_value: Some(cv),
+                        solo_root: None,
+                    })
+                    .is_ok()
+            })
+        })
+    };
+    let verified = complete
+        && builder
+            .finish()
+            .is_ok_and(|r| r == blake3::Hash::from_bytes(root));
+    let Ok(large) = Arc::try_unwrap(large) else {
+        return error_frame(
+            file,
+            ErrorCode::Protocol,
+            "file ended while chunks are still being written",
+        );
+    };
+    if !verified {
+        large.partial.abandon();
+        let why = if complete {
+            "root hash mismatch"
+        } else {
+            "file ended with chunks missing"
+        };
+        return error_frame(file, ErrorCode::Hash, why);
+    }
+    let committed = tokio::task::spawn_blocking(move || {
+        let target = large.partial.target().to_path_buf();
+        let finished = large.partial.finish(true)?;
+        finished.rename_into_place()?;
+        super::writer::sync_dir(target.parent().unwrap_or(&target))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match committed {
+        Ok(()) => Frame::FileDone { file },
+        Err(e) => error_frame(file, ErrorCode::Io, e),
     }
 }
 

@@ -13,6 +13,7 @@
 mod guard;
 mod mmap;
 pub(crate) mod read;
+pub mod walk;
 
 use std::fmt;
 use std::fs::File;

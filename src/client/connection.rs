@@ -1,0 +1,318 @@
+//! One TCP connection of a destination's pool, kept alive across drops.
+//!
+//! It takes jobs (frames, with the chunk memory they hold) from the destination's shared
+//! queue, writes them, and matches the server's replies to them. A job stays in the
+//! connection's unacknowledged list, holding its chunk, until its reply arrives. When the
+//! connection drops, the unacknowledged jobs go back to the dispatcher to be resent, and the
+//! connection redials with jittered exponential backoff until the retry deadline.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use crate::pipeline::chunk::Chunk;
+use crate::protocol::handshake::{random, ClientHandshake, HandshakeError, Key};
+use crate::protocol::{ErrorCode, Frame};
+use crate::transport::{FrameReader, FrameWriter, LinkError};
+
+/// What reply retires a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    Ack { file: u64, index: u64 },
+    Ready(u64),
+    Done(u64),
+    Finished,
+    Nothing,
+}
+
+/// A frame to send, and the chunk memory it keeps alive until acknowledged.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) frame: Frame,
+    pub(crate) hold: Option<Arc<Chunk>>,
+    pub(crate) expect: Expect,
+}
+
+impl Job {
+    fn file(&self) -> Option<u64> {
+        match self.expect {
+            Expect::Ack { file, .. } | Expect::Ready(file) | Expect::Done(file) => Some(file),
+            Expect::Finished | Expect::Nothing => None,
+        }
+    }
+}
+
+/// What a connection tells its dispatcher.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Ack {
+        file: u64,
+        bytes: u64,
+    },
+    Ready(u64),
+    Done(u64),
+    Failed {
+        file: u64,
+        message: String,
+    },
+    Finished,
+    /// The connection dropped; these jobs were not answered and must be resent.
+    Down {
+        unacked: Vec<Job>,
+        error: String,
+    },
+    /// The connection gave up for good.
+    Dead {
+        error: String,
+    },
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub(crate) addr: String,
+    pub(crate) key: Key,
+    pub(crate) session: [u8; 16],
+    pub(crate) connect_timeout: Duration,
+    /// With requests outstanding, silence for this long drops the connection.
+    pub(crate) reply_timeout: Duration,
+    pub(crate) retry_for: Duration,
+    pub(crate) max_in_flight: usize,
+}
+
+/// Largest frame a server sends (errors carry at most a 4 KiB message).
+const MAX_REPLY_FRAME: usize = 16 * 1024;
+
+type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// Why a connection attempt or a live connection failed.
+enum Failure {
+    /// Worth retrying.
+    Retry(String),
+    /// Retrying cannot help (wrong key, incompatible peer).
+    Fatal(String),
+}
+
+/// Runs one pooled connection until the queue closes, the deadline passes, or `cancel`.
+pub(crate) async fn run(
+    params: Params,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    replies: mpsc::Sender<Reply>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+        params.retry_for,
+    );
+    let mut unacked: VecDeque<Job> = VecDeque::new();
+    loop {
+        let failure = match connect(&params).await {
+            Ok((mut reader, mut writer)) => {
+                backoff.reset();
+                match pump(
+                    &params,
+                    &mut reader,
+                    &mut writer,
+                    &jobs,
+                    &replies,
+                    &mut unacked,
+                    &cancel,
+                )
+                .await
+                {
+                    Ok(()) => return,
+                    Err(f) => f,
+                }
+            }
+            Err(f) => f,
+        };
+        let error = match failure {
+            Failure::Fatal(error) => {
+                give_back(&replies, &mut unacked, error.clone()).await;
+                let _ = replies.send(Reply::Dead { error }).await;
+                return;
+            }
+            Failure::Retry(error) => error,
+        };
+        tracing::debug!(addr = %params.addr, %error, "connection failed");
+        give_back(&replies, &mut unacked, error.clone()).await;
+        let unit = random::<2>().map_or(0.5, |b| f64::from(u16::from_le_bytes(b)) / 65536.0);
+        let Some(wait) = backoff.fail(Instant::now(), unit) else {
+            let _ = replies.send(Reply::Dead { error }).await;
+            return;
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn give_back(replies: &mpsc::Sender<Reply>, unacked: &mut VecDeque<Job>, error: String) {
+    let unacked: Vec<Job> = unacked.drain(..).collect();
+    let _ = replies.send(Reply::Down { unacked, error }).await;
+}
+
+async fn connect(params: &Params) -> Result<(Reader, Writer), Failure> {
+    let stream = tokio::time::timeout(params.connect_timeout, TcpStream::connect(&params.addr))
+        .await
+        .map_err(|_| {
+            Failure::Retry(format!(
+                "connecting timed out after {:?}",
+                params.connect_timeout
+            ))
+        })?
+        .map_err(|e| Failure::Retry(format!("connecting: {e}")))?;
+    crate::server::tune_socket(&stream);
+    let (rd, wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd, MAX_REPLY_FRAME);
+    let mut writer = FrameWriter::new(wr);
+    let nonce = random().map_err(|e| Failure::Fatal(format!("no randomness: {e}")))?;
+    let (mut hs, hello) = ClientHandshake::new(params.key.clone(), params.session, nonce);
+    let io = |e: std::io::Error| Failure::Retry(format!("handshake: {e}"));
+    writer.send(&hello).await.map_err(io)?;
+    loop {
+        let frame = reader
+            .next_within(params.connect_timeout)
+            .await
+            .map_err(|e| Failure::Retry(format!("handshake: {e}")))?
+            .ok_or_else(|| Failure::Retry("handshake: connection closed".into()))?;
+        match hs.handle(&frame) {
+            Ok(Some(reply)) => writer.send(&reply).await.map_err(io)?,
+            Ok(None) => return Ok((reader, writer)),
+            Err(e @ (HandshakeError::BadKey | HandshakeError::Version { .. })) => {
+                return Err(Failure::Fatal(e.to_string()))
+            }
+            Err(HandshakeError::Refused(msg))
+                if frame_code(&frame) == Some(ErrorCode::Auth as u16) =>
+            {
+                return Err(Failure::Fatal(format!("authentication failed: {msg}")))
+            }
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        }
+    }
+}
+
+fn frame_code(frame: &Frame) -> Option<u16> {
+    match frame {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// Moves jobs out and replies in until the queue is closed and drained (`Ok`), or the link
+/// fails.
+async fn pump(
+    params: &Params,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    jobs: &Arc<Mutex<mpsc::Receiver<Job>>>,
+    replies: &mpsc::Sender<Reply>,
+    unacked: &mut VecDeque<Job>,
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
+    let link = |e: LinkError| Failure::Retry(e.to_string());
+    let mut queue_closed = false;
+    loop {
+        if queue_closed && unacked.is_empty() {
+            let _ = writer.shutdown().await;
+            return Ok(());
+        }
+        let can_take = !queue_closed && unacked.len() < params.max_in_flight;
+        let waiting = !unacked.is_empty();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            // With requests outstanding, silence means a dead link; otherwise just listen, to
+            // notice a server that closes or errors.
+            frame = async {
+                if waiting {
+                    reader.next_within(params.reply_timeout).await
+                } else {
+                    reader.next().await
+                }
+            } => {
+                let frame = frame.map_err(link)?.ok_or_else(|| Failure::Retry("server closed the connection".into()))?;
+                handle_reply(frame, unacked, replies).await?;
+            }
+            job = async { jobs.lock().await.recv().await }, if can_take => {
+                let Some(job) = job else {
+                    queue_closed = true;
+                    continue;
+                };
+                if let Err(e) = writer.send(&job.frame).await {
+                    unacked.push_back(job);
+                    return Err(Failure::Retry(format!("sending: {e}")));
+                }
+                if job.expect != Expect::Nothing {
+                    unacked.push_back(job);
+                }
+            }
+        }
+    }
+}
+
+async fn handle_reply(
+    frame: Frame,
+    unacked: &mut VecDeque<Job>,
+    replies: &mpsc::Sender<Reply>,
+) -> Result<(), Failure> {
+    let retire = |unacked: &mut VecDeque<Job>, want: Expect| -> Option<Job> {
+        let at = unacked.iter().position(|j| j.expect == want)?;
+        unacked.remove(at)
+    };
+    let reply = match frame {
+        Frame::Ack { file, index } => {
+            let Some(job) = retire(unacked, Expect::Ack { file, index }) else {
+                return Ok(()); // a duplicate for a job resent elsewhere
+            };
+            let bytes = job.hold.as_ref().map_or(0, |c| c.data.len() as u64);
+            Reply::Ack { file, bytes }
+        }
+        Frame::FileReady { file } => {
+            retire(unacked, Expect::Ready(file));
+            Reply::Ready(file)
+        }
+        Frame::FileDone { file } => {
+            retire(unacked, Expect::Done(file));
+            Reply::Done(file)
+        }
+        Frame::Finished => {
+            retire(unacked, Expect::Finished);
+            Reply::Finished
+        }
+        Frame::Error {
+            file,
+            code,
+            message,
+        } => {
+            let message = String::from_utf8_lossy(&message).into_owned();
+            if file == u64::MAX {
+                return Err(if code == ErrorCode::Auth as u16 {
+                    Failure::Fatal(format!("authentication failed: {message}"))
+                } else {
+                    Failure::Retry(format!("server: {message}"))
+                });
+            }
+            unacked.retain(|j| j.file() != Some(file));
+            Reply::Failed { file, message }
+        }
+        other => {
+            return Err(Failure::Retry(format!(
+                "unexpected frame type {} from server",
+                other.type_byte()
+            )))
+        }
+    };
+    replies
+        .send(reply)
+        .await
+        .map_err(|_| Failure::Fatal("transfer ended".into()))
+}

@@ -1,0 +1,7 @@
+//! The sending side's network half: per-destination dispatch (`dispatch.rs`), pooled
+//! connections that survive drops (`connection.rs`), and the reconnection policy
+//! ([`backoff`]). The pipeline feeds it; [`crate::transfer`] wires them together.
+
+pub mod backoff;
+pub(crate) mod connection;
+pub(crate) mod dispatch;

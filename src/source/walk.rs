@@ -1,0 +1,260 @@
+//! Expanding send inputs (files and directory trees) into entries with relative paths.
+//!
+//! The walk runs on its own thread and hands entries over a bounded channel, so sending
+//! starts while it is still going and a huge tree never sits in memory. Paths are relative,
+//! `/`-separated byte strings: `send dir` yields `dir`, `dir/a`, …; `send dir/` (trailing
+//! slash) yields the contents of `dir` at the top, as rsync does. Directories come before
+//! their contents, and entries within a directory are sorted by name. Symlinks are skipped
+//! with a warning unless links are wanted; sockets, FIFOs and devices inside trees are
+//! skipped with a warning.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use super::Input;
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file (read through the pipeline).
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target.
+    Symlink(Vec<u8>),
+}
+
+/// One thing to send.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Where it is.
+    pub input: Input,
+    /// Where it goes, relative to the destination directory, `/`-separated.
+    pub rel: Vec<u8>,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Size at walk time (files).
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl Entry {
+    /// The relative path, for messages.
+    pub fn rel_display(&self) -> String {
+        String::from_utf8_lossy(&self.rel).into_owned()
+    }
+}
+
+/// A path the walk could not read; the rest of the walk goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct WalkError {
+    /// The path.
+    pub path: PathBuf,
+    /// What the OS said.
+    pub source: std::io::Error,
+}
+
+/// Entries in flight between the walker and the sender.
+const WALK_QUEUE: usize = 1024;
+
+/// Starts walking `roots` on a thread; entries (or errors) arrive in order on the receiver.
+pub fn spawn(
+    roots: Vec<PathBuf>,
+    links: bool,
+) -> std::io::Result<Receiver<Result<Entry, WalkError>>> {
+    let (tx, rx) = sync_channel(WALK_QUEUE);
+    std::thread::Builder::new()
+        .name("tidegate-walk".into())
+        .spawn(move || {
+            for root in roots {
+                if !walk_root(&root, links, &tx) {
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+/// The name `root` gets at the destination: its last component, or nothing (contents at the
+/// top) for a trailing slash, `.` or `/`.
+fn top_name(root: &Path) -> Option<Vec<u8>> {
+    let raw = root.as_os_str().as_bytes();
+    if raw.ends_with(b"/") {
+        return None;
+    }
+    root.file_name().map(|name| name.as_bytes().to_vec())
+}
+
+/// Returns false when the receiver is gone.
+fn walk_root(root: &Path, links: bool, tx: &SyncSender<Result<Entry, WalkError>>) -> bool {
+    let meta = match fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(source) => {
+            return tx
+                .send(Err(WalkError {
+                    path: root.to_path_buf(),
+                    source,
+                }))
+                .is_ok()
+        }
+    };
+    let name = top_name(root);
+    if meta.is_dir() {
+        let mut stack = vec![(root.to_path_buf(), name.clone())];
+        if let Some(n) = &name {
+            if !emit(tx, root, n.clone(), &meta, links) {
+                return false;
+            }
+        }
+        while let Some((dir, prefix)) = stack.pop() {
+            let mut children =
+                match fs::read_dir(&dir).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+                    Ok(c) => c,
+                    Err(source) => {
+                        if tx.send(Err(WalkError { path: dir, source })).is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                };
+            children.sort_by_key(|c| c.file_name());
+            let mut subdirs = Vec::new();
+            for child in children {
+                let path = child.path();
+                let rel = match &prefix {
+                    Some(p) => [p.as_slice(), b"/", child.file_name().as_bytes()].concat(),
+                    None => child.file_name().as_bytes().to_vec(),
+                };
+                let meta = match fs::symlink_metadata(&path) {
+                    Ok(m) => m,
+                    Err(source) => {
+                        if tx.send(Err(WalkError { path, source })).is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                };
+                if !emit(tx, &path, rel.clone(), &meta, links) {
+                    return false;
+                }
+                if meta.is_dir() {
+                    subdirs.push((path, Some(rel)));
+                }
+            }
+            // Depth-first, in name order: push in reverse so the first name pops first.
+            stack.extend(subdirs.into_iter().rev());
+        }
+        true
+    } else {
+        let name = name.unwrap_or_else(|| root.as_os_str().as_bytes().to_vec());
+        emit(tx, root, name, &meta, links)
+    }
+}
+
+/// Sends one entry if it is something we send. Returns false when the receiver is gone.
+fn emit(
+    tx: &SyncSender<Result<Entry, WalkError>>,
+    path: &Path,
+    rel: Vec<u8>,
+    meta: &fs::Metadata,
+    links: bool,
+) -> bool {
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        if !links {
+            tracing::warn!(path = %path.display(), "skipping symlink (use --links to send links)");
+            return true;
+        }
+        match fs::read_link(path) {
+            Ok(target) => EntryKind::Symlink(target.as_os_str().as_bytes().to_vec()),
+            Err(source) => {
+                return tx
+                    .send(Err(WalkError {
+                        path: path.to_path_buf(),
+                        source,
+                    }))
+                    .is_ok()
+            }
+        }
+    } else {
+        tracing::warn!(path = %path.display(), "skipping special file");
+        return true;
+    };
+    tx.send(Ok(Entry {
+        input: Input::Path(path.to_path_buf()),
+        rel,
+        kind,
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        mtime_ns: mtime_ns(meta),
+    }))
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(roots: Vec<PathBuf>, links: bool) -> Vec<(String, EntryKind)> {
+        spawn(roots, links)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.rel_display(), e.kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn walks_depth_first_in_name_order_with_rsync_slash_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        fs::create_dir_all(top.join("b/inner")).unwrap();
+        fs::create_dir_all(top.join("a")).unwrap();
+        fs::write(top.join("b/inner/f"), b"x").unwrap();
+        fs::write(top.join("z"), b"").unwrap();
+        std::os::unix::fs::symlink("z", top.join("link")).unwrap();
+        let got = names(vec![top.clone()], false);
+        let rels: Vec<_> = got.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            rels,
+            [
+                "top",
+                "top/a",
+                "top/b",
+                "top/z",
+                "top/b/inner",
+                "top/b/inner/f"
+            ]
+        );
+        assert_eq!(got[0].1, EntryKind::Dir);
+        assert_eq!(got[5].1, EntryKind::File);
+        assert!(rels.contains(&"top/b/inner/f"));
+        assert!(!rels.contains(&"top/link"), "links are skipped by default");
+        let with_links = names(vec![top.clone()], true);
+        assert!(with_links.contains(&("top/link".into(), EntryKind::Symlink(b"z".to_vec()))));
+        let mut slash = top.into_os_string();
+        slash.push("/");
+        let contents = names(vec![PathBuf::from(slash)], false);
+        assert_eq!(contents[0].0, "a");
+        assert!(contents.iter().all(|(r, _)| !r.starts_with("top")));
+    }
+}

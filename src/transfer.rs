@@ -1,0 +1,579 @@
+//! [`Transfer`]: the library API for sending files and trees to one or more receivers. The
+//! CLI's `send` and `bench`, and the Tauri adapter, use only this.
+//!
+//! A transfer walks its sources (sending starts while the walk goes on), reads and hashes
+//! them once through the bounded pipeline, and fans every chunk out to each destination. A
+//! chunk's memory (its budget permit) is released when every destination has acknowledged
+//! it, so a slow destination slows the reader instead of growing memory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::connection::Params;
+use crate::client::dispatch::{DestEvent, Dispatch, Note};
+use crate::pipeline::budget::Budget;
+use crate::pipeline::hash::HashPool;
+use crate::pipeline::options::{OptionsError, PipelineOptions};
+use crate::pipeline::run::Spec;
+use crate::pipeline::{Event, Pipeline};
+use crate::progress::Progress;
+use crate::protocol::handshake::{random, Key};
+use crate::source::walk::{self, Entry, EntryKind, WalkError};
+use crate::source::Input;
+
+/// Sending options. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransferOptions {
+    /// Memory budget, chunk size, hashing threads, progress rate. Default
+    /// [`PipelineOptions::default`]: 64 MiB, 1 MiB chunks.
+    pub pipeline: PipelineOptions,
+    /// TCP connections per destination. Default 4.
+    pub streams: usize,
+    /// The pre-shared key. Default: the empty passphrase.
+    pub key: Key,
+    /// How long a destination may stay unreachable (from its first failure in a row) before
+    /// it fails. Default 60 s.
+    pub retry_for: Duration,
+    /// Timeout of one connection attempt (TCP connect plus handshake). Default 10 s.
+    pub connect_timeout: Duration,
+    /// With requests outstanding, a connection silent for this long is dropped and
+    /// redialled. Default 60 s (a receiver may be flushing a large batch).
+    pub reply_timeout: Duration,
+    /// Send symlinks as links. Default `false`: skip them with a warning.
+    pub links: bool,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            pipeline: PipelineOptions::default(),
+            streams: 4,
+            key: Key::default(),
+            retry_for: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(60),
+            links: false,
+        }
+    }
+}
+
+/// Why a transfer could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Bad options.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// Nothing to send, or nowhere to send it.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// A thread could not be started, or randomness was unavailable.
+    #[error("cannot start: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// One file's result (the same at every destination that received it).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// Relative path at the destination.
+    pub path: String,
+    /// Bytes.
+    pub bytes: u64,
+    /// BLAKE3 root in hex (empty for directories and links).
+    pub blake3: String,
+}
+
+/// One destination's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationReport {
+    /// The address as given.
+    pub address: String,
+    /// Entries confirmed durable.
+    pub files_done: u64,
+    /// Entries that failed, with why.
+    pub failed: Vec<(String, String)>,
+    /// Chunk bytes acknowledged.
+    pub bytes: u64,
+    /// Connections that dropped and were redialled.
+    pub reconnects: u64,
+    /// Set when the destination failed as a whole (unreachable past the deadline, wrong key).
+    pub error: Option<String>,
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// Every entry read, in order.
+    pub files: Vec<FileReport>,
+    /// Entries that could not be read at the source, with why.
+    pub source_errors: Vec<(String, String)>,
+    /// Per destination.
+    pub destinations: Vec<DestinationReport>,
+    /// Bytes read from the sources.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed_ms: u64,
+    /// Whether it was cancelled.
+    pub cancelled: bool,
+}
+
+impl Report {
+    /// True when every entry reached every destination.
+    pub fn success(&self) -> bool {
+        !self.cancelled
+            && self.source_errors.is_empty()
+            && self
+                .destinations
+                .iter()
+                .all(|d| d.error.is_none() && d.failed.is_empty())
+    }
+}
+
+/// A transfer to configure and start.
+#[derive(Debug)]
+pub struct Transfer {
+    sources: Vec<PathBuf>,
+    destinations: Vec<String>,
+    options: TransferOptions,
+    progress: Option<mpsc::Sender<Progress>>,
+    cancel: CancellationToken,
+}
+
+/// A running transfer.
+#[derive(Debug)]
+pub struct TransferHandle {
+    cancel: CancellationToken,
+    task: JoinHandle<Report>,
+}
+
+impl TransferHandle {
+    /// A token that cancels the transfer.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops the transfer; [`wait`](Self::wait) returns what was done.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the end.
+    ///
+    /// # Errors
+    /// Only if the transfer's task panicked.
+    pub async fn wait(self) -> Result<Report, tokio::task::JoinError> {
+        self.task.await
+    }
+}
+
+impl Spec for Entry {
+    fn input(&self) -> Option<&Input> {
+        match self.kind {
+            EntryKind::File => Some(&self.input),
+            _ => None,
+        }
+    }
+}
+
+impl Transfer {
+    /// Sends `sources` (files or directories) to every address in `destinations`
+    /// (`host:port`).
+    pub fn new(sources: Vec<PathBuf>, destinations: Vec<String>) -> Self {
+        Transfer {
+            sources,
+            destinations,
+            options: TransferOptions::default(),
+            progress: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn options(mut self, options: TransferOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// A stream of progress events (see [`crate::HashJob::subscribe`] for the contract).
+    pub fn subscribe(&mut self) -> mpsc::Receiver<Progress> {
+        let (tx, rx) = mpsc::channel(256);
+        self.progress = Some(tx);
+        rx
+    }
+
+    /// Starts on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`TransferError`] for bad options or an empty source or destination list.
+    pub fn start(self) -> Result<TransferHandle, TransferError> {
+        self.options.pipeline.validate()?;
+        if self.sources.is_empty() {
+            return Err(TransferError::Usage("nothing to send"));
+        }
+        if self.destinations.is_empty() {
+            return Err(TransferError::Usage("no destination"));
+        }
+        let pool = HashPool::new(self.options.pipeline.threads)
+            .map_err(|e| OptionsError::ThreadPool(e.to_string()))?;
+        let budget =
+            Budget::new(usize::try_from(self.options.pipeline.memory_bytes).unwrap_or(usize::MAX));
+        let walk_errors = Arc::new(Mutex::new(Vec::new()));
+        let entries = walk::spawn(self.sources.clone(), self.options.links)?;
+        let errors = Arc::clone(&walk_errors);
+        let specs = entries
+            .into_iter()
+            .filter_map(move |e: Result<Entry, WalkError>| match e {
+                Ok(entry) => Some(entry),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read");
+                    errors
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((err.path.display().to_string(), err.source.to_string()));
+                    None
+                }
+            });
+        let pipeline = Pipeline::spawn(specs, &self.options.pipeline, pool, budget, &self.cancel)?;
+        let session: [u8; 16] = random()?;
+        let cancel = self.cancel.clone();
+        let task = tokio::spawn(run(
+            pipeline,
+            self.destinations,
+            self.options,
+            session,
+            self.progress,
+            walk_errors,
+            self.cancel,
+        ));
+        Ok(TransferHandle { cancel, task })
+    }
+}
+
+/// Events a destination may queue ahead of its dispatcher.
+const DEST_QUEUE: usize = 64;
+
+struct Destination {
+    address: String,
+    tx: Option<mpsc::Sender<DestEvent>>,
+    task: JoinHandle<crate::client::dispatch::Outcome>,
+}
+
+async fn run(
+    mut pipeline: Pipeline<Entry>,
+    addresses: Vec<String>,
+    options: TransferOptions,
+    session: [u8; 16],
+    progress: Option<mpsc::Sender<Progress>>,
+    walk_errors: Arc<Mutex<Vec<(String, String)>>>,
+    cancel: CancellationToken,
+) -> Report {
+    let started = Instant::now();
+    let (note_tx, mut notes) = mpsc::channel::<(usize, Note)>(256);
+    let chunk_len = options.pipeline.chunk_size.bytes() as u32;
+    let mut destinations = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let (tx, input) = mpsc::channel(DEST_QUEUE);
+        let (dest_notes, mut rx) = mpsc::channel(64);
+        let forward = note_tx.clone();
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                if forward.send((i, n)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let dispatch = Dispatch {
+            params: Params {
+                addr: address.clone(),
+                key: options.key.clone(),
+                session,
+                connect_timeout: options.connect_timeout,
+                reply_timeout: options.reply_timeout,
+                retry_for: options.retry_for,
+                max_in_flight: 64,
+            },
+            streams: options.streams,
+            chunk_len,
+            input,
+            notes: dest_notes,
+            cancel: cancel.child_token(),
+        };
+        destinations.push(Destination {
+            address: address.clone(),
+            tx: Some(tx),
+            task: tokio::spawn(dispatch.run()),
+        });
+    }
+    drop(note_tx);
+
+    let mut state = Tracker {
+        progress,
+        interval: options.pipeline.progress_interval,
+        started,
+        last_tick: None,
+        files: Vec::new(),
+        index: HashMap::new(),
+        read_bytes: 0,
+        acked: vec![0; destinations.len()],
+        files_done: 0,
+        n_dest: destinations.len() as u64,
+        done_count: HashMap::new(),
+    };
+    let mut pipeline_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            note = notes.recv() => match note {
+                Some((dest, note)) => state.on_note(dest, note).await,
+                None => break,
+            },
+            event = pipeline.next(), if pipeline_open => {
+                let Some(event) = event else {
+                    pipeline_open = false;
+                    for d in &mut destinations {
+                        d.tx = None; // input ends; dispatchers finish up
+                    }
+                    continue;
+                };
+                let outgoing = state.on_event(event).await;
+                if let Some(out) = outgoing {
+                    for d in &mut destinations {
+                        let Some(tx) = &d.tx else { continue };
+                        // Backpressure: a slow destination makes us wait here. Its notes
+                        // must still be drained meanwhile, or it could block on them while
+                        // we block on it.
+                        let sent = loop {
+                            tokio::select! {
+                                biased;
+                                () = cancel.cancelled() => break false,
+                                note = notes.recv() => match note {
+                                    Some((dest, note)) => state.on_note(dest, note).await,
+                                    None => break false,
+                                },
+                                permit = tx.reserve() => match permit {
+                                    Ok(permit) => {
+                                        permit.send(out.clone());
+                                        break true;
+                                    }
+                                    Err(_) => break false,
+                                },
+                            }
+                        };
+                        if !sent {
+                            d.tx = None; // that destination has ended (failed)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(pipeline);
+    let mut reports = Vec::new();
+    for d in destinations {
+        drop(d.tx);
+        let outcome = d.task.await.unwrap_or_default();
+        let name = |f: u64| {
+            state
+                .index
+                .get(&f)
+                .map(|&i| state.files[i].report.path.clone())
+                .unwrap_or_default()
+        };
+        reports.push(DestinationReport {
+            address: d.address,
+            files_done: outcome.files_done.len() as u64,
+            failed: outcome
+                .files_failed
+                .iter()
+                .map(|(f, why)| (name(*f), why.clone()))
+                .collect(),
+            bytes: outcome.bytes_acked,
+            reconnects: outcome.reconnects,
+            error: outcome.fatal,
+        });
+    }
+    state.tick(true).await;
+    let mut source_errors =
+        std::mem::take(&mut *walk_errors.lock().unwrap_or_else(PoisonError::into_inner));
+    source_errors.extend(state.source_failures());
+    Report {
+        files: state.files.into_iter().map(|f| f.report).collect(),
+        source_errors,
+        destinations: reports,
+        bytes: state.read_bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        cancelled: cancel.is_cancelled(),
+    }
+}
+
+struct Tracked {
+    report: FileReport,
+    source_error: Option<String>,
+}
+
+struct Tracker {
+    progress: Option<mpsc::Sender<Progress>>,
+    interval: Duration,
+    started: Instant,
+    last_tick: Option<Instant>,
+    files: Vec<Tracked>,
+    index: HashMap<u64, usize>,
+    read_bytes: u64,
+    acked: Vec<u64>,
+    files_done: u64,
+    n_dest: u64,
+    /// How many destinations confirmed each file; the file is done when all did.
+    done_count: HashMap<u64, u64>,
+}
+
+impl Tracker {
+    async fn emit(&self, event: Progress) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(event).await;
+        }
+    }
+
+    fn track(&mut self, file: u64, entry: &Entry) {
+        self.index.insert(file, self.files.len());
+        self.files.push(Tracked {
+            report: FileReport {
+                path: entry.rel_display(),
+                bytes: 0,
+                blake3: String::new(),
+            },
+            source_error: None,
+        });
+    }
+
+    /// Returns what to fan out, if anything.
+    async fn on_event(&mut self, event: Event<Entry>) -> Option<DestEvent> {
+        match event {
+            Event::FileStarted { file, spec, size } => {
+                self.track(file, &spec);
+                self.emit(Progress::FileStarted {
+                    file,
+                    path: spec.rel_display(),
+                    size,
+                })
+                .await;
+                let size = size.unwrap_or(spec.size);
+                Some(DestEvent::Start {
+                    file,
+                    entry: Arc::new(spec),
+                    size,
+                })
+            }
+            Event::Entry { file, spec } => {
+                self.track(file, &spec);
+                Some(DestEvent::Entry {
+                    file,
+                    entry: Arc::new(spec),
+                })
+            }
+            Event::Chunk(chunk) => {
+                self.read_bytes += chunk.data.len() as u64;
+                Some(DestEvent::Chunk(Arc::new(chunk)))
+            }
+            Event::FileDone { file, len, root } => {
+                if let Some(&i) = self.index.get(&file) {
+                    self.files[i].report.bytes = len;
+                    self.files[i].report.blake3 = root.to_hex().to_string();
+                }
+                Some(DestEvent::End {
+                    file,
+                    root: *root.as_bytes(),
+                })
+            }
+            Event::FileFailed { file, error } => {
+                let message = error.to_string();
+                if let Some(&i) = self.index.get(&file) {
+                    self.files[i].source_error = Some(message.clone());
+                    let path = self.files[i].report.path.clone();
+                    self.emit(Progress::FileFailed {
+                        file,
+                        path,
+                        error: message,
+                    })
+                    .await;
+                }
+                Some(DestEvent::Abort { file })
+            }
+        }
+    }
+
+    async fn on_note(&mut self, dest: usize, note: Note) {
+        match note {
+            Note::Acked { bytes } => {
+                self.acked[dest] += bytes;
+                self.tick(false).await;
+            }
+            Note::Done { file } => {
+                let count = self.done_count.entry(file).or_insert(0);
+                *count += 1;
+                if *count == self.n_dest {
+                    self.done_count.remove(&file);
+                    self.files_done += 1;
+                    if let Some(&i) = self.index.get(&file) {
+                        let f = &self.files[i].report;
+                        let event = Progress::FileDone {
+                            file,
+                            path: f.path.clone(),
+                            bytes: f.bytes,
+                            blake3: f.blake3.clone(),
+                        };
+                        self.emit(event).await;
+                    }
+                }
+            }
+            Note::Failed { file, message } => {
+                if let Some(&i) = self.index.get(&file) {
+                    let path = self.files[i].report.path.clone();
+                    self.emit(Progress::FileFailed {
+                        file,
+                        path,
+                        error: message,
+                    })
+                    .await;
+                }
+            }
+            Note::Retrying { error } => tracing::warn!(%error, "connection dropped; resending"),
+        }
+    }
+
+    /// Bytes every destination acknowledged, on average.
+    async fn tick(&mut self, last: bool) {
+        if self.progress.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if !last && self.last_tick.is_some_and(|t| now - t < self.interval) {
+            return;
+        }
+        self.last_tick = Some(now);
+        let done = self.acked.iter().sum::<u64>() / self.n_dest.max(1);
+        self.emit(Progress::Bytes {
+            done_bytes: done,
+            total_bytes: None,
+            files_done: self.files_done,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        })
+        .await;
+    }
+
+    fn source_failures(&self) -> Vec<(String, String)> {
+        self.files
+            .iter()
+            .filter_map(|f| f.source_error.clone().map(|e| (f.report.path.clone(), e)))
+            .collect()
+    }
+}

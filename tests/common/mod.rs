@@ -1,0 +1,115 @@
+//! Helpers shared by the network tests: an in-process server on a loopback port, trees to
+//! send, and byte-for-byte comparison.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tidegate::{Server, ServerOptions, TransferOptions};
+use tokio_util::sync::CancellationToken;
+
+/// A running server; stops (and is awaited) on `stop`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerOptions)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = ServerOptions::new(dir.path());
+        tweak(&mut opts);
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), opts)
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let token = server.shutdown_token();
+        let task = tokio::spawn(server.serve());
+        TestServer {
+            addr,
+            dir,
+            token,
+            task,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.token.cancel();
+        self.task.await.unwrap().unwrap();
+        self.dir
+    }
+}
+
+/// Options for tests: quick retries.
+pub fn fast_options() -> TransferOptions {
+    let mut o = TransferOptions::default();
+    o.retry_for = Duration::from_secs(10);
+    o.connect_timeout = Duration::from_secs(2);
+    o.reply_timeout = Duration::from_secs(10);
+    o
+}
+
+/// Deterministic, non-repeating bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Asserts that `got` holds exactly the files, directories and bytes of `want`.
+pub fn assert_same_tree(want: &Path, got: &Path) {
+    let mut a = list(want);
+    let mut b = list(got);
+    a.sort();
+    b.sort();
+    let names_a: Vec<_> = a.iter().map(|(p, _)| p.clone()).collect();
+    let names_b: Vec<_> = b.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(names_a, names_b, "different entries");
+    for (rel, is_dir) in a {
+        if !is_dir {
+            let x = std::fs::read(want.join(&rel)).unwrap();
+            let y = std::fs::read(got.join(&rel)).unwrap();
+            assert!(
+                x == y,
+                "{} differs: {} vs {} bytes",
+                rel.display(),
+                x.len(),
+                y.len()
+            );
+        }
+    }
+}
+
+fn list(root: &Path) -> Vec<(PathBuf, bool)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            out.push((p.strip_prefix(root).unwrap().to_path_buf(), ft.is_dir()));
+            if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,103 @@
+//! End-to-end transfers over loopback, each checked byte for byte against the source.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_same_tree, data, fast_options, TestServer};
+use tidegate::Transfer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_file() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    std::fs::write(&file, data(40 << 20 | 12345, 1)).unwrap();
+    let report = Transfer::new(vec![file.clone()], vec![server.addr.to_string()])
+        .options(fast_options())
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(report.success(), "{report:#?}");
+    let got = std::fs::read(server.root().join("big.bin")).unwrap();
+    assert!(got == std::fs::read(&file).unwrap());
+    assert_eq!(report.files[0].blake3, blake3::hash(&got).to_hex().as_str());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_with_empty_files_dirs_and_odd_names() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("tree");
+    std::fs::create_dir_all(top.join("a b/ünï cödé/deeper")).unwrap();
+    std::fs::create_dir_all(top.join("empty dir")).unwrap();
+    std::fs::write(top.join("empty"), b"").unwrap();
+    std::fs::write(top.join("a b/small file.txt"), b"hello").unwrap();
+    std::fs::write(top.join("a b/ünï cödé/deeper/mid.bin"), data(3 << 20, 2)).unwrap();
+    std::fs::write(top.join("a b/ünï cödé/exact"), data(1 << 20, 3)).unwrap();
+    let report = Transfer::new(vec![top.clone()], vec![server.addr.to_string()])
+        .options(fast_options())
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_same_tree(&top, &server.root().join("tree"));
+    // No partial files are left behind.
+    let leftovers: Vec<PathBuf> = walk_names(server.root())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("tidegate-partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_small_files() {
+    const N_DIRS: usize = 50;
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("many");
+    for d in 0..N_DIRS {
+        let dir = top.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            let len = (d * 100 + f) % 7000;
+            std::fs::write(
+                dir.join(format!("f{f:03}")),
+                data(len, (d * 100 + f) as u64),
+            )
+            .unwrap();
+        }
+    }
+    let report = Transfer::new(vec![top.clone()], vec![server.addr.to_string()])
+        .options(fast_options())
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(report.success(), "{:?}", report.destinations);
+    assert_eq!(report.destinations[0].files_done, N_DIRS as u64 * 101 + 1);
+    assert_same_tree(&top, &server.root().join("many"));
+    server.stop().await;
+}
+
+fn walk_names(root: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
