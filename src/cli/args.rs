@@ -1,5 +1,9 @@
 //! Command-line arguments (clap derive). Doc comments here are the `--help` text.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 use tidegate::progress::parse_bytes;
 use tidegate::ChunkSize;
@@ -22,16 +26,117 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Print or check BLAKE3 hashes, in b3sum's format, with bounded memory.
     Hash(HashArgs),
+    /// Send files and directory trees to one or more `tidegate serve` receivers.
+    Send(SendArgs),
+    /// Receive files into a directory.
+    Serve(ServeArgs),
+    /// Measure a loopback transfer: an in-process receiver, real TCP, verified result.
+    Bench(BenchArgs),
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 30s)"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// Where the pre-shared key comes from. Both ends must use the same key.
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// File whose first line is the pre-shared key. Also `TIDEGATE_KEY` in the environment.
+    /// Without either, connections are not authenticated.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// Files and directories to send (`dir` arrives as `dir/...`; `dir/` sends its contents).
+    #[arg(value_name = "PATH", required = true)]
+    pub(crate) paths: Vec<PathBuf>,
+    /// A receiver, as HOST:PORT. Repeat to send everything to several receivers at once.
+    #[arg(long = "to", value_name = "HOST:PORT", required = true)]
+    pub(crate) to: Vec<String>,
+    /// TCP connections per receiver.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub(crate) streams: usize,
+    /// Keep retrying an unreachable receiver for this long before failing it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) retry_for: Duration,
+    /// Send symbolic links as links (default: skip them with a warning).
+    #[arg(long)]
+    pub(crate) links: bool,
+    /// Write progress events and the final report as NDJSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub(crate) no_progress: bool,
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Directory to receive into (created if missing). Nothing is written outside it.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7878", value_name = "ADDR")]
+    pub(crate) listen: SocketAddr,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub(crate) max_connections: usize,
+    /// Close a connection that sends nothing for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) idle_timeout: Duration,
+    /// Largest chunk a sender may use (bounds memory per connection).
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub(crate) max_chunk: u64,
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Send these paths instead of a generated file.
+    #[arg(value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
+    /// Size of the generated file.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub(crate) size: u64,
+    /// TCP connections.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub(crate) streams: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
 }
 
 /// Options of the chunk pipeline shared by subcommands that read files.
 #[derive(Debug, Args)]
 pub(crate) struct PipelineArgs {
-    /// Memory budget for chunk data in flight (e.g. 32MiB, 1G) [hash: 32MiB]. Resident
-    /// memory stays near this plus a few MiB, whatever the file sizes.
+    /// Memory budget for chunk data in flight (e.g. 32MiB, 1G) [hash: 32MiB, send: 64MiB].
+    /// Resident memory stays near this plus a few MiB, whatever the file sizes.
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     pub(crate) memory: Option<u64>,
-    /// Chunk size: a power of two from 16KiB to 64MiB [hash: 4MiB].
+    /// Chunk size: a power of two from 16KiB to 64MiB [hash: 4MiB, send: 1MiB].
     #[arg(long, value_name = "SIZE")]
     pub(crate) chunk_size: Option<ChunkSize>,
     /// Hashing threads [default: one per core].

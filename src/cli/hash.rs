@@ -51,11 +51,21 @@ pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode>
     }
 }
 
-/// Turns the shared pipeline flags into options, or a usage message.
+/// Turns the shared pipeline flags into hashing options, or a usage message.
 pub(crate) fn pipeline_options(args: &PipelineArgs) -> Result<PipelineOptions, String> {
-    let mut options = HashJob::default_options();
+    apply_pipeline_args(args, HashJob::default_options())
+}
+
+/// Applies the shared pipeline flags over `options`, or returns a usage message.
+pub(crate) fn apply_pipeline_args(
+    args: &PipelineArgs,
+    mut options: PipelineOptions,
+) -> Result<PipelineOptions, String> {
     if let Some(m) = args.memory {
         options.memory_bytes = m;
+    }
+    if args.threads == Some(0) {
+        return Err("--threads must be at least 1".into());
     }
     if let Some(c) = args.chunk_size {
         options.chunk_size = c;

@@ -154,6 +154,7 @@ async fn handle(stream: TcpStream, ctx: Arc<Context>, stop: CancellationToken) {
     let (rd, wr) = stream.into_split();
     match session::serve(rd, wr, ctx, stop).await {
         Ok(()) => tracing::debug!("connection closed"),
+        Err(e @ session::ConnError::Shutdown) => tracing::debug!(error = %e, "connection ended"),
         Err(e) => tracing::warn!(error = %e, "connection ended"),
     }
 }

@@ -74,9 +74,7 @@ impl Session {
     pub(crate) fn abandon(&self) {
         let mut inner = self.lock();
         for (_, large) in inner.large.drain() {
-            if let Ok(large) = Arc::try_unwrap(large) {
-                large.partial.abandon();
-            }
+            large.partial.abandon();
         }
         inner.batch.take().abandon();
     }
@@ -277,9 +275,13 @@ async fn handle(
                 .pool
                 .run(move || {
                     if digest(offset, &payload).chaining_value != Some(cv) {
-                        return Err(None);
+                        return Err(None::<std::io::Error>);
                     }
-                    writing.partial.write_at(offset, &payload).map_err(Some)
+                    writing.partial.write_at(offset, &payload).map_err(Some)?;
+                    writing
+                        .partial
+                        .start_writeback(offset, payload.len() as u64);
+                    Ok(())
                 })
                 .await;
             match outcome {
@@ -438,7 +440,7 @@ async fn handle(
         Frame::Error { file, .. } => {
             // The client gave up on a file (its source failed): drop what we have of it.
             let large = session.lock().large.remove(&file);
-            if let Some(large) = large.and_then(|l| Arc::try_unwrap(l).ok()) {
+            if let Some(large) = large {
                 large.partial.abandon();
             }
             Ok(Vec::new())
@@ -496,12 +498,16 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
         && builder
             .finish()
             .is_ok_and(|r| r == blake3::Hash::from_bytes(root));
-    let Ok(large) = Arc::try_unwrap(large) else {
-        return error_frame(
-            file,
-            ErrorCode::Protocol,
-            "file ended while chunks are still being written",
-        );
+    let large = match Arc::try_unwrap(large) {
+        Ok(large) => large,
+        Err(shared) => {
+            shared.partial.abandon();
+            return error_frame(
+                file,
+                ErrorCode::Protocol,
+                "file ended while chunks are still being written",
+            );
+        }
     };
     if !verified {
         large.partial.abandon();
@@ -585,13 +591,13 @@ async fn begin(
                 // `chunks` ≤ max_file_size / 16 KiB; allocated once the limits passed.
                 cvs: Mutex::new(vec![None; chunks as usize]),
             };
-            let mut s = session.lock();
-            if let Some(existing) = s.large.insert(file, Arc::new(large)) {
-                // A concurrent duplicate begin won the race; keep one of them.
-                if let Ok(l) = Arc::try_unwrap(existing) {
-                    l.partial.abandon();
-                }
-            }
+            // A repeated begin that raced this one may have got there first: keep that one
+            // (both opened the same partial path, and no data is sent before `FileReady`).
+            session
+                .lock()
+                .large
+                .entry(file)
+                .or_insert_with(|| Arc::new(large));
             Frame::FileReady { file }
         }
         Err(e) => error_frame(file, ErrorCode::Io, e),
@@ -605,7 +611,7 @@ fn fail_large(
     why: impl std::fmt::Display,
 ) -> Frame {
     let large = session.lock().large.remove(&file);
-    if let Some(large) = large.and_then(|l| Arc::try_unwrap(l).ok()) {
+    if let Some(large) = large {
         large.partial.abandon();
     }
     error_frame(file, code, why)

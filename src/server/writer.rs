@@ -75,6 +75,28 @@ impl PartialFile {
         self.file.write_all_at(data, offset)
     }
 
+    /// Starts writing back `[offset, offset + len)` to disk without waiting for it, so that
+    /// the flush at commit finds most of a large file already on disk instead of flushing
+    /// gigabytes at the end.
+    pub(crate) fn start_writeback(&self, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: a valid descriptor; the call only schedules I/O for the range. Failure
+        // is harmless (the commit's fdatasync still flushes everything).
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+
     /// The final path.
     pub(crate) fn target(&self) -> &Path {
         &self.target
@@ -95,8 +117,9 @@ impl PartialFile {
         })
     }
 
-    /// Deletes the partial file.
-    pub(crate) fn abandon(self) {
+    /// Deletes the partial file. Takes `&self` so a file still shared with a concurrent
+    /// writer can be abandoned: writes to the unlinked file go nowhere.
+    pub(crate) fn abandon(&self) {
         let _ = std::fs::remove_file(&self.partial);
     }
 }

@@ -1,0 +1,114 @@
+//! `tidegate send`: a thin layer over [`tidegate::Transfer`].
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tidegate::{Progress, Report, Transfer, TransferOptions};
+
+use super::args::SendArgs;
+use super::hash::apply_pipeline_args;
+use super::{load_key, progress, USAGE};
+
+pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Result<ExitCode> {
+    let mut options = TransferOptions::default();
+    options.pipeline = match apply_pipeline_args(&args.pipeline, options.pipeline.clone()) {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("tidegate send: {message}");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    if args.streams == 0 {
+        eprintln!("tidegate send: --streams must be at least 1");
+        return Ok(ExitCode::from(USAGE));
+    }
+    options.streams = args.streams;
+    options.retry_for = args.retry_for;
+    options.links = args.links;
+    options.key = load_key(&args.key)?;
+    let mut transfer = Transfer::new(args.paths.clone(), args.to.clone()).options(options);
+    let events = transfer.subscribe();
+    let handle = transfer.start().context("starting the transfer")?;
+    let cancel = handle.cancel_token();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let viewer = if args.json {
+        tokio::spawn(print_json(events))
+    } else if progress::wanted(args.no_progress || quiet, None) {
+        progress::spawn_bar(events, None)
+    } else {
+        tokio::spawn(drain(events))
+    };
+    let report = handle
+        .wait()
+        .await
+        .context("the transfer stopped unexpectedly")?;
+    ctrl_c.abort();
+    let _ = viewer.await;
+    print_report(&report, args.json, verbose)?;
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn drain(mut events: tokio::sync::mpsc::Receiver<Progress>) {
+    while events.recv().await.is_some() {}
+}
+
+async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {
+    while let Some(e) = events.recv().await {
+        if let Ok(line) = serde_json::to_string(&e) {
+            println!("{line}");
+        }
+    }
+}
+
+/// The summary: files, bytes, time, rate and retries per destination; every failure; with
+/// `-v`, each file's BLAKE3 root.
+pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::Result<()> {
+    if json {
+        let line = serde_json::json!({ "report": report });
+        println!("{line}");
+        return Ok(());
+    }
+    let mut err = std::io::stderr().lock();
+    let secs = report.elapsed_ms as f64 / 1000.0;
+    let rate = report.bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-3);
+    if verbose > 0 {
+        for f in &report.files {
+            if !f.blake3.is_empty() {
+                writeln!(err, "{}  {}", f.blake3, f.path)?;
+            }
+        }
+    }
+    for d in &report.destinations {
+        writeln!(
+            err,
+            "{}: {} entries, {} in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}",
+            d.address,
+            d.files_done,
+            tidegate::progress::human_bytes(d.bytes),
+            d.reconnects,
+            d.error
+                .as_ref()
+                .map(|e| format!(", FAILED: {e}"))
+                .unwrap_or_default()
+        )?;
+        for (path, why) in &d.failed {
+            writeln!(err, "  failed: {path}: {why}")?;
+        }
+    }
+    for (path, why) in &report.source_errors {
+        writeln!(err, "  could not read {path}: {why}")?;
+    }
+    if report.cancelled {
+        writeln!(err, "cancelled")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `tidegate serve`: run a [`tidegate::Server`] until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tidegate::{Server, ServerOptions};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::args::ServeArgs;
+use super::{load_key, USAGE};
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let Ok(max_chunk) = u32::try_from(args.max_chunk) else {
+        eprintln!("tidegate serve: --max-chunk is too large");
+        return Ok(ExitCode::from(USAGE));
+    };
+    if !max_chunk.is_power_of_two() || !(16 * 1024..=64 << 20).contains(&max_chunk) {
+        eprintln!("tidegate serve: --max-chunk must be a power of two from 16KiB to 64MiB");
+        return Ok(ExitCode::from(USAGE));
+    }
+    let mut options = ServerOptions::new(&args.dir);
+    options.key = load_key(&args.key)?;
+    options.max_connections = args.max_connections.max(1);
+    options.idle_timeout = args.idle_timeout;
+    options.max_chunk_len = max_chunk;
+    let server = Server::bind(args.listen, options)
+        .await
+        .with_context(|| format!("serving {} on {}", args.dir.display(), args.listen))?;
+    let addr = server.local_addr()?;
+    eprintln!("tidegate: receiving into {} on {addr}", args.dir.display());
+    let stop = server.shutdown_token();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("tidegate: shutting down");
+        stop.cancel();
+    });
+    server.serve().await.context("serving")?;
+    Ok(ExitCode::SUCCESS)
+}

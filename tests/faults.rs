@@ -1,0 +1,144 @@
+//! Failures: connections cut mid-transfer, receivers that come up late or never, wrong keys.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{data, fast_options, Proxy, TestServer};
+use tidegate::protocol::handshake::Key;
+use tidegate::Transfer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let content = data(48 << 20, 7);
+    std::fs::write(&file, &content).unwrap();
+    let mut options = fast_options();
+    // Small budget and chunks: many chunks in flight to lose and resend.
+    options.pipeline.memory_bytes = 8 << 20;
+    options.pipeline.chunk_size = tidegate::ChunkSize::new(256 << 10).unwrap();
+    let handle = Transfer::new(vec![file], vec![proxy.addr.to_string()])
+        .options(options)
+        .start()
+        .unwrap();
+    // Cut every connection three times, each after another 8 MiB went through.
+    let mut cuts = 0;
+    while cuts < 3 {
+        let threshold = (cuts + 1) * (8 << 20);
+        while proxy.forwarded.load(Ordering::Relaxed) < threshold {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.cut().await;
+        cuts += 1;
+    }
+    let report = handle.wait().await.unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert!(report.destinations[0].reconnects >= 3, "{report:#?}");
+    let got = std::fs::read(server.root().join("big.bin")).unwrap();
+    assert!(got == content, "received bytes differ");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
+    // Reserve a free port, release it, and start the server there a little later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("late.bin");
+    std::fs::write(&file, data(3 << 20, 8)).unwrap();
+    let handle = Transfer::new(vec![file.clone()], vec![addr.to_string()])
+        .options(fast_options())
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = tidegate::Server::bind(addr, tidegate::ServerOptions::new(dir.path()))
+        .await
+        .unwrap();
+    let stop = server.shutdown_token();
+    let serving = tokio::spawn(server.serve());
+    let report = handle.wait().await.unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert!(std::fs::read(dir.path().join("late.bin")).unwrap() == std::fs::read(&file).unwrap());
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_comes_up_fails_with_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("f");
+    std::fs::write(&file, b"nobody home").unwrap();
+    let mut options = fast_options();
+    options.retry_for = Duration::from_secs(2);
+    let report = Transfer::new(vec![file], vec![addr.clone()])
+        .options(options)
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(!report.success());
+    let error = report.destinations[0]
+        .error
+        .clone()
+        .expect("the destination failed");
+    assert!(error.contains(&addr), "{error}");
+    assert!(error.contains("connect"), "the cause is named: {error}");
+    assert_eq!(
+        report.destinations[0].failed.len(),
+        1,
+        "the file is listed as failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_refused_and_creates_nothing() {
+    let server = TestServer::start_with(|o| o.key = Key::from_passphrase("right")).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("secret");
+    std::fs::write(&file, b"data").unwrap();
+    let mut options = fast_options();
+    options.key = Key::from_passphrase("wrong");
+    let report = Transfer::new(vec![file.clone()], vec![server.addr.to_string()])
+        .options(options)
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let error = report.destinations[0].error.clone().expect("refused");
+    assert!(error.contains("authentication failed"), "{error}");
+    assert_eq!(
+        std::fs::read_dir(server.root()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    // The right key works against the same server.
+    let mut options = fast_options();
+    options.key = Key::from_passphrase("right");
+    let report = Transfer::new(vec![file], vec![server.addr.to_string()])
+        .options(options)
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(report.success(), "{report:#?}");
+    server.stop().await;
+}

@@ -1,0 +1,182 @@
+//! Hostile peers, written as raw frames: traversal attempts are refused with `BadPath`,
+//! nothing is created outside the served directory, and the server keeps serving.
+
+mod common;
+
+use bytes::Bytes;
+use common::TestServer;
+use tidegate::protocol::handshake::{ClientHandshake, Key};
+use tidegate::protocol::{ErrorCode, Frame, Meta};
+use tidegate::transport::{FrameReader, FrameWriter};
+use tokio::net::TcpStream;
+
+type Conn = (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+async fn connect(addr: std::net::SocketAddr) -> Conn {
+    let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+    let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+    let (mut hs, hello) = ClientHandshake::new(Key::default(), [5; 16], [6; 32]);
+    w.send(&hello).await.unwrap();
+    loop {
+        let frame = r.next().await.unwrap().unwrap();
+        match hs.handle(&frame).unwrap() {
+            Some(reply) => w.send(&reply).await.unwrap(),
+            None => return (r, w),
+        }
+    }
+}
+
+fn meta(path: &[u8], size: u64) -> Meta {
+    Meta {
+        path: path.to_vec(),
+        size,
+        mode: 0o644,
+        mtime_ns: 0,
+    }
+}
+
+fn small(file: u64, path: &[u8]) -> Frame {
+    let payload = Bytes::from_static(b"pwned");
+    Frame::SmallFile {
+        file,
+        meta: meta(path, 5),
+        root: *blake3::hash(&payload).as_bytes(),
+        payload,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_attempts_are_rejected_and_nothing_escapes() {
+    let outer = tempfile::tempdir().unwrap();
+    let served = outer.path().join("served");
+    let outside = outer.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let server = TestServer::start_with(|o| o.root = served.clone()).await;
+    std::os::unix::fs::symlink(&outside, served.join("link")).unwrap();
+
+    let (mut r, mut w) = connect(server.addr).await;
+    let attacks: Vec<Frame> = vec![
+        small(1, b"../outside/evil"),
+        small(2, b"/tmp/evil-absolute"),
+        small(3, b"a/../../outside/evil"),
+        small(4, b"link/evil"),
+        small(5, b"./evil"),
+        small(6, b"a//evil"),
+        small(7, b"evil\0x"),
+        Frame::Dir {
+            file: 8,
+            meta: meta(b"../outside/dir", 0),
+        },
+        Frame::Symlink {
+            file: 9,
+            meta: meta(b"link/s", 0),
+            target: b"/etc/passwd".to_vec(),
+        },
+        Frame::FileBegin {
+            file: 10,
+            meta: meta(b"../outside/big", 4 << 20),
+            chunk_len: 1 << 20,
+        },
+    ];
+    let n = attacks.len();
+    for f in &attacks {
+        w.send(f).await.unwrap();
+    }
+    for _ in 0..n {
+        match r.next().await.unwrap().unwrap() {
+            Frame::Error { code, file, .. } => {
+                assert_eq!(code, ErrorCode::BadPath as u16, "file {file}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // The same connection still works for honest requests.
+    w.send(&small(11, b"fine/ok.txt")).await.unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::Ack { file: 11, index: 0 }
+    );
+    w.send(&Frame::Finish).await.unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileDone { file: 11 }
+    );
+    assert_eq!(r.next().await.unwrap().unwrap(), Frame::Finished);
+    assert_eq!(std::fs::read(served.join("fine/ok.txt")).unwrap(), b"pwned");
+
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing outside"
+    );
+    assert!(!std::path::Path::new("/tmp/evil-absolute").exists());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_cost_only_that_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    // Garbage before the handshake.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(&[0xff; 64]).await.unwrap();
+    // A frame length of 4 GiB after the handshake.
+    let (_r, w) = connect(server.addr).await;
+    drop(w);
+    let (mut r, mut w) = connect(server.addr).await;
+    w.send(&small(1, b"before")).await.unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::Ack { file: 1, index: 0 }
+    );
+    let mut evil = TcpStream::connect(server.addr).await.unwrap();
+    evil.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    // A data frame whose chunk does not match its hash fails that file only.
+    w.send(&Frame::FileBegin {
+        file: 2,
+        meta: meta(b"tampered", 2 << 20),
+        chunk_len: 1 << 20,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileReady { file: 2 }
+    );
+    w.send(&Frame::Data {
+        file: 2,
+        index: 0,
+        cv: [0; 32],
+        payload: Bytes::from(vec![1u8; 1 << 20]),
+    })
+    .await
+    .unwrap();
+    match r.next().await.unwrap().unwrap() {
+        Frame::Error { file: 2, code, .. } => assert_eq!(code, ErrorCode::Hash as u16),
+        other => panic!("expected a hash error, got {other:?}"),
+    }
+    // The honest connection is unaffected.
+    w.send(&Frame::Finish).await.unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileDone { file: 1 }
+    );
+    assert_eq!(r.next().await.unwrap().unwrap(), Frame::Finished);
+    assert!(server.root().join("before").exists());
+    assert!(!server.root().join("tampered").exists());
+    let leftovers = std::fs::read_dir(server.root())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial")
+        })
+        .count();
+    assert_eq!(leftovers, 0, "the tampered file's partial was deleted");
+    server.stop().await;
+}
