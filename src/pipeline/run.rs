@@ -490,8 +490,17 @@ mod tests {
         .unwrap();
         let (mut bytes, mut cancelled, mut root) = (0, 0, None);
         loop {
-            match tokio::time::timeout(Duration::from_micros(1), pipe.next()).await {
-                Err(_) => cancelled += 1,
+            // Poll `next` once; if it is not ready, drop it mid-await, as a `select!` would.
+            let polled = tokio::select! {
+                biased;
+                event = pipe.next() => Ok(event),
+                () = std::future::ready(()) => Err(()),
+            };
+            match polled {
+                Err(()) => {
+                    cancelled += 1;
+                    tokio::task::yield_now().await;
+                }
                 Ok(Some(Event::Chunk(c))) => bytes += c.data.len(),
                 Ok(Some(Event::FileDone { root: r, .. })) => root = Some(r),
                 Ok(Some(_)) => {}

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Compare `tidegate send` with nc, tar | nc and an rsync daemon on the same page-cached data,
+in the same run, over loopback. Every receiver is followed by a `sync` of what it received, so
+each tool gives the same durability (tidegate flushes by itself; the sync is still counted).
+
+Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only big|small]
+
+Prints MiB/s (wall time from the sender's start to the receiver's end plus the sync), CPU
+seconds and peak RSS of each end, and ratios against the peers. Installs nc and rsync with
+apt-get when they are missing. Data lives in $TIDEGATE_BENCH_DIR (default /tmp/tidegate-bench).
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BENCH = os.environ.get("TIDEGATE_BENCH_DIR", "/tmp/tidegate-bench")
+TIDEGATE = os.path.join(ROOT, "target", "release", "tidegate")
+
+
+def ensure_tools():
+    missing = [p for p, b in (("netcat-openbsd", "nc"), ("rsync", "rsync")) if not shutil.which(b)]
+    if missing:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Measured:
+    """A child process whose CPU time and peak RSS come from wait4."""
+
+    def __init__(self, args, stdin=None, stdout=None, shell=False):
+        self.proc = subprocess.Popen(args, stdin=stdin, stdout=stdout, shell=shell,
+                                     stderr=subprocess.DEVNULL)
+
+    def wait(self):
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024,
+                "rc": self.proc.returncode}
+
+
+def warm(path):
+    subprocess.run(f"find {path} -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True)
+
+
+def make_big(size):
+    path = os.path.join(BENCH, f"send-{size}.bin")
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, os.path.join(HERE, "make-data.py"), path, size], check=True)
+    return path
+
+
+def make_small(count):
+    top = os.path.join(BENCH, f"small-{count}")
+    if not os.path.exists(top):
+        rng = random.Random(42)
+        tmp = top + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for i in range(count):
+            d = os.path.join(tmp, f"d{i // 100:03}")
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"f{i:05}"), "wb") as f:
+                f.write(os.urandom(rng.randint(4096, 65536)))
+        os.rename(tmp, top)
+    return top
+
+
+def fresh(name):
+    path = os.path.join(BENCH, "recv", name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def run_nc(src, tree):
+    dst = fresh("nc")
+    port = free_port()
+    if tree:
+        recv = Measured(f"nc -l 127.0.0.1 {port} | tar x -C {dst}", shell=True)
+    else:
+        out = open(os.path.join(dst, "f"), "wb")
+        recv = Measured(["nc", "-l", "127.0.0.1", str(port)], stdout=out)
+    wait_port_listen(port)
+    start = time.time()
+    if tree:
+        send = Measured(f"tar c -C {os.path.dirname(src)} {os.path.basename(src)} | nc -N 127.0.0.1 {port}", shell=True)
+    else:
+        send = Measured(["nc", "-N", "127.0.0.1", str(port)], stdin=open(src, "rb"))
+    s, r = send.wait(), recv.wait()
+    subprocess.run(["sync", "-f", dst], check=True)
+    return time.time() - start, s, r, dst
+
+
+def wait_port_listen(port, timeout=10):
+    """Waits until something listens on `port` without connecting to it (nc would accept
+    the probe as its one connection)."""
+    end = time.time() + timeout
+    needle = f":{port:04X} "
+    while time.time() < end:
+        with open("/proc/net/tcp") as f:
+            if any(needle in line and line.split()[3] == "0A" for line in f):
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def run_rsync(src, tree):
+    dst = fresh("rsync")
+    port = free_port()
+    conf = os.path.join(BENCH, "rsyncd.conf")
+    with open(conf, "w") as f:
+        f.write(f"use chroot = no\n[m]\npath = {dst}\nread only = no\nuid = root\ngid = root\n")
+    recv = Measured(["rsync", "--daemon", "--no-detach", f"--port={port}", f"--config={conf}",
+                     "--address=127.0.0.1"])
+    wait_port(port)
+    start = time.time()
+    send = Measured(["rsync", "-a", "--whole-file", src, f"rsync://127.0.0.1:{port}/m/"])
+    s = send.wait()
+    subprocess.run(["sync", "-f", dst], check=True)
+    elapsed = time.time() - start
+    recv.proc.terminate()
+    r = recv.wait()
+    return elapsed, s, r, dst
+
+
+def run_tidegate(src, tree):
+    dst = fresh("tidegate")
+    port = free_port()
+    recv = Measured([TIDEGATE, "-q", "serve", "--dir", dst, "--listen", f"127.0.0.1:{port}"])
+    wait_port(port)
+    start = time.time()
+    send = Measured([TIDEGATE, "-q", "send", src, "--to", f"127.0.0.1:{port}"])
+    s = send.wait()
+    subprocess.run(["sync", "-f", dst], check=True)
+    elapsed = time.time() - start
+    recv.proc.terminate()
+    r = recv.wait()
+    return elapsed, s, r, dst
+
+
+def check(src, dst, tree):
+    if tree:
+        r = subprocess.run(["diff", "-rq", src, os.path.join(dst, os.path.basename(src))], capture_output=True)
+    else:
+        got = os.path.join(dst, "f") if os.path.exists(os.path.join(dst, "f")) else os.path.join(dst, os.path.basename(src))
+        r = subprocess.run(["cmp", "-s", src, got])
+    if r.returncode != 0:
+        raise RuntimeError(f"received data differs from {src} in {dst}")
+
+
+def scenario(name, src, tree, rounds):
+    total = int(subprocess.run(["du", "-sb", src], capture_output=True, text=True, check=True).stdout.split()[0])
+    tools = [("nc" if not tree else "tar | nc", run_nc), ("rsync daemon", run_rsync), ("tidegate", run_tidegate)]
+    results = {t: [] for t, _ in tools}
+    for _ in range(rounds):
+        for tool, fn in tools:
+            warm(src)
+            elapsed, s, r, dst = fn(src, tree)
+            check(src, dst, tree)
+            results[tool].append((elapsed, s, r))
+            shutil.rmtree(dst, ignore_errors=True)
+    print(f"\n{name}: {total / 2**20:.0f} MiB, {rounds} round(s), page cache warmed before each run")
+    print(f"{'tool':14} {'MiB/s':>8} {'CPU s (send+recv)':>18} {'RSS send':>9} {'RSS recv':>9}")
+    best = {}
+    for tool, runs in results.items():
+        rate = max(total / 2**20 / e for e, _, _ in runs)
+        cpu = min(s["cpu"] + r["cpu"] for _, s, r in runs)
+        rs = max(s["rss_mib"] for _, s, _ in runs)
+        rr = max(r["rss_mib"] for _, _, r in runs)
+        best[tool] = rate
+        print(f"{tool:14} {rate:8.0f} {cpu:18.2f} {rs:8.1f}M {rr:8.1f}M")
+    for tool in best:
+        if tool != "tidegate":
+            print(f"ratio tidegate / {tool}: {best['tidegate'] / best[tool]:.2f}x")
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="4G")
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--only", choices=["big", "small"])
+    a = ap.parse_args()
+    os.makedirs(BENCH, exist_ok=True)
+    ensure_tools()
+    if a.only != "small":
+        scenario(f"one {a.size} file", make_big(a.size), False, a.rounds)
+    if a.only != "big":
+        scenario(f"{a.files} files of 4-64 KiB", make_small(a.files), True, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
