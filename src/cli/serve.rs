@@ -1,5 +1,6 @@
 //! `tidegate serve`: run a [`tidegate::Server`] until SIGINT or SIGTERM.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -27,7 +28,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("serving {} on {}", args.dir.display(), args.listen))?;
     let addr = server.local_addr()?;
-    eprintln!("tidegate: receiving into {} on {addr}", args.dir.display());
+    // Messages to stderr must never fail the server (stderr may be closed when detached).
+    let _ = writeln!(
+        std::io::stderr(),
+        "tidegate: receiving into {} on {addr}",
+        args.dir.display()
+    );
     let stop = server.shutdown_token();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::spawn(async move {
@@ -35,8 +41,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("tidegate: shutting down");
         stop.cancel();
+        let _ = writeln!(std::io::stderr(), "tidegate: shutting down");
     });
     server.serve().await.context("serving")?;
     Ok(ExitCode::SUCCESS)

@@ -111,6 +111,18 @@ pub struct Chunk {
     pub digest: ChunkDigest,
     /// Released when the chunk is dropped; this is what lets the reader continue.
     pub permit: Permit,
+    /// Whether `data` borrows a mapped window (its pages are released on drop).
+    pub(crate) mapped: bool,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if self.mapped {
+            // The window stays mapped until its last chunk is gone; without this, pages of
+            // chunks already consumed would stay resident (and count in RSS) until then.
+            crate::source::release_pages(&self.data);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -318,6 +318,7 @@ impl<S: Spec> Producer<S> {
                     watch,
                 } = raw;
                 let digest = digest(offset, &data);
+                let mapped = watch.is_some();
                 let result = if watch.is_some_and(|w| w.poisoned()) {
                     Err(SourceError::Truncated {
                         path: path.to_path_buf(),
@@ -333,6 +334,7 @@ impl<S: Spec> Producer<S> {
                         data,
                         digest,
                         permit,
+                        mapped,
                     })
                 };
                 // The receiver is gone only if the consumer stopped; the chunk is dropped.

@@ -365,9 +365,8 @@ async fn handle(
                     if blake3::hash(&payload) != blake3::Hash::from_bytes(root) {
                         return Err(None);
                     }
-                    let partial =
-                        PartialFile::create(target, meta.size, meta.mode, meta.mtime_ns, &tag)
-                            .map_err(Some)?;
+                    let partial = PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
+                        .map_err(Some)?;
                     let written = partial.write_at(0, &payload);
                     match written.and(Ok(())) {
                         Ok(()) => partial.finish(false).map_err(Some),
@@ -578,7 +577,7 @@ async fn begin(
     let tag = session.tag.clone();
     let size = meta.size;
     let created = tokio::task::spawn_blocking(move || {
-        PartialFile::create(target, size, meta.mode, meta.mtime_ns, &tag)
+        PartialFile::create(target, Some(size), meta.mode, meta.mtime_ns, &tag)
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)));

@@ -39,10 +39,12 @@ fn partial_path(target: &Path, tag: &str) -> PathBuf {
 }
 
 impl PartialFile {
-    /// Creates the partial file (and missing parent directories), preallocated to `size`.
+    /// Creates the partial file (and missing parent directories). With `size`, the space is
+    /// preallocated (large files, written chunk by chunk, out of order); small files written
+    /// in one go pass `None` and leave allocation to the filesystem.
     pub(crate) fn create(
         target: PathBuf,
-        size: u64,
+        size: Option<u64>,
         mode: u32,
         mtime_ns: i64,
         tag: &str,
@@ -58,7 +60,7 @@ impl PartialFile {
             .truncate(true)
             .mode_private()
             .open(&partial)?;
-        if size > 0 {
+        if let Some(size) = size.filter(|&s| s > 0) {
             preallocate(&file, size)?;
         }
         Ok(PartialFile {

@@ -1,0 +1,127 @@
+//! `tidegate serve` and `tidegate send` as processes: real use, JSON output, exit codes,
+//! and a graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn tidegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+}
+
+/// Starts `serve` on a free loopback port and returns it with its address.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let mut child = tidegate()
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // Keep reading, so the server's later messages have somewhere to go.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    (child, addr)
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+#[test]
+fn send_to_serve_with_json_report_and_graceful_stop() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("docs");
+    std::fs::create_dir_all(top.join("sub")).unwrap();
+    std::fs::write(top.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(top.join("sub/big.bin"), vec![9u8; 3 << 20]).unwrap();
+    std::fs::write(src.path().join("key"), "sesame\n").unwrap();
+    let key = src.path().join("key");
+    let (server, addr) = serve(dst.path(), &["--key-file", key.to_str().unwrap()]);
+
+    let out = tidegate()
+        .args([
+            "send",
+            "--json",
+            "--to",
+            &addr,
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report = &lines.last().unwrap()["report"];
+    assert_eq!(report["destinations"][0]["error"], serde_json::Value::Null);
+    assert!(lines.iter().any(|l| l["event"] == "file_done"));
+    assert_eq!(
+        std::fs::read(dst.path().join("docs/a.txt")).unwrap(),
+        b"alpha"
+    );
+    assert_eq!(
+        std::fs::read(dst.path().join("docs/sub/big.bin")).unwrap(),
+        vec![9u8; 3 << 20]
+    );
+
+    // The wrong key fails with exit 1 and says why.
+    let bad = tidegate()
+        .env("TIDEGATE_KEY", "wrong")
+        .args(["send", "--retry-for", "2s", "--to", &addr])
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("authentication failed"));
+
+    assert!(stop(server).success(), "serve exits 0 on SIGTERM");
+}
+
+#[test]
+fn unreachable_receiver_and_usage_errors() {
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let out = tidegate()
+        .args(["send", "--retry-for", "1s", "--to", &addr])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("FAILED"),
+        "{stderr}"
+    );
+
+    for args in [
+        &["send", "x"][..],
+        &["send", "--to", "127.0.0.1:1"][..],
+        &["send", "--streams", "0", "--to", "127.0.0.1:1", "x"][..],
+        &["serve"][..],
+        &["serve", "--dir", "/tmp", "--max-chunk", "3KiB"][..],
+    ] {
+        let out = tidegate().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
