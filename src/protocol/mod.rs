@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod fuzzing;
 pub mod handshake;
 
 pub use codec::{decode, encode, encode_head, DecodeError, MAX_FRAME_LEN};
