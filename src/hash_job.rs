@@ -15,7 +15,7 @@ use crate::pipeline::chunk::ChunkSize;
 use crate::pipeline::hash::HashPool;
 use crate::pipeline::options::{OptionsError, PipelineOptions};
 use crate::pipeline::{Event, Pipeline};
-use crate::progress::Progress;
+use crate::progress::{Progress, Ticker};
 use crate::source::{Input, SourceError};
 
 /// The default chunk size for hashing (4 MiB).
@@ -143,10 +143,9 @@ impl HashJob {
         .map_err(|e| OptionsError::ThreadPool(e.to_string()))?;
         let consumer = Consumer {
             progress: self.progress,
-            interval: self.options.progress_interval,
+            ticker: Ticker::new(self.options.progress_interval),
             total_bytes,
             started: Instant::now(),
-            last_tick: None,
             done_bytes: 0,
             files_done: 0,
             files: Vec::new(),
@@ -190,10 +189,9 @@ impl HashHandle {
 
 struct Consumer {
     progress: Option<mpsc::Sender<Progress>>,
-    interval: Duration,
+    ticker: Ticker,
     total_bytes: Option<u64>,
     started: Instant,
-    last_tick: Option<Instant>,
     done_bytes: u64,
     files_done: u64,
     files: Vec<Pending>,
@@ -306,11 +304,9 @@ impl Consumer {
         if self.progress.is_none() {
             return;
         }
-        let now = Instant::now();
-        if !last && self.last_tick.is_some_and(|t| now - t < self.interval) {
+        if !self.ticker.due(last) {
             return;
         }
-        self.last_tick = Some(now);
         let event = Progress::Bytes {
             done_bytes: self.done_bytes,
             total_bytes: self.total_bytes,

@@ -50,6 +50,32 @@ pub enum Progress {
     },
 }
 
+/// Rate limit for byte-count events: due at most once per interval, and always at the end.
+#[derive(Debug, Clone)]
+pub(crate) struct Ticker {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Ticker {
+    pub(crate) fn new(interval: std::time::Duration) -> Self {
+        Ticker {
+            interval,
+            last: None,
+        }
+    }
+
+    /// Whether to send an event now (`last`: the final one, always sent).
+    pub(crate) fn due(&mut self, last: bool) -> bool {
+        let now = std::time::Instant::now();
+        if !last && self.last.is_some_and(|t| now - t < self.interval) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// Formats a byte count with binary units: `512 B`, `1.5 KiB`, `64.0 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

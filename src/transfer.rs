@@ -23,7 +23,7 @@ use crate::pipeline::hash::HashPool;
 use crate::pipeline::options::{OptionsError, PipelineOptions};
 use crate::pipeline::run::Spec;
 use crate::pipeline::{Event, Pipeline};
-use crate::progress::Progress;
+use crate::progress::{Progress, Ticker};
 use crate::protocol::handshake::{random, Key};
 use crate::source::walk::{self, Entry, EntryKind, WalkError};
 use crate::source::Input;
@@ -317,9 +317,8 @@ async fn run(
 
     let mut state = Tracker {
         progress,
-        interval: options.pipeline.progress_interval,
+        ticker: Ticker::new(options.pipeline.progress_interval),
         started,
-        last_tick: None,
         files: Vec::new(),
         index: HashMap::new(),
         read_bytes: 0,
@@ -423,9 +422,8 @@ struct Tracked {
 
 struct Tracker {
     progress: Option<mpsc::Sender<Progress>>,
-    interval: Duration,
+    ticker: Ticker,
     started: Instant,
-    last_tick: Option<Instant>,
     files: Vec<Tracked>,
     index: HashMap<u64, usize>,
     read_bytes: u64,
@@ -555,11 +553,9 @@ impl Tracker {
         if self.progress.is_none() {
             return;
         }
-        let now = Instant::now();
-        if !last && self.last_tick.is_some_and(|t| now - t < self.interval) {
+        if !self.ticker.due(last) {
             return;
         }
-        self.last_tick = Some(now);
         let done = self.acked.iter().sum::<u64>() / self.n_dest.max(1);
         self.emit(Progress::Bytes {
             done_bytes: done,

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{data, fast_options, Proxy, TestServer};
+use common::{data, fast_options, send, Proxy, TestServer};
 use tidegate::protocol::handshake::Key;
 use tidegate::Transfer;
 
@@ -86,13 +86,7 @@ async fn a_receiver_that_never_comes_up_fails_with_a_clear_error() {
     std::fs::write(&file, b"nobody home").unwrap();
     let mut options = fast_options();
     options.retry_for = Duration::from_secs(2);
-    let report = Transfer::new(vec![file], vec![addr.clone()])
-        .options(options)
-        .start()
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = send(vec![file], addr.clone(), options).await;
     assert!(!report.success());
     let error = report.destinations[0]
         .error
@@ -115,13 +109,7 @@ async fn a_wrong_key_is_refused_and_creates_nothing() {
     std::fs::write(&file, b"data").unwrap();
     let mut options = fast_options();
     options.key = Key::from_passphrase("wrong");
-    let report = Transfer::new(vec![file.clone()], vec![server.addr.to_string()])
-        .options(options)
-        .start()
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = send(vec![file.clone()], server.addr.to_string(), options).await;
     let error = report.destinations[0].error.clone().expect("refused");
     assert!(error.contains("authentication failed"), "{error}");
     assert_eq!(
@@ -132,13 +120,7 @@ async fn a_wrong_key_is_refused_and_creates_nothing() {
     // The right key works against the same server.
     let mut options = fast_options();
     options.key = Key::from_passphrase("right");
-    let report = Transfer::new(vec![file], vec![server.addr.to_string()])
-        .options(options)
-        .start()
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = send(vec![file], server.addr.to_string(), options).await;
     assert!(report.success(), "{report:#?}");
     server.stop().await;
 }

@@ -4,8 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_same_tree, data, fast_options, TestServer};
-use tidegate::Transfer;
+use common::{assert_same_tree, data, fast_options, send, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_large_file() {
@@ -13,13 +12,7 @@ async fn one_large_file() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
     std::fs::write(&file, data(40 << 20 | 12345, 1)).unwrap();
-    let report = Transfer::new(vec![file.clone()], vec![server.addr.to_string()])
-        .options(fast_options())
-        .start()
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = send(vec![file.clone()], server.addr.to_string(), fast_options()).await;
     assert!(report.success(), "{report:#?}");
     let got = std::fs::read(server.root().join("big.bin")).unwrap();
     assert!(got == std::fs::read(&file).unwrap());
@@ -38,13 +31,7 @@ async fn a_tree_with_empty_files_dirs_and_odd_names() {
     std::fs::write(top.join("a b/small file.txt"), b"hello").unwrap();
     std::fs::write(top.join("a b/ünï cödé/deeper/mid.bin"), data(3 << 20, 2)).unwrap();
     std::fs::write(top.join("a b/ünï cödé/exact"), data(1 << 20, 3)).unwrap();
-    let report = Transfer::new(vec![top.clone()], vec![server.addr.to_string()])
-        .options(fast_options())
-        .start()
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = send(vec![top.clone()], server.addr.to_string(), fast_options()).await;
     assert!(report.success(), "{report:#?}");
     assert_same_tree(&top, &server.root().join("tree"));
     // No partial files are left behind.
@@ -74,13 +61,7 @@ async fn five_thousand_small_files() {
             .unwrap();
         }
     }
-    let report = Transfer::new(vec![top.clone()], vec![server.addr.to_string()])
-        .options(fast_options())
-        .start()
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let report = send(vec![top.clone()], server.addr.to_string(), fast_options()).await;
     assert!(report.success(), "{:?}", report.destinations);
     assert_eq!(report.destinations[0].files_done, N_DIRS as u64 * 101 + 1);
     assert_same_tree(&top, &server.root().join("many"));

@@ -199,3 +199,14 @@ impl Drop for Proxy {
         self.stop.cancel();
     }
 }
+
+/// Runs a whole transfer of `paths` to `to` and returns its report.
+pub async fn send(paths: Vec<PathBuf>, to: String, options: TransferOptions) -> tidegate::Report {
+    tidegate::Transfer::new(paths, vec![to])
+        .options(options)
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+}
