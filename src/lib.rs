@@ -7,6 +7,11 @@
 //! equals what `b3sum` prints without a second pass over the data.
 //!
 //! The main types:
+//! - [`Transfer`] sends files and directory trees to one or more receivers over pooled TCP
+//!   connections ([`client`]), surviving dropped connections; starting it gives a
+//!   [`TransferHandle`] with a [`Progress`] stream, cancellation and a final [`Report`].
+//! - [`Server`] receives: it verifies every chunk, writes partial files and renames them into
+//!   place once verified and durable ([`server`]). Both speak the sans-IO [`protocol`].
 //! - [`HashJob`] hashes files and streams through the bounded pipeline; it is what
 //!   `tidegate hash` runs. Starting it gives a [`HashHandle`] with a [`Progress`] stream,
 //!   cancellation and a final [`HashReport`].
