@@ -4,7 +4,7 @@
 //! - [`chunk`]: chunk sizes and the [`Chunk`](chunk::Chunk) type.
 //! - [`hash`]: BLAKE3 of each chunk on rayon, and the root hash built from chaining values.
 //! - [`options`]: the knobs and their defaults.
-//! - `run`: the producer thread and the ordered stream of [`Event`]s that jobs consume.
+//! - `run`: the producer thread and the ordered stream of `Event`s that jobs consume.
 //!
 //! The pipeline does not know about networks or terminals; jobs built on it do.
 

@@ -1,6 +1,6 @@
 //! Where chunk bytes come from: opening inputs and cutting them into raw chunks.
 //!
-//! [`FileSource`] picks the route for each input:
+//! `FileSource` picks the route for each input:
 //! - regular files larger than [`SMALL_FILE_BYTES`] are read through mapped windows
 //!   (`mmap.rs`), with the SIGBUS defence of `guard.rs`;
 //! - small regular files, and files the kernel refuses to map, use positioned reads
