@@ -441,6 +441,13 @@ impl Tracker {
         }
     }
 
+    async fn emit_failed(&self, file: u64, error: String) {
+        if let Some(&i) = self.index.get(&file) {
+            let path = self.files[i].report.path.clone();
+            self.emit(Progress::FileFailed { file, path, error }).await;
+        }
+    }
+
     fn track(&mut self, file: u64, entry: &Entry) {
         self.index.insert(file, self.files.len());
         self.files.push(Tracked {
@@ -496,14 +503,8 @@ impl Tracker {
                 let message = error.to_string();
                 if let Some(&i) = self.index.get(&file) {
                     self.files[i].source_error = Some(message.clone());
-                    let path = self.files[i].report.path.clone();
-                    self.emit(Progress::FileFailed {
-                        file,
-                        path,
-                        error: message,
-                    })
-                    .await;
                 }
+                self.emit_failed(file, message).await;
                 Some(DestEvent::Abort { file })
             }
         }
@@ -533,17 +534,7 @@ impl Tracker {
                     }
                 }
             }
-            Note::Failed { file, message } => {
-                if let Some(&i) = self.index.get(&file) {
-                    let path = self.files[i].report.path.clone();
-                    self.emit(Progress::FileFailed {
-                        file,
-                        path,
-                        error: message,
-                    })
-                    .await;
-                }
-            }
+            Note::Failed { file, message } => self.emit_failed(file, message).await,
             Note::Retrying { error } => tracing::warn!(%error, "connection dropped; resending"),
         }
     }

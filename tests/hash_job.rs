@@ -1,20 +1,14 @@
 //! `HashJob` end to end on real files: roots equal `blake3::hash` (what b3sum prints) for
 //! every edge length, a sparse file past 4 GiB, progress events and cancellation.
 
+mod common;
+
 use std::io::{Seek, SeekFrom, Write};
 
 use tidegate::{ChunkSize, HashJob, Input, PipelineOptions, Progress, SourceError};
 
 fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::data(len, 11)
 }
 
 fn opts(chunk: usize) -> PipelineOptions {
