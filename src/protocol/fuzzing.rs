@@ -42,3 +42,70 @@ pub fn check_roundtrip(data: &[u8]) {
         assert!(out.is_empty());
     }
 }
+
+/// Property of the `handshake` fuzz target.
+///
+/// 1. The frames decoded from `data`, fed to a server and to a client whose key the input
+///    never contains, never complete either handshake: no success without the key.
+/// 2. A client and a server whose passphrases are cut from `data` complete the handshake
+///    exactly when the passphrases are equal, and agree on the session.
+///
+/// # Panics
+/// On a finding.
+pub fn check_handshake(data: &[u8]) {
+    use super::handshake::{ClientHandshake, Key, ServerHandshake, ServerStep};
+
+    let secret = || Key::from_passphrase("fuzzing: a key no input contains");
+    let mut server = Some(ServerHandshake::new(secret(), [7; 32]));
+    let mut client = Some(ClientHandshake::new(secret(), [1; 16], [2; 32]).0);
+    let mut buf = BytesMut::from(data);
+    while let Ok(Some(frame)) = decode(&mut buf, FUZZ_MAX_FRAME) {
+        if let Some(s) = &mut server {
+            match s.handle(&frame) {
+                Ok(ServerStep::Done(..)) => panic!("server accepted a peer without the key"),
+                Ok(ServerStep::Reply(_)) => {}
+                Err(_) => server = None,
+            }
+        }
+        if let Some(c) = &mut client {
+            match c.handle(&frame) {
+                Ok(None) => panic!("client accepted a server without the key"),
+                Ok(Some(_)) => {}
+                Err(_) => client = None,
+            }
+        }
+    }
+
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let (a, b) = rest.split_at(usize::from(cut).min(rest.len()));
+    let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+    let session: [u8; 16] = std::array::from_fn(|i| rest.get(i).copied().unwrap_or(0));
+    let (mut c, hello) = ClientHandshake::new(Key::from_passphrase(&a), session, [3; 32]);
+    let mut s = ServerHandshake::new(Key::from_passphrase(&b), [4; 32]);
+    let outcome = (|| {
+        let ServerStep::Reply(challenge) = s.handle(&hello)? else {
+            panic!("a server completed on Hello alone");
+        };
+        let auth = c
+            .handle(&challenge)?
+            .expect("the client answers a challenge");
+        let ServerStep::Done(welcome, accepted) = s.handle(&auth)? else {
+            panic!("a server asked for more after Auth");
+        };
+        assert_eq!(
+            c.handle(&welcome)?,
+            None,
+            "the client wants more after Welcome"
+        );
+        Ok::<_, super::handshake::HandshakeError>(accepted)
+    })();
+    match outcome {
+        Ok(accepted) => {
+            assert_eq!(a, b, "different keys authenticated");
+            assert_eq!(accepted.session, session);
+        }
+        Err(e) => assert_ne!(a, b, "equal keys failed: {e}"),
+    }
+}

@@ -6,8 +6,10 @@
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
 //! - [`paths`]: hostile path checks.
+//! - [`fuzzing`]: the properties the receiver's fuzz targets check.
 
 mod durability;
+pub mod fuzzing;
 mod listener;
 pub mod paths;
 mod session;

@@ -221,7 +221,7 @@ where
 
 /// Answers one frame. Per-file problems become `Error` frames for that file; only protocol
 /// violations end the connection.
-async fn handle(
+pub(super) async fn handle(
     frame: Frame,
     ctx: &Arc<Context>,
     session: &Arc<Session>,
@@ -452,7 +452,9 @@ async fn handle(
                 let mut dirs = dirs;
                 dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
                 for (dir, mode, mtime) in dirs {
-                    if let Ok(f) = std::fs::File::open(&dir) {
+                    // Checked to be a real directory when made; never follow a symlink
+                    // that may have replaced it since.
+                    if let Ok(f) = super::writer::open_dir_nofollow(&dir) {
                         let _ = f.set_modified(system_time(mtime));
                         let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
                             mode & 0o7777,
@@ -520,7 +522,10 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
     let committed = tokio::task::spawn_blocking(move || {
         let target = large.partial.target().to_path_buf();
         let finished = large.partial.finish(true)?;
-        finished.rename_into_place()?;
+        if let Err(e) = finished.rename_into_place() {
+            finished.abandon();
+            return Err(e);
+        }
         super::writer::sync_dir(target.parent().unwrap_or(&target))
     })
     .await

@@ -105,14 +105,20 @@ impl PartialFile {
     }
 
     /// Applies mode and mtime; with `sync`, flushes the data first. Returns the paths for
-    /// [`rename_into_place`], and closes the file.
+    /// [`rename_into_place`], and closes the file. On failure the partial file is deleted.
     pub(crate) fn finish(self, sync: bool) -> io::Result<Finished> {
-        if sync {
-            self.file.sync_data()?;
+        let applied = (|| {
+            if sync {
+                self.file.sync_data()?;
+            }
+            self.file
+                .set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))?;
+            self.file.set_modified(system_time(self.mtime_ns))
+        })();
+        if let Err(e) = applied {
+            self.abandon();
+            return Err(e);
         }
-        self.file
-            .set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))?;
-        self.file.set_modified(system_time(self.mtime_ns))?;
         Ok(Finished {
             partial: self.partial,
             target: self.target,
@@ -189,9 +195,28 @@ pub(crate) fn system_time(ns: i64) -> SystemTime {
 }
 
 /// Creates a directory (and parents), applying its mode.
+///
+/// The final component must end up a real directory: an existing symlink there is refused,
+/// never followed (its mode would otherwise be applied wherever it points). Ancestors were
+/// checked by `paths::resolve`.
 pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
     std::fs::create_dir_all(path)?;
+    if !std::fs::symlink_metadata(path)?.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", path.display()),
+        ));
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+}
+
+/// Opens a directory without following a symlink in its last component.
+pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Creates or replaces a symlink at `path` pointing to `target` (never followed).
@@ -202,7 +227,9 @@ pub(crate) fn make_symlink(path: &Path, target: &[u8], tag: &str) -> io::Result<
     let tmp = partial_path(path, tag);
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 trait PrivateMode {
