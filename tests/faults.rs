@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{data, fast_options, send, Proxy, TestServer};
@@ -12,34 +11,30 @@ use tidegate::Transfer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
     let server = TestServer::start().await;
-    let proxy = Proxy::start(server.addr).await;
+    // Cut every connection three times, each after another 8 MiB went through.
+    let proxy = Proxy::cutting(server.addr, 8 << 20, 3).await;
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
     let content = data(48 << 20, 7);
     std::fs::write(&file, &content).unwrap();
     let mut options = fast_options();
     // Small budget and chunks: many chunks in flight to lose and resend.
-    options.pipeline.memory_bytes = 8 << 20;
+    let budget = 8 << 20;
+    options.pipeline.memory_bytes = budget;
     options.pipeline.chunk_size = tidegate::ChunkSize::new(256 << 10).unwrap();
-    let handle = Transfer::new(vec![file], vec![proxy.addr.to_string()])
-        .options(options)
-        .start()
-        .unwrap();
-    // Cut every connection three times, each after another 8 MiB went through.
-    let mut cuts = 0;
-    while cuts < 3 {
-        let threshold = (cuts + 1) * (8 << 20);
-        while proxy.forwarded.load(Ordering::Relaxed) < threshold {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        proxy.cut().await;
-        cuts += 1;
-    }
-    let report = handle.wait().await.unwrap();
+    let report = send(vec![file], proxy.addr.to_string(), options).await;
     assert!(report.success(), "{report:#?}");
+    assert_eq!(proxy.cuts(), 3);
     assert!(report.destinations[0].reconnects >= 3, "{report:#?}");
     let got = std::fs::read(server.root().join("big.bin")).unwrap();
     assert!(got == content, "received bytes differ");
+    // At most the in-flight window (the budget) is sent again per cut, plus frame headers.
+    let resent = proxy.forwarded() - content.len() as u64;
+    eprintln!("resent after 3 cuts: {resent} bytes (budget {budget})");
+    assert!(
+        resent <= 3 * budget + (1 << 20),
+        "{resent} bytes sent twice for 3 cuts with a budget of {budget}"
+    );
     server.stop().await;
 }
 

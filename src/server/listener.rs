@@ -124,6 +124,8 @@ impl Server {
                     continue;
                 }
             };
+            // Reap finished connections' tasks, so they do not pile up between sweeps.
+            while tasks.try_join_next().is_some() {}
             let ctx = Arc::clone(&ctx);
             let stop = shutdown.child_token();
             let span = tracing::debug_span!("connection", %peer);

@@ -5,6 +5,7 @@
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
+//! - `verified.rs`: which chunks of a large file are verified, folded into its root.
 //! - [`paths`]: hostile path checks.
 //! - [`fuzzing`]: the properties the receiver's fuzz targets check.
 
@@ -13,6 +14,7 @@ pub mod fuzzing;
 mod listener;
 pub mod paths;
 mod session;
+mod verified;
 pub mod writer;
 
 use std::path::PathBuf;

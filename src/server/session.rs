@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::durability::Batch;
 use super::paths;
+use super::verified::{Recorded, Verified};
 use super::writer::{make_dir, make_symlink, system_time, PartialFile};
 use super::ServerOptions;
-use crate::pipeline::chunk::ChunkDigest;
-use crate::pipeline::hash::{digest, HashPool, RootBuilder};
+use crate::pipeline::hash::{digest, HashPool};
 use crate::protocol::codec::LEN_PREFIX;
 use crate::protocol::handshake::{random, ServerHandshake, ServerStep};
 use crate::protocol::{ErrorCode, Frame, Meta};
@@ -31,8 +31,9 @@ struct Large {
     partial: PartialFile,
     size: u64,
     chunk_len: u64,
-    /// Chaining value of each verified chunk; 32 bytes per chunk (32 KiB per GiB at 1 MiB).
-    cvs: Mutex<Vec<Option<[u8; 32]>>>,
+    /// Verified chunks, folded into the root as they complete (memory bounded by the
+    /// sender's in-flight window, not by the file's size).
+    verified: Mutex<Verified>,
 }
 
 /// State shared by a session's connections.
@@ -55,6 +56,17 @@ pub(crate) struct Inner {
 pub(crate) struct Session {
     tag: String,
     inner: Mutex<Inner>,
+}
+
+impl Inner {
+    /// No file, directory or batch in progress and none finished: nothing to resume.
+    fn holds_nothing(&self) -> bool {
+        self.large.is_empty()
+            && self.committing.is_empty()
+            && self.done.is_empty()
+            && self.batch.is_empty()
+            && self.dirs.is_empty()
+    }
 }
 
 impl Session {
@@ -88,10 +100,34 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn session(&self, id: [u8; 16]) -> Arc<Session> {
+    /// The session `id` (created if new), with this connection counted in it. Counting under
+    /// the map's lock means [`Context::forget`] never drops a session a connection is joining.
+    fn attach(&self, id: [u8; 16]) -> Arc<Session> {
         let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let s = map.entry(id).or_insert_with(|| Arc::new(Session::new(id)));
+        {
+            let mut inner = s.lock();
+            inner.connections += 1;
+            inner.last_active = Some(Instant::now());
+        }
         Arc::clone(s)
+    }
+
+    /// Counts a connection out of its session. A session left with nothing to resume
+    /// (finished, or never began anything) is dropped with its last connection instead of
+    /// being kept for `session_linger`: a client that comes back (say, its `Finished` was
+    /// lost) gets a fresh session, and every request is idempotent.
+    fn detach(&self, id: [u8; 16], session: &Arc<Session>) {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let forget = {
+            let mut s = session.lock();
+            s.connections -= 1;
+            s.last_active = Some(Instant::now());
+            s.connections == 0 && (s.finished || s.holds_nothing())
+        };
+        if forget && map.get(&id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            map.remove(&id);
+        }
     }
 }
 
@@ -162,18 +198,9 @@ where
         }
     };
     reader.set_max_frame_len(max_frame);
-    let session = ctx.session(session_id);
-    {
-        let mut s = session.lock();
-        s.connections += 1;
-        s.last_active = Some(Instant::now());
-    }
+    let session = ctx.attach(session_id);
     let result = frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await;
-    {
-        let mut s = session.lock();
-        s.connections -= 1;
-        s.last_active = Some(Instant::now());
-    }
+    ctx.detach(session_id, &session);
     if let Err(ConnError::Link(LinkError::Decode(e))) = &result {
         let _ = writer
             .send(&error_frame(u64::MAX, ErrorCode::Protocol, e))
@@ -270,6 +297,22 @@ pub(super) async fn handle(
                     "chunk has the wrong length",
                 )]);
             }
+            {
+                let v = large.verified.lock().unwrap_or_else(PoisonError::into_inner);
+                if v.has(index) {
+                    // A resend of a chunk already verified and written.
+                    return Ok(vec![Frame::Ack { file, index }]);
+                }
+                if !v.accepts(index) {
+                    drop(v);
+                    return Ok(vec![fail_large(
+                        session,
+                        file,
+                        ErrorCode::Limit,
+                        format!("chunk {index} is too far ahead of the first missing one"),
+                    )]);
+                }
+            }
             let writing = Arc::clone(&large);
             let outcome = ctx
                 .pool
@@ -286,11 +329,20 @@ pub(super) async fn handle(
                 .await;
             match outcome {
                 Ok(()) => {
-                    let mut cvs = large.cvs.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(slot) = cvs.get_mut(index as usize) {
-                        *slot = Some(cv);
+                    let recorded = large
+                        .verified
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .record(index, cv);
+                    match recorded {
+                        Recorded::New | Recorded::Repeat => Ok(vec![Frame::Ack { file, index }]),
+                        Recorded::TooFarAhead => Ok(vec![fail_large(
+                            session,
+                            file,
+                            ErrorCode::Limit,
+                            "chunk too far ahead",
+                        )]),
                     }
-                    Ok(vec![Frame::Ack { file, index }])
                 }
                 Err(None) => Ok(vec![fail_large(
                     session,
@@ -481,24 +533,6 @@ pub(super) async fn handle(
 /// Verifies a large file's root from its chunks' chaining values, then makes it durable and
 /// renames it into place.
 async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
-    let mut builder = RootBuilder::new();
-    let complete = {
-        let cvs = large.cvs.lock().unwrap_or_else(PoisonError::into_inner);
-        cvs.iter().all(|cv| {
-            cv.is_some_and(|cv| {
-                builder
-                    .push(ChunkDigest {
-                        chaining_value: Some(cv),
-                        solo_root: None,
-                    })
-                    .is_ok()
-            })
-        })
-    };
-    let verified = complete
-        && builder
-            .finish()
-            .is_ok_and(|r| r == blake3::Hash::from_bytes(root));
     let large = match Arc::try_unwrap(large) {
         Ok(large) => large,
         Err(shared) => {
@@ -510,9 +544,14 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
             );
         }
     };
-    if !verified {
+    let built = large
+        .verified
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .finish();
+    if built != Some(blake3::Hash::from_bytes(root)) {
         large.partial.abandon();
-        let why = if complete {
+        let why = if built.is_some() {
             "root hash mismatch"
         } else {
             "file ended with chunks missing"
@@ -592,8 +631,7 @@ async fn begin(
                 partial,
                 size,
                 chunk_len: u64::from(chunk_len),
-                // `chunks` ≤ max_file_size / 16 KiB; allocated once the limits passed.
-                cvs: Mutex::new(vec![None; chunks as usize]),
+                verified: Mutex::new(Verified::new(chunks)),
             };
             // A repeated begin that raced this one may have got there first: keep that one
             // (both opened the same partial path, and no data is sent before `FileReady`).

@@ -6,6 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod heap;
+mod proxy;
+
+#[allow(unused_imports)] // only the fault and reconnect tests cut connections
+pub use proxy::Proxy;
+
 use tidegate::{Server, ServerOptions, TransferOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -112,92 +118,6 @@ fn list(root: &Path) -> Vec<(PathBuf, bool)> {
         }
     }
     out
-}
-
-/// A TCP proxy in front of a server that can cut every live connection on demand, as a
-/// network failure would. New connections are accepted after a cut.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    cut: std::sync::Arc<tokio::sync::Mutex<CancellationToken>>,
-    pub forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    stop: CancellationToken,
-}
-
-impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = std::sync::Arc::new(tokio::sync::Mutex::new(CancellationToken::new()));
-        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = CancellationToken::new();
-        let (c, f, s) = (cut.clone(), forwarded.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (client, _) = tokio::select! {
-                    () = s.cancelled() => return,
-                    a = listener.accept() => a.unwrap(),
-                };
-                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                    continue;
-                };
-                let token = c.lock().await.clone();
-                let stop = s.clone();
-                let f = f.clone();
-                tokio::spawn(async move {
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = cr.read(&mut buf).await?;
-                            if n == 0 {
-                                return sw.shutdown().await;
-                            }
-                            sw.write_all(&buf[..n]).await?;
-                            f.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = sr.read(&mut buf).await?;
-                            if n == 0 {
-                                return cw.shutdown().await;
-                            }
-                            cw.write_all(&buf[..n]).await?;
-                        }
-                    };
-                    tokio::select! {
-                        () = token.cancelled() => {}
-                        () = stop.cancelled() => {}
-                        _ = async { tokio::join!(up, down) } => {}
-                    }
-                    // Dropping both halves resets the connections.
-                });
-            }
-        });
-        Proxy {
-            addr,
-            cut,
-            forwarded,
-            stop,
-        }
-    }
-
-    /// Drops every connection that is open now.
-    pub async fn cut(&self) {
-        let mut token = self.cut.lock().await;
-        token.cancel();
-        *token = CancellationToken::new();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
 }
 
 /// Runs a whole transfer of `paths` to `to` and returns its report.

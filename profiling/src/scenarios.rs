@@ -1,0 +1,189 @@
+//! The named scenarios. Each prepares its data and warms up (runtime threads, rayon pool, a
+//! server, one small run) before the profiler starts, then runs its workload under the
+//! profiler and tears everything it started down before the heap is read, so that bytes
+//! still live at the end are bytes leaked by tidegate.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tidegate::{HashJob, Input, Server, ServerOptions, Transfer, TransferOptions};
+
+#[path = "../../tests/common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+
+/// Every scenario, in the order `run` and `check` use.
+pub const ALL: [&str; 4] = ["hash-large", "send-large", "send-small", "reconnect-storm"];
+
+const MIB: u64 = 1 << 20;
+
+/// Data for a scenario, made before profiling.
+pub struct Prepared {
+    _dir: tempfile::TempDir,
+    warm: Vec<PathBuf>,
+    work: Vec<PathBuf>,
+    /// Bytes the workload moves (hashes or sends), for allocations per MiB.
+    pub bytes: u64,
+}
+
+fn write_file(path: &Path, len: u64, seed: u8) {
+    let block: Vec<u8> = (0..MIB as usize)
+        .map(|i| (i as u64).wrapping_mul(2_654_435_761).wrapping_add(u64::from(seed)) as u8)
+        .collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create data"));
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        f.write_all(&block[..n]).expect("write data");
+        left -= n as u64;
+    }
+    f.flush().expect("flush data");
+}
+
+/// Makes the scenario's files.
+pub fn prepare(name: &str) -> Prepared {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warm = dir.path().join("warm");
+    write_file(&warm, 4 * MIB, 1);
+    let (work, bytes) = match name {
+        "hash-large" | "send-large" => {
+            let big = dir.path().join("big");
+            write_file(&big, 256 * MIB, 2);
+            (vec![big], 256 * MIB)
+        }
+        "reconnect-storm" => {
+            let big = dir.path().join("big");
+            write_file(&big, 64 * MIB, 3);
+            (vec![big], 64 * MIB)
+        }
+        "send-small" => {
+            let tree = dir.path().join("tree");
+            let mut total = 0;
+            for i in 0..5000u64 {
+                let sub = tree.join(format!("d{:02}", i % 50));
+                std::fs::create_dir_all(&sub).expect("mkdir");
+                let len = 1024 + (i * 7919) % (15 * 1024);
+                write_file(&sub.join(format!("f{i:05}")), len, i as u8);
+                total += len;
+            }
+            (vec![tree], total)
+        }
+        other => panic!("unknown scenario {other}"),
+    };
+    Prepared {
+        _dir: dir,
+        warm: vec![warm],
+        work,
+        bytes,
+    }
+}
+
+/// Runs `name`: its warm-up before the profiler, its workload under it. `profile` starts the
+/// profiler and returns a guard; `read` reads the heap once the runtime has been shut down
+/// (its worker and blocking threads joined), just before the guard is dropped.
+pub fn run<G>(name: &str, data: &Prepared, profile: impl FnOnce() -> G, read: impl FnOnce()) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = rt.block_on(async {
+        match name {
+            "hash-large" => {
+                hash(&data.warm).await;
+                let guard = profile();
+                hash(&data.work).await;
+                guard
+            }
+            "send-large" | "send-small" => {
+                let server = start_server().await;
+                let to = server.0.to_string();
+                send(&data.warm, &to, TransferOptions::default()).await;
+                let guard = profile();
+                send(&data.work, &to, TransferOptions::default()).await;
+                stop_server(server).await;
+                guard
+            }
+            "reconnect-storm" => {
+                let server = start_server().await;
+                let to = server.0.to_string();
+                send(&data.warm, &to, storm_options()).await;
+                let guard = profile();
+                {
+                    // 50 cuts, one after every 1 MiB forwarded.
+                    let proxy = proxy::Proxy::cutting(server.0, MIB, 50).await;
+                    let report = send(&data.work, &proxy.addr.to_string(), storm_options()).await;
+                    assert_eq!(proxy.cuts(), 50, "the proxy did not cut 50 times");
+                    eprintln!(
+                        "reconnect-storm: 50 cuts, {} reconnects",
+                        report.destinations[0].reconnects
+                    );
+                }
+                stop_server(server).await;
+                guard
+            }
+            other => panic!("unknown scenario {other}"),
+        }
+    });
+    drop(rt);
+    read();
+    drop(guard);
+}
+
+/// A small budget and chunk size: many chunks in flight to lose at each cut.
+fn storm_options() -> TransferOptions {
+    let mut o = TransferOptions::default();
+    o.pipeline.memory_bytes = 8 * MIB;
+    o.pipeline.chunk_size = tidegate::ChunkSize::new(256 << 10).expect("chunk size");
+    o.retry_for = Duration::from_secs(30);
+    o
+}
+
+async fn hash(paths: &[PathBuf]) {
+    let inputs = paths.iter().cloned().map(Input::Path).collect();
+    let report = HashJob::new(inputs)
+        .start()
+        .expect("hash job")
+        .wait()
+        .await
+        .expect("hash task");
+    assert_eq!(report.failures(), 0, "hashing failed");
+}
+
+type Running = (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tempfile::TempDir,
+);
+
+async fn start_server() -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        ServerOptions::new(dir.path()),
+    )
+    .await
+    .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let token = server.shutdown_token();
+    (addr, token, tokio::spawn(server.serve()), dir)
+}
+
+async fn stop_server((_, token, task, _dir): Running) {
+    token.cancel();
+    task.await.expect("server task").expect("server");
+}
+
+async fn send(paths: &[PathBuf], to: &str, options: TransferOptions) -> tidegate::Report {
+    let report = Transfer::new(paths.to_vec(), vec![to.to_string()])
+        .options(options)
+        .start()
+        .expect("transfer")
+        .wait()
+        .await
+        .expect("transfer task");
+    assert!(report.success(), "transfer failed: {report:?}");
+    report
+}

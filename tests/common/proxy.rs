@@ -1,0 +1,137 @@
+//! A TCP proxy in front of a server that cuts every live connection on demand, or after
+//! every so many forwarded bytes, as a network failure would. Shared by the fault tests, the
+//! heap tests and the profiling runner (`profiling/src/main.rs` includes this file).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// A TCP proxy in front of a server. New connections are accepted after a cut.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: CancellationToken,
+}
+
+struct State {
+    /// Cancelled to cut the connections open now; replaced after each cut.
+    cut: std::sync::Mutex<CancellationToken>,
+    /// Client-to-server bytes forwarded so far.
+    forwarded: AtomicU64,
+    /// Automatic cuts: one each time `forwarded` passes another `every` bytes, `limit` times.
+    every: u64,
+    limit: u64,
+    cuts: AtomicU64,
+}
+
+impl State {
+    fn cut(&self) {
+        let mut token = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+
+    fn forwarded(&self, n: u64) {
+        let before = self.forwarded.fetch_add(n, Ordering::Relaxed);
+        if self.every == 0 {
+            return;
+        }
+        let crossed = (before + n) / self.every > before / self.every;
+        if crossed && self.cuts.fetch_add(1, Ordering::Relaxed) < self.limit {
+            self.cut();
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy that cuts only when asked ([`Proxy::cut`]).
+    pub async fn start(target: SocketAddr) -> Proxy {
+        Self::cutting(target, 0, 0).await
+    }
+
+    /// A proxy that also cuts every connection each time another `every` bytes have gone
+    /// from client to server, `times` times in all.
+    pub async fn cutting(target: SocketAddr, every: u64, times: u64) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            cut: std::sync::Mutex::new(CancellationToken::new()),
+            forwarded: AtomicU64::new(0),
+            every,
+            limit: times,
+            cuts: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        let (st, s) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = tokio::select! {
+                    () = s.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let token = st.cut.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let stop = s.clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = cr.read(&mut buf).await?;
+                            if n == 0 {
+                                return sw.shutdown().await;
+                            }
+                            sw.write_all(&buf[..n]).await?;
+                            st.forwarded(n as u64);
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = sr.read(&mut buf).await?;
+                            if n == 0 {
+                                return cw.shutdown().await;
+                            }
+                            cw.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    tokio::select! {
+                        () = token.cancelled() => {}
+                        () = stop.cancelled() => {}
+                        _ = async { tokio::join!(up, down) } => {}
+                    }
+                    // Dropping both halves resets the connections.
+                });
+            }
+        });
+        Proxy { addr, state, stop }
+    }
+
+    /// Drops every connection that is open now.
+    pub async fn cut(&self) {
+        self.state.cut();
+    }
+
+    /// Client-to-server bytes forwarded so far.
+    pub fn forwarded(&self) -> u64 {
+        self.state.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Automatic cuts made so far.
+    pub fn cuts(&self) -> u64 {
+        self.state.cuts.load(Ordering::Relaxed).min(self.state.limit)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

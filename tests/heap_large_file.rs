@@ -1,0 +1,57 @@
+//! Heap scenario: the peak heap while sending one file over loopback (sender and receiver in
+//! this process) does not depend on the file's size, and stays within the sender's budget
+//! plus a fixed overhead.
+//!
+//! The sender's chunks are mapped file pages, not heap; the heap peak is mostly the
+//! receiver's frame buffers (one chunk-sized frame per connection, plus the one being
+//! verified and written) and the sender's per-chunk bookkeeping.
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+mod common;
+
+use common::heap::{measure, runtime, write_file, MIB};
+use common::{fast_options, send, TestServer};
+
+/// Heap beyond the sender's budget that a transfer may use, whatever the file's size:
+/// the receiver's buffers for `streams` connections of one 1 MiB chunk each (×2: one being
+/// read while the previous one is written), socket and runtime bookkeeping.
+const FIXED_OVERHEAD: usize = 16 * MIB;
+
+#[test]
+fn peak_heap_is_the_same_for_16_mib_and_256_mib() {
+    let src = tempfile::tempdir().unwrap();
+    let small = src.path().join("small");
+    let big = src.path().join("big");
+    write_file(&small, 16 << 20, 1);
+    write_file(&big, 256 << 20, 2);
+    let options = fast_options();
+    let budget = options.pipeline.memory_bytes;
+    runtime().block_on(async {
+        let server = TestServer::start().await;
+        let to = server.addr.to_string();
+        send(vec![small.clone()], to.clone(), options.clone()).await;
+
+        let (_, s16) = measure(send(vec![small.clone()], to.clone(), options.clone())).await;
+        let (_, s256) = measure(send(vec![big.clone()], to.clone(), options.clone())).await;
+        server.stop().await;
+
+        let ratio = s256.max_bytes as f64 / s16.max_bytes as f64;
+        eprintln!(
+            "peak heap: 16 MiB file {} B, 256 MiB file {} B, ratio {ratio:.3}",
+            s16.max_bytes, s256.max_bytes
+        );
+        assert!(
+            (0.95..=1.05).contains(&ratio),
+            "peak heap grew with the file: {} B for 16 MiB, {} B for 256 MiB",
+            s16.max_bytes,
+            s256.max_bytes
+        );
+        assert!(
+            s256.max_bytes <= budget as usize + FIXED_OVERHEAD,
+            "peak heap {} B exceeds the budget {budget} B + {FIXED_OVERHEAD} B",
+            s256.max_bytes
+        );
+    });
+}
