@@ -73,6 +73,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The underlying reader. Bytes already read but not yet decoded are dropped.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Changes the frame limit (raised once a peer is authenticated).
     pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
         self.max_frame_len = max_frame_len;
@@ -125,6 +130,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             _ => self.inner.write_all(&self.head).await?,
         }
         Ok(())
+    }
+
+    /// The underlying writer.
+    pub fn into_inner(self) -> W {
+        self.inner
     }
 
     /// Flushes and shuts down the write side.

@@ -1,37 +1,9 @@
 //! `tidegate serve` and `tidegate send` as processes: real use, JSON output, exit codes,
 //! and a graceful stop on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-fn tidegate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tidegate"))
-}
-
-/// Starts `serve` on a free loopback port and returns it with its address.
-fn serve(dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
-    let mut child = tidegate()
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    stderr.read_line(&mut line).unwrap();
-    // Keep reading, so the server's later messages have somewhere to go.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(addr.starts_with("127.0.0.1:"), "{line}");
-    (child, addr)
-}
-
-fn stop(mut child: Child) -> std::process::ExitStatus {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap()
-}
+use common::process::{serve, stop, tidegate};
 
 #[test]
 fn send_to_serve_with_json_report_and_graceful_stop() {

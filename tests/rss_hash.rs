@@ -6,40 +6,14 @@
 //! process's fixed overhead.
 
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
+
+use common::process::run_measured;
 
 const FILE_BYTES: usize = 2 << 30;
-const BOUND_BYTES: i64 = 64 << 20;
-
-/// Runs the command and returns (exit status, stdout, peak RSS in bytes) via wait4's rusage.
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which Child cannot do
-fn run_measured(cmd: &mut Command) -> (std::process::ExitStatus, String, i64) {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-        s
-    });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 writes into both out-parameters.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet reaped (Child::wait was never called).
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(rc, pid);
-    let out = reader.join().unwrap();
-    (
-        std::process::ExitStatus::from_raw(status),
-        out,
-        usage.ru_maxrss * 1024,
-    )
-}
+const BOUND_BYTES: u64 = 64 << 20;
 
 #[test]
 fn peak_rss_hashing_2_gib_stays_near_the_budget() {

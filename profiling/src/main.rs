@@ -20,7 +20,8 @@ use summary::{compare, Summary};
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-const USAGE: &str = "usage: tidegate-profile run|check|bless [--out DIR] [--baseline FILE] [SCENARIO...]";
+const USAGE: &str =
+    "usage: tidegate-profile run|check|bless [--out DIR] [--baseline FILE] [SCENARIO...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

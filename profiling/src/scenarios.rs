@@ -29,7 +29,11 @@ pub struct Prepared {
 
 fn write_file(path: &Path, len: u64, seed: u8) {
     let block: Vec<u8> = (0..MIB as usize)
-        .map(|i| (i as u64).wrapping_mul(2_654_435_761).wrapping_add(u64::from(seed)) as u8)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(u64::from(seed)) as u8
+        })
         .collect();
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create data"));
     let mut left = len;

@@ -32,8 +32,9 @@ pub fn digest(offset: u64, data: &[u8]) -> ChunkDigest {
     let first = offset == 0;
     ChunkDigest {
         // A first chunk of at most one BLAKE3 block-chunk has no parent: it can only be a
-        // root, and asking for its chaining value would be meaningless.
-        chaining_value: (!first || data.len() > blake3::CHUNK_LEN)
+        // root, and asking for its chaining value would be meaningless. Nor has an empty
+        // chunk past the start (no valid tree holds one; blake3 would panic).
+        chaining_value: ((!first && !data.is_empty()) || data.len() > blake3::CHUNK_LEN)
             .then(|| hasher.finalize_non_root()),
         solo_root: first.then(|| hasher.finalize()),
     }
@@ -245,6 +246,14 @@ mod tests {
         root.push(digest(0, b"tiny")).unwrap();
         let err = root.push(digest(16384, b"more")).unwrap_err();
         assert_eq!(err, RootError::MissingChainingValue { index: 0 });
+    }
+
+    #[test]
+    fn an_empty_chunk_past_the_start_has_no_chaining_value() {
+        // Found by the session fuzz target: blake3 panics on an empty non-root subtree.
+        let d = digest(16384, b"");
+        assert_eq!(d.chaining_value, None);
+        assert_eq!(d.solo_root, None);
     }
 
     #[tokio::test]

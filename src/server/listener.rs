@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +28,34 @@ pub struct Server {
     listener: TcpListener,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
+    connections: Arc<AtomicUsize>,
+}
+
+/// Live counts of a [`Server`], readable while it serves (for a status display, or to wait
+/// until a server is idle). Cheap to clone; it does not keep the server alive.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    ctx: Weak<Context>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ServerStatus {
+    /// Connections being served. A connection counts until its task has ended and been
+    /// reaped, so 0 means that every connection's memory has been released.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Sessions held: transfers with a connection, or waiting (up to `session_linger`) for a
+    /// client to reconnect and resume. 0 once the server has stopped.
+    pub fn sessions(&self) -> usize {
+        self.ctx.upgrade().map_or(0, |ctx| {
+            ctx.sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+        })
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -37,8 +66,9 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// How often idle sessions are looked for.
+/// How often idle sessions are looked for: at most this long apart, at least `MIN_SWEEP`.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const MIN_SWEEP: Duration = Duration::from_millis(50);
 
 impl Server {
     /// Binds `addr` (port 0 picks a free port) and prepares to serve `options.root`, which is
@@ -59,6 +89,7 @@ impl Server {
             listener,
             ctx,
             shutdown: CancellationToken::new(),
+            connections: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -75,6 +106,14 @@ impl Server {
         self.shutdown.clone()
     }
 
+    /// A handle on the server's live counts.
+    pub fn status(&self) -> ServerStatus {
+        ServerStatus {
+            ctx: Arc::downgrade(&self.ctx),
+            connections: Arc::clone(&self.connections),
+        }
+    }
+
     /// Serves until the shutdown token is cancelled.
     ///
     /// # Errors
@@ -84,15 +123,28 @@ impl Server {
             listener,
             ctx,
             shutdown,
+            connections,
         } = self;
         let slots = Arc::new(Semaphore::new(ctx.options.max_connections.max(1)));
         let mut tasks = JoinSet::new();
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        // Often enough that a short `session_linger` is honoured closely.
+        let every = SWEEP_EVERY
+            .min(ctx.options.session_linger / 2)
+            .max(MIN_SWEEP);
+        let mut sweep = tokio::time::interval(every);
         let mut accept_failures = 0u32;
+        // Ended connections are reaped as soon as they end, so an idle server holds nothing.
+        let reaped = || {
+            connections.fetch_sub(1, Ordering::AcqRel);
+        };
         loop {
             let permit = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    reaped();
+                    continue;
+                }
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
@@ -101,9 +153,12 @@ impl Server {
             let accepted = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    reaped();
+                    continue;
+                }
                 _ = sweep.tick() => {
                     expire_sessions(&ctx);
-                    while tasks.try_join_next().is_some() {}
                     continue;
                 }
                 accepted = listener.accept() => accepted,
@@ -124,8 +179,7 @@ impl Server {
                     continue;
                 }
             };
-            // Reap finished connections' tasks, so they do not pile up between sweeps.
-            while tasks.try_join_next().is_some() {}
+            connections.fetch_add(1, Ordering::AcqRel);
             let ctx = Arc::clone(&ctx);
             let stop = shutdown.child_token();
             let span = tracing::debug_span!("connection", %peer);
@@ -139,7 +193,9 @@ impl Server {
         }
         drop(listener);
         shutdown.cancel();
-        while tasks.join_next().await.is_some() {}
+        while tasks.join_next().await.is_some() {
+            reaped();
+        }
         let sessions: Vec<_> = {
             let mut map = ctx.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             map.drain().map(|(_, s)| s).collect()
@@ -186,7 +242,9 @@ fn expire_sessions(ctx: &Context) {
             })
             .map(|(id, _)| *id)
             .collect();
-        ids.into_iter().filter_map(|id| map.remove(&id)).collect()
+        let expired = ids.into_iter().filter_map(|id| map.remove(&id)).collect();
+        session::shrink_sessions(&mut map);
+        expired
     };
     for s in expired {
         s.abandon();

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) use listener::tune as tune_socket;
-pub use listener::Server;
+pub use listener::{Server, ServerStatus};
 
 use crate::protocol::handshake::Key;
 

@@ -127,7 +127,16 @@ impl Context {
         };
         if forget && map.get(&id).is_some_and(|s| Arc::ptr_eq(s, session)) {
             map.remove(&id);
+            shrink_sessions(&mut map);
         }
+    }
+}
+
+/// Gives back the session map's spare room once it is mostly empty, so that a burst of
+/// sessions (say, many clients resuming at once) does not hold its peak for good.
+pub(crate) fn shrink_sessions(map: &mut HashMap<[u8; 16], Arc<Session>>) {
+    if map.len() <= map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -298,7 +307,10 @@ pub(super) async fn handle(
                 )]);
             }
             {
-                let v = large.verified.lock().unwrap_or_else(PoisonError::into_inner);
+                let v = large
+                    .verified
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if v.has(index) {
                     // A resend of a chunk already verified and written.
                     return Ok(vec![Frame::Ack { file, index }]);

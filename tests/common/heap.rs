@@ -8,13 +8,51 @@
 use std::io::Write;
 use std::path::Path;
 
-/// A multi-threaded runtime like the CLI's, on this machine's 2 cores.
+/// A multi-threaded runtime like the CLI's, on this machine's 2 cores, with its blocking
+/// pool started up front: `BLOCKING_THREADS` threads that stay alive for the whole test, so
+/// that a thread started (or retired) in the middle of a measurement does not show up as heap
+/// that a transfer left behind.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    const BLOCKING_THREADS: usize = 32;
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(3600))
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap();
+    let all_running = std::sync::Arc::new(std::sync::Barrier::new(BLOCKING_THREADS));
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..BLOCKING_THREADS)
+            .map(|_| {
+                let b = std::sync::Arc::clone(&all_running);
+                tokio::task::spawn_blocking(move || {
+                    b.wait();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Each worker allocates its list of deferred wake-ups the first time a task on it
+        // yields: make both workers do so now (the barrier holds each task on its own worker).
+        let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let b = std::sync::Arc::clone(&both);
+                tokio::spawn(async move {
+                    b.wait();
+                    for _ in 0..8 {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    rt
 }
 
 /// Writes `len` deterministic bytes to `path`, 1 MiB at a time.
@@ -58,3 +96,61 @@ pub async fn measure<F: std::future::Future>(work: F) -> (F::Output, Region) {
 }
 
 pub const MIB: usize = 1 << 20;
+
+fn live(s: &dhat::HeapStats) -> (usize, usize) {
+    (s.curr_bytes, s.curr_blocks)
+}
+
+/// The heap statistics once the live heap has stopped changing (the same for 200 ms; at most
+/// 5 s). Ended tasks are freed by the runtime's threads a moment after their results have been
+/// collected, so a snapshot taken at once can catch a task that is about to be freed.
+pub async fn settled() -> dhat::HeapStats {
+    let mut last = dhat::HeapStats::get();
+    let mut same = 0;
+    for _ in 0..250 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let now = dhat::HeapStats::get();
+        same = if live(&now) == live(&last) {
+            same + 1
+        } else {
+            0
+        };
+        last = now;
+        if same == 10 {
+            break;
+        }
+    }
+    last
+}
+
+/// Waits (at most 5 s) for the live heap to come back to `target`'s, and returns the heap
+/// statistics then, or settled ones at the deadline: a leak never comes back.
+pub async fn settle_to(target: &dhat::HeapStats) -> dhat::HeapStats {
+    for _ in 0..250 {
+        let now = dhat::HeapStats::get();
+        if live(&now) == live(target) {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    settled().await
+}
+
+/// Sends enough jobs through the global rayon pool that its injector queue moves on to a
+/// new block (it allocates one every 63 jobs and frees the old one). Called under the
+/// profiler before a baseline snapshot, so that the block live at the snapshot was allocated
+/// under the profiler and its later replacement balances out.
+pub fn cycle_rayon_injector() {
+    const JOBS: usize = 64;
+    let pool = tidegate::pipeline::hash::HashPool::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel(JOBS);
+    for _ in 0..JOBS {
+        let tx = tx.clone();
+        pool.spawn(move || {
+            let _ = tx.send(());
+        });
+    }
+    for _ in 0..JOBS {
+        rx.recv().unwrap();
+    }
+}

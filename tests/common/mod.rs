@@ -7,17 +7,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod heap;
+pub mod process;
 mod proxy;
 
 #[allow(unused_imports)] // only the fault and reconnect tests cut connections
 pub use proxy::Proxy;
 
-use tidegate::{Server, ServerOptions, TransferOptions};
+use tidegate::{Server, ServerOptions, ServerStatus, TransferOptions};
 use tokio_util::sync::CancellationToken;
 
 /// A running server; stops (and is awaited) on `stop`.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub status: ServerStatus,
     pub dir: tempfile::TempDir,
     token: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -37,9 +39,11 @@ impl TestServer {
             .unwrap();
         let addr = server.local_addr().unwrap();
         let token = server.shutdown_token();
+        let status = server.status();
         let task = tokio::spawn(server.serve());
         TestServer {
             addr,
+            status,
             dir,
             token,
             task,
@@ -48,6 +52,21 @@ impl TestServer {
 
     pub fn root(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Waits until every connection has ended and been reaped and no session is held.
+    pub async fn idle(&self) {
+        for _ in 0..1000 {
+            if self.status.connections() == 0 && self.status.sessions() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "server not idle after 10 s: {} connections, {} sessions",
+            self.status.connections(),
+            self.status.sessions()
+        );
     }
 
     pub async fn stop(self) -> tempfile::TempDir {

@@ -25,6 +25,8 @@ struct State {
     every: u64,
     limit: u64,
     cuts: AtomicU64,
+    /// Connections accepted so far.
+    accepted: AtomicU64,
 }
 
 impl State {
@@ -63,6 +65,7 @@ impl Proxy {
             every,
             limit: times,
             cuts: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let (st, s) = (state.clone(), stop.clone());
@@ -72,6 +75,7 @@ impl Proxy {
                     () = s.cancelled() => return,
                     a = listener.accept() => a.unwrap(),
                 };
+                st.accepted.fetch_add(1, Ordering::Relaxed);
                 let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                     continue;
                 };
@@ -83,7 +87,9 @@ impl Proxy {
                     let (mut sr, mut sw) = server.into_split();
                     let up = async {
                         let mut buf = vec![0u8; 64 * 1024];
-                        loop {
+                        // Checked after every write: a cut must stop this connection at once,
+                        // not after the rest of a poll's worth of reads.
+                        while !token.is_cancelled() {
                             let n = cr.read(&mut buf).await?;
                             if n == 0 {
                                 return sw.shutdown().await;
@@ -91,6 +97,7 @@ impl Proxy {
                             sw.write_all(&buf[..n]).await?;
                             st.forwarded(n as u64);
                         }
+                        Ok(())
                     };
                     let down = async {
                         let mut buf = vec![0u8; 64 * 1024];
@@ -124,9 +131,17 @@ impl Proxy {
         self.state.forwarded.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
+
     /// Automatic cuts made so far.
     pub fn cuts(&self) -> u64 {
-        self.state.cuts.load(Ordering::Relaxed).min(self.state.limit)
+        self.state
+            .cuts
+            .load(Ordering::Relaxed)
+            .min(self.state.limit)
     }
 }
 

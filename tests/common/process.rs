@@ -1,0 +1,92 @@
+//! The `tidegate` binary as child processes: a `serve` on a free loopback port, and peak RSS
+//! measurement for the RSS tests (`tests/rss_*.rs`).
+//!
+//! Mapped file pages count toward RSS, so the RSS tests catch mapping windows that are never
+//! released, which a heap profiler cannot see.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// The binary under test.
+pub fn tidegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+}
+
+/// Starts `serve` on a free loopback port and returns it with its address.
+pub fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = tidegate()
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // Keep reading, so the server's later messages have somewhere to go.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    (child, addr)
+}
+
+/// Stops a `serve` child with SIGTERM and waits for it.
+pub fn stop(mut child: Child) -> ExitStatus {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+/// Runs the command and returns (exit status, stdout, peak RSS in bytes) from wait4's rusage,
+/// which is the child's VmHWM when it exited.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which Child cannot do
+pub fn run_measured(cmd: &mut Command) -> (ExitStatus, String, u64) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 writes into both out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet reaped (Child::wait was never called).
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid);
+    let out = reader.join().unwrap();
+    (
+        ExitStatus::from_raw(status),
+        out,
+        u64::try_from(usage.ru_maxrss).unwrap() * 1024,
+    )
+}
+
+/// VmHWM (peak resident set) of a running child, from /proc.
+pub fn vm_hwm(child: &Child) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}

@@ -1,0 +1,214 @@
+//! Heap scenario: 200 connections against one server (clean sessions, garbage, a wrong key,
+//! an oversized frame, and abrupt resets before and in the middle of a file) leave the
+//! server's live heap where it was once every connection has ended and every interrupted
+//! session has expired.
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::heap::{cycle_rayon_injector, runtime, settle_to, settled};
+use common::TestServer;
+use tidegate::pipeline::hash::digest;
+use tidegate::protocol::handshake::{ClientHandshake, Key};
+use tidegate::protocol::{Frame, Meta};
+use tidegate::transport::{FrameReader, FrameWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CYCLES: u32 = 200;
+const KINDS: u32 = 6;
+
+type Conn = (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+/// Connects and completes the handshake for session `id`.
+async fn connect(addr: std::net::SocketAddr, id: u32) -> Conn {
+    let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+    let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+    let mut session = [0u8; 16];
+    session[..4].copy_from_slice(&id.to_le_bytes());
+    let (mut hs, hello) = ClientHandshake::new(Key::default(), session, [7; 32]);
+    w.send(&hello).await.unwrap();
+    loop {
+        let frame = r.next().await.unwrap().unwrap();
+        match hs.handle(&frame).unwrap() {
+            Some(reply) => w.send(&reply).await.unwrap(),
+            None => return (r, w),
+        }
+    }
+}
+
+/// Closes with a reset instead of a FIN.
+fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+}
+
+fn reunite((r, w): Conn) -> TcpStream {
+    r.into_inner().reunite(w.into_inner()).unwrap()
+}
+
+/// Reads until the server closes the connection.
+async fn until_closed(mut s: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+fn meta(path: String, size: u64) -> Meta {
+    Meta {
+        path: path.into_bytes(),
+        size,
+        mode: 0o644,
+        mtime_ns: 0,
+    }
+}
+
+async fn cycle(addr: std::net::SocketAddr, i: u32) {
+    match i % KINDS {
+        // A clean session: one small file, finished.
+        0 => {
+            let (mut r, mut w) = connect(addr, i).await;
+            let payload = Bytes::from(format!("file {i}"));
+            w.send(&Frame::SmallFile {
+                file: 1,
+                meta: meta(format!("clean-{i}"), payload.len() as u64),
+                root: *blake3::hash(&payload).as_bytes(),
+                payload,
+            })
+            .await
+            .unwrap();
+            w.send(&Frame::Finish).await.unwrap();
+            loop {
+                match r.next().await.unwrap().unwrap() {
+                    Frame::Finished => break,
+                    Frame::Ack { .. } | Frame::FileDone { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        // Garbage instead of a handshake.
+        1 => {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let junk: Vec<u8> = (0..64 + i).map(|j| (j * 37 + i) as u8).collect();
+            let _ = s.write_all(&junk).await;
+            until_closed(s).await;
+        }
+        // The wrong key: the server refuses the session.
+        2 => {
+            let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+            let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+            let (mut hs, hello) =
+                ClientHandshake::new(Key::from_passphrase("wrong"), [9; 16], [8; 32]);
+            w.send(&hello).await.unwrap();
+            while let Ok(Some(frame)) = r.next().await {
+                match hs.handle(&frame) {
+                    Ok(Some(reply)) => {
+                        if w.send(&reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => panic!("handshake succeeded with the wrong key"),
+                    Err(_) => break,
+                }
+            }
+        }
+        // A 4 GiB frame length after the handshake.
+        3 => {
+            let mut s = reunite(connect(addr, i).await);
+            s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+            until_closed(s).await;
+        }
+        // A reset in the middle of a large file: the session holds a partial file until it
+        // expires.
+        4 => {
+            let (mut r, mut w) = connect(addr, i).await;
+            w.send(&Frame::FileBegin {
+                file: 1,
+                meta: meta(format!("cut-{i}"), 2 << 20),
+                chunk_len: 1 << 20,
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                r.next().await.unwrap().unwrap(),
+                Frame::FileReady { file: 1 }
+            );
+            let payload = Bytes::from(vec![i as u8; 1 << 20]);
+            let cv = digest(0, &payload).chaining_value.unwrap();
+            w.send(&Frame::Data {
+                file: 1,
+                index: 0,
+                cv,
+                payload,
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                r.next().await.unwrap().unwrap(),
+                Frame::Ack { file: 1, index: 0 }
+            );
+            reset(reunite((r, w)));
+        }
+        // A reset halfway through the handshake.
+        _ => {
+            let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+            let mut w = FrameWriter::new(wr);
+            let (_, hello) = ClientHandshake::new(Key::default(), [3; 16], [4; 32]);
+            w.send(&hello).await.unwrap();
+            reset(rd.reunite(w.into_inner()).unwrap());
+        }
+    }
+}
+
+#[test]
+fn two_hundred_hostile_and_honest_connections_leak_nothing_on_the_server() {
+    runtime().block_on(async {
+        let server = TestServer::start_with(|o| {
+            o.session_linger = Duration::from_millis(100);
+        })
+        .await;
+        // Each kind once before the profiler, and once more under it before the snapshot.
+        for i in 0..KINDS {
+            cycle(server.addr, i).await;
+        }
+        server.idle().await;
+        let profiler = dhat::Profiler::builder().testing().build();
+        for i in KINDS..2 * KINDS {
+            cycle(server.addr, i).await;
+        }
+        server.idle().await;
+        cycle_rayon_injector();
+        let before = settled().await;
+        for i in 2 * KINDS..2 * KINDS + CYCLES {
+            cycle(server.addr, i).await;
+        }
+        server.idle().await;
+        let after = settle_to(&before).await;
+        drop(profiler);
+        eprintln!("before: {before:?}\nafter {CYCLES} connections: {after:?}");
+
+        let root = server.stop().await;
+        let names: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with("clean-")),
+            "left behind: {names:?}"
+        );
+        assert_eq!(
+            (after.curr_bytes, after.curr_blocks),
+            (before.curr_bytes, before.curr_blocks),
+            "the server's live heap (bytes, blocks) changed over {CYCLES} connections"
+        );
+    });
+}
