@@ -36,18 +36,29 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_frame_len: usize,
+    /// Bytes read ahead at a time.
+    read_ahead: usize,
 }
 
 /// The read buffer starts here and grows only to hold a frame that is within the limit.
 const INITIAL_READ_BUF: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader accepting frames up to `max_frame_len`.
+    /// A reader accepting frames up to `max_frame_len`, reading ahead 64 KiB at a time: for
+    /// streams of large frames.
     pub fn new(inner: R, max_frame_len: usize) -> Self {
+        Self::with_read_ahead(inner, max_frame_len, INITIAL_READ_BUF)
+    }
+
+    /// A reader that reads ahead `read_ahead` bytes at a time (at least 4 KiB): for streams
+    /// of small frames, such as the replies a client reads.
+    pub fn with_read_ahead(inner: R, max_frame_len: usize, read_ahead: usize) -> Self {
+        let read_ahead = read_ahead.max(4096);
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(INITIAL_READ_BUF),
+            buf: BytesMut::with_capacity(read_ahead),
             max_frame_len,
+            read_ahead,
         }
     }
 
@@ -61,7 +72,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(frame));
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(INITIAL_READ_BUF);
+                self.buf.reserve(self.read_ahead);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {

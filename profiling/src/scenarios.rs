@@ -92,6 +92,7 @@ pub fn run<G>(name: &str, data: &Prepared, profile: impl FnOnce() -> G, read: im
         .enable_all()
         .build()
         .expect("runtime");
+    warm_rayon();
     let guard = rt.block_on(async {
         match name {
             "hash-large" => {
@@ -133,6 +134,14 @@ pub fn run<G>(name: &str, data: &Prepared, profile: impl FnOnce() -> G, read: im
     drop(rt);
     read();
     drop(guard);
+}
+
+/// Makes every thread of the global rayon pool finish starting up (its own job queue) and
+/// register with the epoch collector its work-stealing deques use. Threads start
+/// asynchronously, and an idle one registers the first time it tries to steal: either could
+/// otherwise happen under the profiler and leave a per-thread block that looks like a leak.
+fn warm_rayon() {
+    rayon::broadcast(|_| drop(crossbeam_epoch::pin()));
 }
 
 /// A small budget and chunk size: many chunks in flight to lose at each cut.

@@ -32,6 +32,13 @@ pub struct Summary {
     /// holds on to its current block of slots, allocated by whichever push needed it. One
     /// block (1,520 bytes), whatever the workload; reported, not counted as a leak.
     pub pool_bytes_at_end: usize,
+    /// Runs this summary stands for (see [`combine`]).
+    #[serde(default = "one")]
+    pub runs: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Frames that mark an allocation as the rayon pool's own (see `pool_bytes_at_end`).
@@ -86,20 +93,65 @@ impl Summary {
             live_bytes_at_end: s.curr_bytes.saturating_sub(pool),
             live_blocks_at_end: s.curr_blocks.saturating_sub(pool_blocks),
             pool_bytes_at_end: pool,
+            runs: 1,
         }
     }
 
     /// One line for the terminal.
     pub fn line(&self) -> String {
         format!(
-            "{:<16} peak {:>9} B in {:>5} blocks, {:>9.2} allocs/MiB, {} B live at end",
+            "{:<16} peak {:>9} B in {:>5} blocks, {:>9.2} allocs/MiB, {} B live at end{}",
             self.scenario,
             self.peak_heap_bytes,
             self.peak_heap_blocks,
             self.allocations_per_mib,
-            self.live_bytes_at_end
+            self.live_bytes_at_end,
+            if self.runs > 1 {
+                format!(" ({} runs)", self.runs)
+            } else {
+                String::new()
+            }
         )
     }
+}
+
+/// Which run of a scenario stands for it when it was run several times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The lowest peak and allocation rate (for `check`: a regression must show in every run).
+    Best,
+    /// The highest (for `bless`: the baseline covers the spread between runs).
+    Worst,
+}
+
+/// Folds several runs of one scenario into one summary: peak and allocations per MiB as
+/// `pick` says, bytes live at the end the highest of any run (a leak in one run is a leak).
+pub fn combine(runs: &[Summary], pick: Pick) -> Option<Summary> {
+    let key = |s: &Summary| (s.peak_heap_bytes, s.allocations_per_mib);
+    let mut out = match pick {
+        Pick::Best => runs.iter().min_by(|a, b| {
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        }),
+        Pick::Worst => runs.iter().max_by(|a, b| {
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        }),
+    }?
+    .clone();
+    let rates = runs.iter().map(|s| s.allocations_per_mib);
+    out.allocations_per_mib = match pick {
+        Pick::Best => rates.fold(f64::INFINITY, f64::min),
+        Pick::Worst => rates.fold(0.0, f64::max),
+    };
+    if let Some(leaky) = runs.iter().max_by_key(|s| s.live_bytes_at_end) {
+        out.live_bytes_at_end = leaky.live_bytes_at_end;
+        out.live_blocks_at_end = leaky.live_blocks_at_end;
+    }
+    out.runs = runs.len();
+    Some(out)
 }
 
 /// Every regression of `now` against `base`, described. Empty means the check passes.
@@ -179,7 +231,25 @@ mod tests {
             live_bytes_at_end: live,
             live_blocks_at_end: usize::from(live > 0),
             pool_bytes_at_end: 0,
+            runs: 1,
         }
+    }
+
+    #[test]
+    fn combine_picks_best_or_worst_and_keeps_any_leak() {
+        let runs = [s(1200, 10.0, 0), s(1000, 12.0, 0), s(1100, 11.0, 16)];
+        let best = combine(&runs, Pick::Best).unwrap();
+        assert_eq!(
+            (best.peak_heap_bytes, best.allocations_per_mib),
+            (1000, 10.0)
+        );
+        assert_eq!((best.live_bytes_at_end, best.runs), (16, 3));
+        let worst = combine(&runs, Pick::Worst).unwrap();
+        assert_eq!(
+            (worst.peak_heap_bytes, worst.allocations_per_mib),
+            (1200, 12.0)
+        );
+        assert!(combine(&[], Pick::Best).is_none());
     }
 
     #[test]

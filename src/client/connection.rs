@@ -172,7 +172,8 @@ async fn connect(params: &Params) -> Result<(Reader, Writer), Failure> {
         .map_err(|e| Failure::Retry(format!("connecting: {e}")))?;
     crate::server::tune_socket(&stream);
     let (rd, wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd, MAX_REPLY_FRAME);
+    // Replies are small (an acknowledgement is 13 bytes); 16 KiB holds a burst of them.
+    let mut reader = FrameReader::with_read_ahead(rd, MAX_REPLY_FRAME, 16 * 1024);
     let mut writer = FrameWriter::new(wr);
     let nonce = random().map_err(|e| Failure::Fatal(format!("no randomness: {e}")))?;
     let (mut hs, hello) = ClientHandshake::new(params.key.clone(), params.session, nonce);
