@@ -3,10 +3,12 @@
 in the same run, over loopback. Every receiver is followed by a `sync` of what it received, so
 each tool gives the same durability (tidegate flushes by itself; the sync is still counted).
 
-Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only big|small]
+Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only big|small|rss]
+       [--rss-sizes 1G,8G]
 
 Prints MiB/s (wall time from the sender's start to the receiver's end plus the sync), CPU
-seconds and peak RSS of each end, and ratios against the peers. Installs nc and rsync with
+seconds and peak RSS of each end, and ratios against the peers. Tools take turns going first,
+and for trees no received tree is deleted until the scenario ends (see `clear_received`). Installs nc and rsync with
 apt-get when they are missing. Data lives in $TIDEGATE_BENCH_DIR (default /tmp/tidegate-bench).
 """
 import argparse
@@ -90,9 +92,33 @@ def make_small(count):
     return top
 
 
+RECV = os.path.join(BENCH, "recv")
+RUNS = iter(range(1, 1 << 30))
+
+# This machine's ext4 has no journal. Without one, ext4 will not reuse an inode freed in the last
+# 30-35 seconds, and checks every candidate against its on-disk deletion time: creating files
+# right after deleting thousands costs several times more CPU (see `recently_deleted` in
+# fs/ext4/ialloc.c). Whichever tool ran right after a deleted tree paid for it, so received trees
+# are kept until the end of the scenario, and leftovers of an earlier run are cleared first,
+# followed by a pause that outlasts the window.
+DELETED_INODE_WINDOW = 36
+
+
+def clear_received():
+    """Deletes every received tree; returns whether there was any."""
+    had = os.path.isdir(RECV) and bool(os.listdir(RECV))
+    shutil.rmtree(RECV, ignore_errors=True)
+    os.makedirs(RECV, exist_ok=True)
+    return had
+
+
+def settle_after_deleting():
+    subprocess.run(["sync"], check=True)
+    time.sleep(DELETED_INODE_WINDOW)
+
+
 def fresh(name):
-    path = os.path.join(BENCH, "recv", name)
-    shutil.rmtree(path, ignore_errors=True)
+    path = os.path.join(RECV, f"{next(RUNS):03}-{name}")
     os.makedirs(path)
     return path
 
@@ -177,13 +203,19 @@ def scenario(name, src, tree, rounds):
     total = int(subprocess.run(["du", "-sb", src], capture_output=True, text=True, check=True).stdout.split()[0])
     tools = [("nc" if not tree else "tar | nc", run_nc), ("rsync daemon", run_rsync), ("tidegate", run_tidegate)]
     results = {t: [] for t, _ in tools}
-    for _ in range(rounds):
-        for tool, fn in tools:
+    if clear_received() and tree:
+        settle_after_deleting()
+    for round in range(rounds):
+        # Each round starts with a different tool.
+        for tool, fn in tools[round % 3:] + tools[:round % 3]:
             warm(src)
             elapsed, s, r, dst = fn(src, tree)
             check(src, dst, tree)
             results[tool].append((elapsed, s, r))
-            shutil.rmtree(dst, ignore_errors=True)
+            if not tree:
+                # One deleted inode costs nothing later; 4 GiB of space does.
+                shutil.rmtree(dst, ignore_errors=True)
+    clear_received()
     print(f"\n{name}: {total / 2**20:.0f} MiB, {rounds} round(s), page cache warmed before each run")
     print(f"{'tool':14} {'MiB/s':>8} {'CPU s (send+recv)':>18} {'RSS send':>9} {'RSS recv':>9}")
     best = {}
@@ -200,15 +232,37 @@ def scenario(name, src, tree, rounds):
     return best
 
 
+def rss_scenario(sizes):
+    """Peak RSS of each tidegate end, as separate processes, for files of each size."""
+    print(f"\npeak RSS of each end, tidegate serve + tidegate send, default options")
+    print(f"{'file':>6} {'MiB/s':>8} {'RSS send':>9} {'RSS recv':>9}")
+    peaks = []
+    for size in sizes:
+        src = make_big(size)
+        total = os.path.getsize(src)
+        warm(src)
+        elapsed, s, r, dst = run_tidegate(src, False)
+        check(src, dst, False)
+        shutil.rmtree(dst, ignore_errors=True)
+        peaks.append((s["rss_mib"], r["rss_mib"]))
+        print(f"{size:>6} {total / 2**20 / elapsed:8.0f} {s['rss_mib']:8.1f}M {r['rss_mib']:8.1f}M")
+    for (s0, r0), (s1, r1), size in zip(peaks, peaks[1:], sizes[1:]):
+        print(f"ratio {size} / {sizes[0]}: sender {s1 / s0:.3f}, receiver {r1 / r0:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="4G")
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--only", choices=["big", "small"])
+    ap.add_argument("--only", choices=["big", "small", "rss"])
+    ap.add_argument("--rss-sizes", default="1G,8G", help="file sizes for --only rss")
     a = ap.parse_args()
     os.makedirs(BENCH, exist_ok=True)
     ensure_tools()
+    if a.only == "rss":
+        rss_scenario(a.rss_sizes.split(","))
+        return
     if a.only != "small":
         scenario(f"one {a.size} file", make_big(a.size), False, a.rounds)
     if a.only != "big":

@@ -180,3 +180,63 @@ async fn garbage_and_oversized_frames_cost_only_that_connection() {
     assert_eq!(leftovers, 0, "the tampered file's partial was deleted");
     server.stop().await;
 }
+
+/// A symlink made on one connection while another connection's file is being placed under
+/// the same, not yet existing, directory: whichever wins, nothing lands outside. (Without the
+/// receiver's layout lock the file's missing parent could be checked, then replaced by the
+/// link, then followed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
+    const ROUNDS: u64 = 60;
+    let outer = tempfile::tempdir().unwrap();
+    let served = outer.path().join("served");
+    let outside = outer.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let server = TestServer::start_with(|o| o.root = served.clone()).await;
+    let (mut fr, mut fw) = connect(server.addr).await;
+    let (mut lr, mut lw) = connect(server.addr).await;
+    // Large enough that hashing it keeps the file's placement busy for a while.
+    let payload = Bytes::from(vec![0x5au8; 512 << 10]);
+    let root = *blake3::hash(&payload).as_bytes();
+    for i in 0..ROUNDS {
+        let dir = format!("race{i}");
+        fw.send(&Frame::SmallFile {
+            file: 1000 + i,
+            meta: meta(format!("{dir}/x").as_bytes(), payload.len() as u64),
+            root,
+            payload: payload.clone(),
+        })
+        .await
+        .unwrap();
+        lw.send(&Frame::Symlink {
+            file: 5000 + i,
+            meta: meta(dir.as_bytes(), 0),
+            target: outside.as_os_str().as_encoded_bytes().to_vec(),
+        })
+        .await
+        .unwrap();
+        // Each side answers: an acknowledgement or a refusal, whichever won.
+        match fr.next().await.unwrap().unwrap() {
+            Frame::Ack { .. } | Frame::Error { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        match lr.next().await.unwrap().unwrap() {
+            Frame::FileDone { .. } | Frame::Error { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    fw.send(&Frame::Finish).await.unwrap();
+    loop {
+        match fr.next().await.unwrap().unwrap() {
+            Frame::Finished => break,
+            Frame::FileDone { .. } | Frame::Error { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let escaped: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(escaped.is_empty(), "written outside: {escaped:?}");
+    server.stop().await;
+}

@@ -84,6 +84,7 @@ impl Server {
             options,
             pool: HashPool::default(),
             sessions: Mutex::new(HashMap::new()),
+            layout: Default::default(),
         });
         Ok(Server {
             listener,

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -97,6 +97,50 @@ pub(crate) struct Context {
     pub(crate) options: ServerOptions,
     pub(crate) pool: HashPool,
     pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
+    /// Held while a path from the network is checked and then created (see [`place`]).
+    pub(crate) layout: Arc<RwLock<()>>,
+}
+
+/// Why a path from the network could not be created.
+#[derive(Debug)]
+pub(crate) enum PlaceError {
+    Path(paths::PathError),
+    Io(std::io::Error),
+}
+
+impl PlaceError {
+    fn frame(self, file: u64) -> Frame {
+        match self {
+            PlaceError::Path(e) => error_frame(file, ErrorCode::BadPath, e),
+            PlaceError::Io(e) => error_frame(file, ErrorCode::Io, e),
+        }
+    }
+}
+
+/// Checks `raw` with [`paths::resolve`] and runs `create` on the result, both under the
+/// layout lock: shared for files and directories, exclusive for symlinks (`exclusive`).
+/// Blocking.
+///
+/// `resolve` finds no symlink among the existing ancestors, and `create` makes the missing
+/// ones as real directories; without the lock, a symlink made by another connection in
+/// between (at an ancestor that did not exist yet) would be followed out of the served
+/// directory. Only symlinks can turn a path that was safe into one that is not (nothing
+/// deletes or renames a directory), so files and directories never wait for each other.
+pub(crate) fn place<T>(
+    layout: &RwLock<()>,
+    root: &std::path::Path,
+    raw: &[u8],
+    exclusive: bool,
+    create: impl FnOnce(PathBuf) -> std::io::Result<T>,
+) -> Result<T, PlaceError> {
+    let (_shared, _exclusive);
+    if exclusive {
+        _exclusive = layout.write().unwrap_or_else(PoisonError::into_inner);
+    } else {
+        _shared = layout.read().unwrap_or_else(PoisonError::into_inner);
+    }
+    let target = paths::resolve(root, raw).map_err(PlaceError::Path)?;
+    create(target).map_err(PlaceError::Io)
 }
 
 impl Context {
@@ -399,7 +443,7 @@ pub(super) async fn handle(
         Frame::SmallFile {
             file,
             meta,
-            root,
+            root: root_hash,
             payload,
         } => {
             {
@@ -417,26 +461,28 @@ pub(super) async fn handle(
             if meta.size > opts.max_file_size {
                 return Ok(vec![error_frame(file, ErrorCode::Limit, "file too large")]);
             }
-            let target = match paths::resolve(&opts.root, &meta.path) {
-                Ok(t) => t,
-                Err(e) => return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]),
-            };
+            if let Err(e) = paths::lexical(&opts.root, &meta.path) {
+                return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]);
+            }
             let tag = session.tag.clone();
             let bytes = payload.len() as u64;
+            let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
             let written = ctx
                 .pool
                 .run(move || {
-                    if blake3::hash(&payload) != blake3::Hash::from_bytes(root) {
+                    if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
                         return Err(None);
                     }
-                    let partial = PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
-                        .map_err(Some)?;
+                    let partial = place(&layout, &root, &meta.path, false, |target| {
+                        PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
+                    })
+                    .map_err(Some)?;
                     let written = partial.write_at(0, &payload);
                     match written.and(Ok(())) {
-                        Ok(()) => partial.finish(false).map_err(Some),
+                        Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
                         Err(e) => {
                             partial.abandon();
-                            Err(Some(e))
+                            Err(Some(PlaceError::Io(e)))
                         }
                     }
                 })
@@ -459,45 +505,45 @@ pub(super) async fn handle(
                     ErrorCode::Hash,
                     "file failed BLAKE3 verification",
                 )]),
-                Err(Some(e)) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+                Err(Some(e)) => Ok(vec![e.frame(file)]),
             }
         }
         Frame::Dir { file, meta } => {
-            let target = match paths::resolve(&opts.root, &meta.path) {
-                Ok(t) => t,
-                Err(e) => return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]),
-            };
-            let made = {
-                let t = target.clone();
-                tokio::task::spawn_blocking(move || make_dir(&t, meta.mode | 0o700))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            };
+            let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
+            let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
+            let made = tokio::task::spawn_blocking(move || {
+                place(&layout, &root, &meta.path, false, |target| {
+                    make_dir(&target, mode | 0o700).map(|()| target)
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))));
             match made {
-                Ok(()) => {
+                Ok(target) => {
                     let mut s = session.lock();
-                    s.dirs.push((target, meta.mode, meta.mtime_ns));
+                    s.dirs.push((target, mode, mtime_ns));
                     s.done.insert(file);
                     Ok(vec![Frame::FileDone { file }])
                 }
-                Err(e) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+                Err(e) => Ok(vec![e.frame(file)]),
             }
         }
         Frame::Symlink { file, meta, target } => {
-            let path = match paths::resolve(&opts.root, &meta.path) {
-                Ok(t) => t,
-                Err(e) => return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]),
-            };
             let tag = session.tag.clone();
-            let made = tokio::task::spawn_blocking(move || make_symlink(&path, &target, &tag))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
+            let made = tokio::task::spawn_blocking(move || {
+                place(&layout, &root, &meta.path, true, |path| {
+                    make_symlink(&path, &target, &tag)
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))));
             match made {
                 Ok(()) => {
                     session.lock().done.insert(file);
                     Ok(vec![Frame::FileDone { file }])
                 }
-                Err(e) => Ok(vec![error_frame(file, ErrorCode::Io, e)]),
+                Err(e) => Ok(vec![e.frame(file)]),
             }
         }
         Frame::Error { file, .. } => {
@@ -626,17 +672,16 @@ async fn begin(
             "a file of one chunk must be sent as a small file",
         );
     }
-    let target = match paths::resolve(&opts.root, &meta.path) {
-        Ok(t) => t,
-        Err(e) => return error_frame(file, ErrorCode::BadPath, e),
-    };
     let tag = session.tag.clone();
     let size = meta.size;
+    let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
     let created = tokio::task::spawn_blocking(move || {
-        PartialFile::create(target, Some(size), meta.mode, meta.mtime_ns, &tag)
+        place(&layout, &root, &meta.path, false, |target| {
+            PartialFile::create(target, Some(size), meta.mode, meta.mtime_ns, &tag)
+        })
     })
     .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))));
     match created {
         Ok(partial) => {
             let large = Large {
@@ -654,7 +699,7 @@ async fn begin(
                 .or_insert_with(|| Arc::new(large));
             Frame::FileReady { file }
         }
-        Err(e) => error_frame(file, ErrorCode::Io, e),
+        Err(e) => e.frame(file),
     }
 }
 
