@@ -23,6 +23,13 @@ use super::chunk::ChunkDigest;
 ///
 /// For the first chunk (`offset == 0`) it also returns the root hash the data would have as a
 /// whole input, since a file's length is not always known before its end (streams).
+///
+/// # Panics
+/// Unless `data` is a whole BLAKE3 subtree at `offset`: `offset` a multiple of a power of two
+/// of at least 1 KiB that `data` does not exceed, as chunks of a [`ChunkSize`] are. Data from a
+/// peer is checked against its file's chunk size before it gets here.
+///
+/// [`ChunkSize`]: crate::ChunkSize
 pub fn digest(offset: u64, data: &[u8]) -> ChunkDigest {
     let mut hasher = Hasher::new();
     if offset != 0 {

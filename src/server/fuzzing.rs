@@ -157,12 +157,18 @@ fn fix_hashes(
             cv,
             payload,
         } => {
-            let offset = chunk_len
-                .get(file)
-                .and_then(|len| index.checked_mul(*len))
-                .unwrap_or(0);
-            if let Some(good) = digest(offset, payload).chaining_value {
-                *cv = good;
+            // Only where a chaining value exists: a chunk size the receiver accepts (a whole
+            // BLAKE3 subtree), a payload no longer than it, an offset that fits. Anything
+            // else is left for the receiver to refuse, and `digest` would panic on it.
+            let len = chunk_len.get(file).copied().unwrap_or(0);
+            let offset = index.checked_mul(len);
+            let subtree = crate::ChunkSize::new(len).is_ok()
+                && !payload.is_empty()
+                && payload.len() as u64 <= len;
+            if let (true, Some(offset)) = (subtree, offset) {
+                if let Some(good) = digest(offset, payload).chaining_value {
+                    *cv = good;
+                }
             }
             sent.entry(*file)
                 .or_default()
