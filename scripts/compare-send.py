@@ -7,8 +7,10 @@ Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only 
        [--rss-sizes 1G,8G]
 
 Prints MiB/s (wall time from the sender's start to the receiver's end plus the sync), CPU
-seconds and peak RSS of each end, and ratios against the peers. Tools take turns going first,
-and for trees no received tree is deleted until the scenario ends (see `clear_received`). Installs nc and rsync with
+seconds and peak RSS of each end, and ratios against the peers. Tools take turns going first.
+Receivers write to a fresh ext4 filesystem per scenario, on a loop device with direct I/O
+(see `FreshFs`: the host's own filesystem here has no journal, which makes file creation
+depend on what was deleted in the last minutes). Installs nc and rsync with
 apt-get when they are missing. Data lives in $TIDEGATE_BENCH_DIR (default /tmp/tidegate-bench).
 """
 import argparse
@@ -24,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCH = os.environ.get("TIDEGATE_BENCH_DIR", "/tmp/tidegate-bench")
-TIDEGATE = os.path.join(ROOT, "target", "release", "tidegate")
+TIDEGATE = os.environ.get("TIDEGATE_BIN", os.path.join(ROOT, "target", "release", "tidegate"))
 
 
 def ensure_tools():
@@ -95,13 +97,49 @@ def make_small(count):
 RECV = os.path.join(BENCH, "recv")
 RUNS = iter(range(1, 1 << 30))
 
-# This machine's ext4 has no journal. Without one, ext4 will not reuse an inode freed in the last
-# 30-35 seconds, and checks every candidate against its on-disk deletion time: creating files
-# right after deleting thousands costs several times more CPU (see `recently_deleted` in
-# fs/ext4/ialloc.c). Whichever tool ran right after a deleted tree paid for it, so received trees
-# are kept until the end of the scenario, and leftovers of an earlier run are cleared first,
-# followed by a pause that outlasts the window.
-DELETED_INODE_WINDOW = 36
+# This machine's ext4 has no journal. Without one, ext4 prefers not to reuse an inode freed in
+# the last 60 seconds (360 while its inode table block is still dirty), and checks every free
+# candidate against its on-disk deletion time, so creating files soon after deleting thousands
+# costs several times more CPU (`recently_deleted` in fs/ext4/ialloc.c). Whichever tool ran
+# right after a deleted tree paid for it (creating 10,000 files took 4.3 s there, 0.2 s on a
+# fresh ext4). So each scenario receives into a fresh filesystem (`FreshFs`); without one,
+# received trees are kept until the end of the scenario, and the scenario starts with a `sync`
+# and a pause.
+DELETED_INODE_WINDOW = 65
+
+
+class FreshFs:
+    """A new ext4 filesystem (with a journal, as mkfs makes it) on a loop device with direct
+    I/O, mounted as the directory every tool receives into, so that each scenario starts from
+    the same clean state and a `sync` still writes to the disk. Falls back to RECV on the
+    host's filesystem (with `settle_after_deleting`) when it cannot be made (not root, no
+    loop devices)."""
+
+    def __init__(self, size_bytes):
+        self.img = os.path.join(BENCH, "recv-fs.img")
+        self.mnt = os.path.join(BENCH, "recv-fs")
+        self.dev = None
+        try:
+            os.makedirs(self.mnt, exist_ok=True)
+            with open(self.img, "wb") as f:
+                f.truncate(size_bytes)
+            subprocess.run(["mkfs.ext4", "-q", "-F", self.img], check=True)
+            self.dev = subprocess.run(["losetup", "--direct-io=on", "--find", "--show", self.img],
+                                      check=True, capture_output=True, text=True).stdout.strip()
+            subprocess.run(["mount", self.dev, self.mnt], check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            print(f"(no fresh filesystem for the receivers: {e}; using {RECV})")
+            self.close()
+            self.mnt = None
+
+    def close(self):
+        if self.mnt and os.path.ismount(self.mnt):
+            subprocess.run(["umount", self.mnt], check=False)
+        if self.dev:
+            subprocess.run(["losetup", "-d", self.dev], check=False)
+            self.dev = None
+        if os.path.exists(self.img):
+            os.remove(self.img)
 
 
 def clear_received():
@@ -117,8 +155,11 @@ def settle_after_deleting():
     time.sleep(DELETED_INODE_WINDOW)
 
 
+RECV_ROOT = [RECV]
+
+
 def fresh(name):
-    path = os.path.join(RECV, f"{next(RUNS):03}-{name}")
+    path = os.path.join(RECV_ROOT[0], f"{next(RUNS):03}-{name}")
     os.makedirs(path)
     return path
 
@@ -203,7 +244,14 @@ def scenario(name, src, tree, rounds):
     total = int(subprocess.run(["du", "-sb", src], capture_output=True, text=True, check=True).stdout.split()[0])
     tools = [("nc" if not tree else "tar | nc", run_nc), ("rsync daemon", run_rsync), ("tidegate", run_tidegate)]
     results = {t: [] for t, _ in tools}
-    if clear_received() and tree:
+    clear_received()
+    # Room for every tree received (trees are kept until the end), or for two copies of the
+    # file (each is deleted after its run).
+    fs = FreshFs(total * 3 * rounds * 2 if tree else total * 2 + (1 << 30))
+    if fs.mnt:
+        RECV_ROOT[0] = fs.mnt
+    elif tree:
+        # Also after deletions made before this script started (an earlier run, a test).
         settle_after_deleting()
     for round in range(rounds):
         # Each round starts with a different tool.
@@ -216,6 +264,8 @@ def scenario(name, src, tree, rounds):
                 # One deleted inode costs nothing later; 4 GiB of space does.
                 shutil.rmtree(dst, ignore_errors=True)
     clear_received()
+    fs.close()
+    RECV_ROOT[0] = RECV
     print(f"\n{name}: {total / 2**20:.0f} MiB, {rounds} round(s), page cache warmed before each run")
     print(f"{'tool':14} {'MiB/s':>8} {'CPU s (send+recv)':>18} {'RSS send':>9} {'RSS recv':>9}")
     best = {}
@@ -233,7 +283,8 @@ def scenario(name, src, tree, rounds):
 
 
 def rss_scenario(sizes):
-    """Peak RSS of each tidegate end, as separate processes, for files of each size."""
+    """Peak RSS of each tidegate end, as separate processes, for files of each size (received on
+    the host's filesystem, deleted after each run)."""
     print(f"\npeak RSS of each end, tidegate serve + tidegate send, default options")
     print(f"{'file':>6} {'MiB/s':>8} {'RSS send':>9} {'RSS recv':>9}")
     peaks = []

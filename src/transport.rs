@@ -84,6 +84,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next frame if one is already complete in the read buffer; never reads.
+    ///
+    /// # Errors
+    /// [`LinkError`] on a malformed frame.
+    pub fn next_buffered(&mut self) -> Result<Option<Frame>, LinkError> {
+        Ok(codec::decode(&mut self.buf, self.max_frame_len)?)
+    }
+
     /// The underlying reader. Bytes already read but not yet decoded are dropped.
     pub fn into_inner(self) -> R {
         self.inner
@@ -111,7 +119,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 pub struct FrameWriter<W> {
     inner: W,
     head: BytesMut,
+    /// Frames queued by [`FrameWriter::queue`], not yet written.
+    pending: BytesMut,
 }
+
+/// Queued frames are written once this much has gathered, even without a flush.
+const MAX_PENDING: usize = 64 * 1024;
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A writer.
@@ -119,14 +132,43 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter {
             inner,
             head: BytesMut::with_capacity(256),
+            pending: BytesMut::new(),
         }
     }
 
-    /// Writes one frame; the payload goes out by vectored write without being copied.
+    /// Queues a small frame (it is copied) to go out with others in one write, at the next
+    /// [`flush`](Self::flush) or [`send`](Self::send), or once 64 KiB have gathered: for
+    /// many small replies answered in a row.
+    ///
+    /// # Errors
+    /// Socket errors, when the queue had to be written.
+    pub async fn queue(&mut self, frame: &Frame) -> io::Result<()> {
+        codec::encode(frame, &mut self.pending);
+        if self.pending.len() >= MAX_PENDING {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the queued frames.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.inner.write_all(&self.pending).await?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes one frame (after any queued ones); the payload goes out by vectored write
+    /// without being copied.
     ///
     /// # Errors
     /// Socket errors.
     pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
+        self.flush().await?;
         self.head.clear();
         let payload = codec::encode_head(frame, &mut self.head);
         match payload {

@@ -252,6 +252,9 @@ struct Producer<S> {
     runtime: Handle,
 }
 
+/// Chunks up to this size are hashed on the reading thread instead of the pool.
+const INLINE_HASH_MAX: usize = 64 * 1024;
+
 impl<S: Spec> Producer<S> {
     fn run(self, specs: impl Iterator<Item = S>) {
         for (file, spec) in (0u64..).zip(specs) {
@@ -310,7 +313,10 @@ impl<S: Spec> Producer<S> {
             };
             let (tx, rx) = oneshot::channel();
             let chunk_path = Arc::clone(&path);
-            self.pool.spawn(move || {
+            // A small chunk is hashed right here: waking a pool thread for it costs more than
+            // the hashing (tens of microseconds), and a tree of small files is all such chunks.
+            let inline = raw.data.len() <= INLINE_HASH_MAX;
+            let job = move || {
                 let path = chunk_path;
                 let RawChunk {
                     offset,
@@ -339,7 +345,12 @@ impl<S: Spec> Producer<S> {
                 };
                 // The receiver is gone only if the consumer stopped; the chunk is dropped.
                 let _ = tx.send(result);
-            });
+            };
+            if inline {
+                job();
+            } else {
+                self.pool.spawn(job);
+            }
             if self.tx.blocking_send(Item::Chunk { rx }).is_err() {
                 return Err(SourceError::Cancelled {
                     path: path.to_path_buf(),

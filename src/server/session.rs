@@ -97,8 +97,47 @@ pub(crate) struct Context {
     pub(crate) options: ServerOptions,
     pub(crate) pool: HashPool,
     pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
-    /// Held while a path from the network is checked and then created (see [`place`]).
-    pub(crate) layout: Arc<RwLock<()>>,
+    /// Checks and creates paths from the network (see [`place`]).
+    pub(crate) layout: Arc<Layout>,
+}
+
+/// Serialises changes to the shape of the served tree, and remembers the directories already
+/// made or checked, so that the many files of one directory do not each check and create
+/// their parents again.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    /// Shared while a file or directory is placed, exclusive while a symlink is.
+    lock: RwLock<()>,
+    /// Real directories inside the root, made or checked under `lock`. Cleared whenever a
+    /// symlink is made, and when it grows past `MAX_KNOWN_DIRS`.
+    known: Mutex<HashSet<PathBuf>>,
+}
+
+/// Directories remembered at most; then the set starts over.
+const MAX_KNOWN_DIRS: usize = 16_384;
+
+impl Layout {
+    fn knows(&self, dir: &std::path::Path) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(dir)
+    }
+
+    fn remember(&self, dir: &std::path::Path) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= MAX_KNOWN_DIRS {
+            known.clear();
+            known.shrink_to(0);
+        }
+        known.insert(dir.to_path_buf());
+    }
+
+    fn forget_all(&self) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        known.clear();
+        known.shrink_to(0);
+    }
 }
 
 /// Why a path from the network could not be created.
@@ -117,17 +156,18 @@ impl PlaceError {
     }
 }
 
-/// Checks `raw` with [`paths::resolve`] and runs `create` on the result, both under the
-/// layout lock: shared for files and directories, exclusive for symlinks (`exclusive`).
-/// Blocking.
+/// Checks `raw` (see [`paths::resolve`]), makes its missing parent directories, and runs
+/// `create` on the checked path, all under the layout lock: shared for files and directories,
+/// exclusive for symlinks (`exclusive`). Blocking.
 ///
-/// `resolve` finds no symlink among the existing ancestors, and `create` makes the missing
-/// ones as real directories; without the lock, a symlink made by another connection in
-/// between (at an ancestor that did not exist yet) would be followed out of the served
-/// directory. Only symlinks can turn a path that was safe into one that is not (nothing
-/// deletes or renames a directory), so files and directories never wait for each other.
+/// `resolve` finds no symlink among the existing ancestors, and the missing ones are made as
+/// real directories; without the lock, a symlink made by another connection in between (at
+/// an ancestor that did not exist yet) would be followed out of the served directory. Only
+/// symlinks can turn a path that was safe into one that is not (no request deletes or renames
+/// a directory, and a symlink cannot replace one), so files and directories never wait for
+/// each other, and a parent once checked stays good until the next symlink.
 pub(crate) fn place<T>(
-    layout: &RwLock<()>,
+    layout: &Layout,
     root: &std::path::Path,
     raw: &[u8],
     exclusive: bool,
@@ -135,12 +175,22 @@ pub(crate) fn place<T>(
 ) -> Result<T, PlaceError> {
     let (_shared, _exclusive);
     if exclusive {
-        _exclusive = layout.write().unwrap_or_else(PoisonError::into_inner);
+        _exclusive = layout.lock.write().unwrap_or_else(PoisonError::into_inner);
     } else {
-        _shared = layout.read().unwrap_or_else(PoisonError::into_inner);
+        _shared = layout.lock.read().unwrap_or_else(PoisonError::into_inner);
     }
-    let target = paths::resolve(root, raw).map_err(PlaceError::Path)?;
-    create(target).map_err(PlaceError::Io)
+    let target = paths::lexical(root, raw).map_err(PlaceError::Path)?;
+    let parent = target.parent().unwrap_or(root);
+    if parent != root && !layout.knows(parent) {
+        paths::resolve(root, raw).map_err(PlaceError::Path)?;
+        std::fs::create_dir_all(parent).map_err(PlaceError::Io)?;
+        layout.remember(parent);
+    }
+    let made = create(target).map_err(PlaceError::Io);
+    if exclusive {
+        layout.forget_all();
+    }
+    made
 }
 
 impl Context {
@@ -284,17 +334,25 @@ where
 {
     let idle = ctx.options.idle_timeout;
     loop {
-        let frame = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Err(ConnError::Shutdown),
-            frame = reader.next_within(idle) => frame?,
+        // Frames already received are answered at once, and their replies (mostly
+        // acknowledgements of a dozen bytes) go out together when the reader has to wait.
+        let frame = match reader.next_buffered()? {
+            Some(frame) => Some(frame),
+            None => {
+                writer.flush().await?;
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Err(ConnError::Shutdown),
+                    frame = reader.next_within(idle) => frame?,
+                }
+            }
         };
         let Some(frame) = frame else {
             return Ok(());
         };
         session.lock().last_active = Some(Instant::now());
         for reply in handle(frame, ctx, session).await? {
-            writer.send(&reply).await?;
+            writer.queue(&reply).await?;
         }
     }
 }
@@ -467,26 +525,27 @@ pub(super) async fn handle(
             let tag = session.tag.clone();
             let bytes = payload.len() as u64;
             let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
-            let written = ctx
-                .pool
-                .run(move || {
-                    if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
-                        return Err(None);
-                    }
-                    let partial = place(&layout, &root, &meta.path, false, |target| {
-                        PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
-                    })
-                    .map_err(Some)?;
-                    let written = partial.write_at(0, &payload);
-                    match written.and(Ok(())) {
-                        Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
-                        Err(e) => {
-                            partial.abandon();
-                            Err(Some(PlaceError::Io(e)))
-                        }
-                    }
+            // On the blocking pool, not the hashing pool: most of this is creating and writing
+            // the file, and the hash of a small file takes microseconds.
+            let written = tokio::task::spawn_blocking(move || {
+                if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
+                    return Err(None);
+                }
+                let partial = place(&layout, &root, &meta.path, false, |target| {
+                    PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
                 })
-                .await;
+                .map_err(Some)?;
+                let written = partial.write_at(0, &payload);
+                match written.and(Ok(())) {
+                    Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
+                    Err(e) => {
+                        partial.abandon();
+                        Err(Some(PlaceError::Io(e)))
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(Some(PlaceError::Io(std::io::Error::other(e)))));
             match written {
                 Ok(finished) => {
                     let full = {

@@ -39,9 +39,10 @@ fn partial_path(target: &Path, tag: &str) -> PathBuf {
 }
 
 impl PartialFile {
-    /// Creates the partial file (and missing parent directories). With `size`, the space is
-    /// preallocated (large files, written chunk by chunk, out of order); small files written
-    /// in one go pass `None` and leave allocation to the filesystem.
+    /// Creates the partial file; its directory must exist (the session's `place` makes it).
+    /// With `size`, the space is preallocated (large files, written chunk by chunk, out of
+    /// order); small files written in one go pass `None` and leave allocation to the
+    /// filesystem.
     pub(crate) fn create(
         target: PathBuf,
         size: Option<u64>,
@@ -49,9 +50,6 @@ impl PartialFile {
         mtime_ns: i64,
         tag: &str,
     ) -> io::Result<Self> {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
         let partial = partial_path(&target, tag);
         let file = OpenOptions::new()
             .read(true)
@@ -219,11 +217,9 @@ pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Creates or replaces a symlink at `path` pointing to `target` (never followed).
+/// Creates or replaces a symlink at `path` pointing to `target` (never followed). Its
+/// directory must exist (the session's `place` makes it).
 pub(crate) fn make_symlink(path: &Path, target: &[u8], tag: &str) -> io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let tmp = partial_path(path, tag);
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)?;
