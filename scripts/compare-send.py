@@ -8,9 +8,9 @@ Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only 
 
 Prints MiB/s (wall time from the sender's start to the receiver's end plus the sync), CPU
 seconds and peak RSS of each end, and ratios against the peers. Tools take turns going first.
-Receivers write to a fresh ext4 filesystem per scenario, on a loop device with direct I/O
+Trees are received on a fresh ext4 filesystem per scenario, on a loop device with direct I/O
 (see `FreshFs`: the host's own filesystem here has no journal, which makes file creation
-depend on what was deleted in the last minutes). Installs nc and rsync with
+depend on what was deleted in the last minutes); a single large file on the host's. Installs nc and rsync with
 apt-get when they are missing. Data lives in $TIDEGATE_BENCH_DIR (default /tmp/tidegate-bench).
 """
 import argparse
@@ -245,10 +245,11 @@ def scenario(name, src, tree, rounds):
     tools = [("nc" if not tree else "tar | nc", run_nc), ("rsync daemon", run_rsync), ("tidegate", run_tidegate)]
     results = {t: [] for t, _ in tools}
     clear_received()
-    # Room for every tree received (trees are kept until the end), or for two copies of the
-    # file (each is deleted after its run).
-    fs = FreshFs(total * 3 * rounds * 2 if tree else total * 2 + (1 << 30))
-    if fs.mnt:
+    # Trees go to a fresh filesystem with room for every tree received (they are kept until the
+    # end). One large file creates one inode: it is received on the host's filesystem, as
+    # before, and deleted after each run.
+    fs = FreshFs(total * 3 * rounds * 2) if tree else None
+    if fs and fs.mnt:
         RECV_ROOT[0] = fs.mnt
     elif tree:
         # Also after deletions made before this script started (an earlier run, a test).
@@ -264,7 +265,8 @@ def scenario(name, src, tree, rounds):
                 # One deleted inode costs nothing later; 4 GiB of space does.
                 shutil.rmtree(dst, ignore_errors=True)
     clear_received()
-    fs.close()
+    if fs:
+        fs.close()
     RECV_ROOT[0] = RECV
     print(f"\n{name}: {total / 2**20:.0f} MiB, {rounds} round(s), page cache warmed before each run")
     print(f"{'tool':14} {'MiB/s':>8} {'CPU s (send+recv)':>18} {'RSS send':>9} {'RSS recv':>9}")
