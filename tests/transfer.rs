@@ -68,6 +68,26 @@ async fn five_thousand_small_files() {
     server.stop().await;
 }
 
+/// The receiver remembers the directories it has checked; one removed behind its back (by a
+/// user clearing out received files) is made again for the next transfer, small files and
+/// large alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_directory_removed_between_transfers_is_made_again() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/small"), data(3000, 1)).unwrap();
+    std::fs::write(tree.join("sub/large"), data(3 << 20, 2)).unwrap();
+    for round in 0..2 {
+        let report = send(vec![tree.clone()], server.addr.to_string(), fast_options()).await;
+        assert!(report.success(), "round {round}: {report:#?}");
+        assert_same_tree(&tree, &server.root().join("tree"));
+        std::fs::remove_dir_all(server.root().join("tree")).unwrap();
+    }
+    server.stop().await;
+}
+
 fn walk_names(root: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];

@@ -133,6 +133,13 @@ impl Layout {
         known.insert(dir.to_path_buf());
     }
 
+    fn forget(&self, dir: &std::path::Path) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(dir);
+    }
+
     fn forget_all(&self) {
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         known.clear();
@@ -171,7 +178,7 @@ pub(crate) fn place<T>(
     root: &std::path::Path,
     raw: &[u8],
     exclusive: bool,
-    create: impl FnOnce(PathBuf) -> std::io::Result<T>,
+    mut create: impl FnMut(PathBuf) -> std::io::Result<T>,
 ) -> Result<T, PlaceError> {
     let (_shared, _exclusive);
     if exclusive {
@@ -181,12 +188,28 @@ pub(crate) fn place<T>(
     }
     let target = paths::lexical(root, raw).map_err(PlaceError::Path)?;
     let parent = target.parent().unwrap_or(root);
-    if parent != root && !layout.knows(parent) {
-        paths::resolve(root, raw).map_err(PlaceError::Path)?;
-        std::fs::create_dir_all(parent).map_err(PlaceError::Io)?;
-        layout.remember(parent);
+    let prepare = || -> Result<(), PlaceError> {
+        if parent != root {
+            paths::resolve(root, raw).map_err(PlaceError::Path)?;
+            std::fs::create_dir_all(parent).map_err(PlaceError::Io)?;
+            layout.remember(parent);
+        }
+        Ok(())
+    };
+    let known = parent != root && layout.knows(parent);
+    if !known {
+        prepare()?;
     }
-    let made = create(target).map_err(PlaceError::Io);
+    let made = match create(target.clone()) {
+        // A remembered directory that someone removed since: check and make it again.
+        Err(e) if known && e.kind() == std::io::ErrorKind::NotFound => {
+            layout.forget(parent);
+            prepare()?;
+            create(target)
+        }
+        other => other,
+    }
+    .map_err(PlaceError::Io);
     if exclusive {
         layout.forget_all();
     }
