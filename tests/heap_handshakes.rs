@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::heap::{cycle_rayon_injector, runtime, settle_to, settled};
+use common::wire::{meta, Conn};
 use common::TestServer;
 use tidegate::pipeline::hash::digest;
 use tidegate::protocol::handshake::{ClientHandshake, Key};
-use tidegate::protocol::{Frame, Meta};
+use tidegate::protocol::Frame;
 use tidegate::transport::{FrameReader, FrameWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,26 +24,11 @@ use tokio::net::TcpStream;
 const CYCLES: u32 = 200;
 const KINDS: u32 = 6;
 
-type Conn = (
-    FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-);
-
-/// Connects and completes the handshake for session `id`.
+/// Connects and completes the handshake for a session numbered `id`.
 async fn connect(addr: std::net::SocketAddr, id: u32) -> Conn {
-    let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
-    let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
     let mut session = [0u8; 16];
     session[..4].copy_from_slice(&id.to_le_bytes());
-    let (mut hs, hello) = ClientHandshake::new(Key::default(), session, [7; 32]);
-    w.send(&hello).await.unwrap();
-    loop {
-        let frame = r.next().await.unwrap().unwrap();
-        match hs.handle(&frame).unwrap() {
-            Some(reply) => w.send(&reply).await.unwrap(),
-            None => return (r, w),
-        }
-    }
+    common::wire::connect(addr, session).await
 }
 
 /// Closes with a reset instead of a FIN.
@@ -61,15 +47,6 @@ fn reunite((r, w): Conn) -> TcpStream {
 async fn until_closed(mut s: TcpStream) {
     let mut buf = [0u8; 4096];
     while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-}
-
-fn meta(path: String, size: u64) -> Meta {
-    Meta {
-        path: path.into_bytes(),
-        size,
-        mode: 0o644,
-        mtime_ns: 0,
-    }
 }
 
 async fn cycle(addr: std::net::SocketAddr, i: u32) {

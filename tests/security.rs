@@ -4,39 +4,10 @@
 mod common;
 
 use bytes::Bytes;
+use common::wire::{connect, meta};
 use common::TestServer;
-use tidegate::protocol::handshake::{ClientHandshake, Key};
-use tidegate::protocol::{ErrorCode, Frame, Meta};
-use tidegate::transport::{FrameReader, FrameWriter};
+use tidegate::protocol::{ErrorCode, Frame};
 use tokio::net::TcpStream;
-
-type Conn = (
-    FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-);
-
-async fn connect(addr: std::net::SocketAddr) -> Conn {
-    let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
-    let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
-    let (mut hs, hello) = ClientHandshake::new(Key::default(), [5; 16], [6; 32]);
-    w.send(&hello).await.unwrap();
-    loop {
-        let frame = r.next().await.unwrap().unwrap();
-        match hs.handle(&frame).unwrap() {
-            Some(reply) => w.send(&reply).await.unwrap(),
-            None => return (r, w),
-        }
-    }
-}
-
-fn meta(path: &[u8], size: u64) -> Meta {
-    Meta {
-        path: path.to_vec(),
-        size,
-        mode: 0o644,
-        mtime_ns: 0,
-    }
-}
 
 fn small(file: u64, path: &[u8]) -> Frame {
     let payload = Bytes::from_static(b"pwned");
@@ -57,7 +28,7 @@ async fn traversal_attempts_are_rejected_and_nothing_escapes() {
     let server = TestServer::start_with(|o| o.root = served.clone()).await;
     std::os::unix::fs::symlink(&outside, served.join("link")).unwrap();
 
-    let (mut r, mut w) = connect(server.addr).await;
+    let (mut r, mut w) = connect(server.addr, [5; 16]).await;
     let attacks: Vec<Frame> = vec![
         small(1, b"../outside/evil"),
         small(2, b"/tmp/evil-absolute"),
@@ -124,9 +95,9 @@ async fn garbage_and_oversized_frames_cost_only_that_connection() {
     let mut raw = TcpStream::connect(server.addr).await.unwrap();
     raw.write_all(&[0xff; 64]).await.unwrap();
     // A frame length of 4 GiB after the handshake.
-    let (_r, w) = connect(server.addr).await;
+    let (_r, w) = connect(server.addr, [5; 16]).await;
     drop(w);
-    let (mut r, mut w) = connect(server.addr).await;
+    let (mut r, mut w) = connect(server.addr, [5; 16]).await;
     w.send(&small(1, b"before")).await.unwrap();
     assert_eq!(
         r.next().await.unwrap().unwrap(),
@@ -193,8 +164,8 @@ async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
     let outside = outer.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     let server = TestServer::start_with(|o| o.root = served.clone()).await;
-    let (mut fr, mut fw) = connect(server.addr).await;
-    let (mut lr, mut lw) = connect(server.addr).await;
+    let (mut fr, mut fw) = connect(server.addr, [5; 16]).await;
+    let (mut lr, mut lw) = connect(server.addr, [5; 16]).await;
     // Large enough that hashing it keeps the file's placement busy for a while.
     let payload = Bytes::from(vec![0x5au8; 512 << 10]);
     let root = *blake3::hash(&payload).as_bytes();

@@ -9,6 +9,7 @@ use std::time::Duration;
 pub mod heap;
 pub mod process;
 mod proxy;
+pub mod wire;
 
 #[allow(unused_imports)] // only the fault and reconnect tests cut connections
 pub use proxy::Proxy;

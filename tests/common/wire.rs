@@ -1,0 +1,37 @@
+//! Raw protocol clients for tests that play a (possibly hostile) peer frame by frame.
+
+use tidegate::protocol::handshake::{ClientHandshake, Key};
+use tidegate::protocol::Meta;
+use tidegate::transport::{FrameReader, FrameWriter};
+use tokio::net::TcpStream;
+
+/// Both halves of an authenticated connection.
+pub type Conn = (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+/// Connects with the default key and completes the handshake for `session`.
+pub async fn connect(addr: std::net::SocketAddr, session: [u8; 16]) -> Conn {
+    let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+    let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+    let (mut hs, hello) = ClientHandshake::new(Key::default(), session, [7; 32]);
+    w.send(&hello).await.unwrap();
+    loop {
+        let frame = r.next().await.unwrap().unwrap();
+        match hs.handle(&frame).unwrap() {
+            Some(reply) => w.send(&reply).await.unwrap(),
+            None => return (r, w),
+        }
+    }
+}
+
+/// Metadata of a plain file at `path`.
+pub fn meta(path: impl Into<Vec<u8>>, size: u64) -> Meta {
+    Meta {
+        path: path.into(),
+        size,
+        mode: 0o644,
+        mtime_ns: 0,
+    }
+}
