@@ -67,8 +67,17 @@ pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
 /// As [`lexical`], plus [`PathError::ThroughSymlink`].
 pub fn resolve(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
     let target = lexical(root, raw)?;
+    check_ancestors(root, &target, raw)?;
+    Ok(target)
+}
+
+/// The filesystem half of [`resolve`], for a `target` that [`lexical`] made from `raw`.
+///
+/// # Errors
+/// [`PathError::ThroughSymlink`].
+pub(crate) fn check_ancestors(root: &Path, target: &Path, raw: &[u8]) -> Result<(), PathError> {
     let mut at = root.to_path_buf();
-    let rel = target.strip_prefix(root).unwrap_or(&target);
+    let rel = target.strip_prefix(root).unwrap_or(target);
     let mut parts = rel.components().peekable();
     while let Some(part) = parts.next() {
         if parts.peek().is_none() {
@@ -86,7 +95,7 @@ pub fn resolve(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
             _ => {}
         }
     }
-    Ok(target)
+    Ok(())
 }
 
 #[cfg(test)]

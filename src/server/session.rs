@@ -97,8 +97,8 @@ pub(crate) struct Context {
     pub(crate) options: ServerOptions,
     pub(crate) pool: HashPool,
     pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
-    /// Checks and creates paths from the network (see [`place`]).
-    pub(crate) layout: Arc<Layout>,
+    /// Checks and creates paths from the network (see [`Context::place`]).
+    pub(crate) layout: Layout,
 }
 
 /// Serialises changes to the shape of the served tree, and remembers the directories already
@@ -163,57 +163,72 @@ impl PlaceError {
     }
 }
 
-/// Checks `raw` (see [`paths::resolve`]), makes its missing parent directories, and runs
-/// `create` on the checked path, all under the layout lock: shared for files and directories,
-/// exclusive for symlinks (`exclusive`). Blocking.
-///
-/// `resolve` finds no symlink among the existing ancestors, and the missing ones are made as
-/// real directories; without the lock, a symlink made by another connection in between (at
-/// an ancestor that did not exist yet) would be followed out of the served directory. Only
-/// symlinks can turn a path that was safe into one that is not (no request deletes or renames
-/// a directory, and a symlink cannot replace one), so files and directories never wait for
-/// each other, and a parent once checked stays good until the next symlink.
-pub(crate) fn place<T>(
-    layout: &Layout,
-    root: &std::path::Path,
-    raw: &[u8],
-    exclusive: bool,
-    mut create: impl FnMut(PathBuf) -> std::io::Result<T>,
-) -> Result<T, PlaceError> {
-    let (_shared, _exclusive);
-    if exclusive {
-        _exclusive = layout.lock.write().unwrap_or_else(PoisonError::into_inner);
-    } else {
-        _shared = layout.lock.read().unwrap_or_else(PoisonError::into_inner);
-    }
-    let target = paths::lexical(root, raw).map_err(PlaceError::Path)?;
-    let parent = target.parent().unwrap_or(root);
-    let prepare = || -> Result<(), PlaceError> {
-        if parent != root {
-            paths::resolve(root, raw).map_err(PlaceError::Path)?;
-            std::fs::create_dir_all(parent).map_err(PlaceError::Io)?;
-            layout.remember(parent);
+impl Context {
+    /// Checks `raw` (see [`paths::resolve`]), makes its missing parent directories, and runs
+    /// `create` on the checked path, all under the layout lock: shared for files and directories,
+    /// exclusive for symlinks (`exclusive`). Blocking.
+    ///
+    /// `resolve` finds no symlink among the existing ancestors, and the missing ones are made as
+    /// real directories; without the lock, a symlink made by another connection in between (at
+    /// an ancestor that did not exist yet) would be followed out of the served directory. Only
+    /// symlinks can turn a path that was safe into one that is not (no request deletes or renames
+    /// a directory, and a symlink cannot replace one), so files and directories never wait for
+    /// each other, and a parent once checked stays good until the next symlink.
+    fn place<T>(
+        &self,
+        raw: &[u8],
+        exclusive: bool,
+        mut create: impl FnMut(PathBuf) -> std::io::Result<T>,
+    ) -> Result<T, PlaceError> {
+        let (layout, root) = (&self.layout, self.options.root.as_path());
+        let (_shared, _exclusive);
+        if exclusive {
+            _exclusive = layout.lock.write().unwrap_or_else(PoisonError::into_inner);
+        } else {
+            _shared = layout.lock.read().unwrap_or_else(PoisonError::into_inner);
         }
-        Ok(())
-    };
-    let known = parent != root && layout.knows(parent);
-    if !known {
-        prepare()?;
-    }
-    let made = match create(target.clone()) {
-        // A remembered directory that someone removed since: check and make it again.
-        Err(e) if known && e.kind() == std::io::ErrorKind::NotFound => {
-            layout.forget(parent);
+        let target = paths::lexical(root, raw).map_err(PlaceError::Path)?;
+        let parent = target.parent().unwrap_or(root);
+        let prepare = || -> Result<(), PlaceError> {
+            if parent != root {
+                paths::check_ancestors(root, &target, raw).map_err(PlaceError::Path)?;
+                std::fs::create_dir_all(parent).map_err(PlaceError::Io)?;
+                layout.remember(parent);
+            }
+            Ok(())
+        };
+        let known = parent != root && layout.knows(parent);
+        if !known {
             prepare()?;
-            create(target)
         }
-        other => other,
+        let made = match create(target.clone()) {
+            // A remembered directory that someone removed since: check and make it again.
+            Err(e) if known && e.kind() == std::io::ErrorKind::NotFound => {
+                layout.forget(parent);
+                prepare()?;
+                create(target)
+            }
+            other => other,
+        }
+        .map_err(PlaceError::Io);
+        if exclusive {
+            layout.forget_all();
+        }
+        made
     }
-    .map_err(PlaceError::Io);
-    if exclusive {
-        layout.forget_all();
+
+    /// [`Context::place`] on the blocking pool.
+    async fn place_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        raw: Vec<u8>,
+        exclusive: bool,
+        create: impl FnMut(PathBuf) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, PlaceError> {
+        let ctx = Arc::clone(self);
+        tokio::task::spawn_blocking(move || ctx.place(&raw, exclusive, create))
+            .await
+            .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))))
     }
-    made
 }
 
 impl Context {
@@ -542,22 +557,20 @@ pub(super) async fn handle(
             if meta.size > opts.max_file_size {
                 return Ok(vec![error_frame(file, ErrorCode::Limit, "file too large")]);
             }
-            if let Err(e) = paths::lexical(&opts.root, &meta.path) {
-                return Ok(vec![error_frame(file, ErrorCode::BadPath, e)]);
-            }
             let tag = session.tag.clone();
             let bytes = payload.len() as u64;
-            let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
+            let placing = Arc::clone(ctx);
             // On the blocking pool, not the hashing pool: most of this is creating and writing
             // the file, and the hash of a small file takes microseconds.
             let written = tokio::task::spawn_blocking(move || {
                 if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
                     return Err(None);
                 }
-                let partial = place(&layout, &root, &meta.path, false, |target| {
-                    PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
-                })
-                .map_err(Some)?;
+                let partial = placing
+                    .place(&meta.path, false, |target| {
+                        PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
+                    })
+                    .map_err(Some)?;
                 let written = partial.write_at(0, &payload);
                 match written.and(Ok(())) {
                     Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
@@ -592,14 +605,11 @@ pub(super) async fn handle(
         }
         Frame::Dir { file, meta } => {
             let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
-            let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
-            let made = tokio::task::spawn_blocking(move || {
-                place(&layout, &root, &meta.path, false, |target| {
+            let made = ctx
+                .place_blocking(meta.path, false, move |target| {
                     make_dir(&target, mode | 0o700).map(|()| target)
                 })
-            })
-            .await
-            .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))));
+                .await;
             match made {
                 Ok(target) => {
                     let mut s = session.lock();
@@ -612,14 +622,11 @@ pub(super) async fn handle(
         }
         Frame::Symlink { file, meta, target } => {
             let tag = session.tag.clone();
-            let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
-            let made = tokio::task::spawn_blocking(move || {
-                place(&layout, &root, &meta.path, true, |path| {
+            let made = ctx
+                .place_blocking(meta.path, true, move |path| {
                     make_symlink(&path, &target, &tag)
                 })
-            })
-            .await
-            .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))));
+                .await;
             match made {
                 Ok(()) => {
                     session.lock().done.insert(file);
@@ -755,15 +762,12 @@ async fn begin(
         );
     }
     let tag = session.tag.clone();
-    let size = meta.size;
-    let (layout, root) = (Arc::clone(&ctx.layout), opts.root.clone());
-    let created = tokio::task::spawn_blocking(move || {
-        place(&layout, &root, &meta.path, false, |target| {
-            PartialFile::create(target, Some(size), meta.mode, meta.mtime_ns, &tag)
+    let (size, mode, mtime_ns) = (meta.size, meta.mode, meta.mtime_ns);
+    let created = ctx
+        .place_blocking(meta.path, false, move |target| {
+            PartialFile::create(target, Some(size), mode, mtime_ns, &tag)
         })
-    })
-    .await
-    .unwrap_or_else(|e| Err(PlaceError::Io(std::io::Error::other(e))));
+        .await;
     match created {
         Ok(partial) => {
             let large = Large {
