@@ -100,8 +100,11 @@ pub struct DestinationReport {
     pub files_done: u64,
     /// Entries that failed, with why.
     pub failed: Vec<(String, String)>,
-    /// Chunk bytes acknowledged.
+    /// Chunk bytes sent and acknowledged.
     pub bytes: u64,
+    /// Chunk bytes not sent because the destination already had them verified from an
+    /// interrupted transfer of the same file (see the resume journal in `docs/PROTOCOL.md`).
+    pub resumed: u64,
     /// Connections that dropped and were redialled.
     pub reconnects: u64,
     /// Set when the destination failed as a whole (unreachable past the deadline, wrong key).
@@ -397,6 +400,7 @@ async fn run(
                 .map(|(f, why)| (name(*f), why.clone()))
                 .collect(),
             bytes: outcome.bytes_acked,
+            resumed: outcome.bytes_resumed,
             reconnects: outcome.reconnects,
             error: outcome.fatal,
         });

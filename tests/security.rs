@@ -115,7 +115,7 @@ async fn garbage_and_oversized_frames_cost_only_that_connection() {
     .unwrap();
     assert_eq!(
         r.next().await.unwrap().unwrap(),
-        Frame::FileReady { file: 2 }
+        Frame::FileReady { file: 2, have: 0 }
     );
     w.send(&Frame::Data {
         file: 2,
@@ -209,5 +209,75 @@ async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(escaped.is_empty(), "written outside: {escaped:?}");
+    server.stop().await;
+}
+
+/// The names of the receiver's partial files are predictable (the session id is the client's),
+/// so a symlink there would send the file's data wherever it points. A peer may not make one
+/// (refused as a reserved name), and one planted some other way is never followed: nothing
+/// outside is created or truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_at_a_partial_files_name_is_never_followed() {
+    let outer = tempfile::tempdir().unwrap();
+    let served = outer.path().join("served");
+    let outside = outer.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let server = TestServer::start_with(|o| o.root = served.clone()).await;
+    let session = [0xab; 16];
+    let tag = "abababababababab";
+    let (mut r, mut w) = connect(server.addr, session).await;
+    let victim_bytes = victim.as_os_str().as_encoded_bytes().to_vec();
+    let names = [
+        format!(".s.{tag}.tidegate-partial"),
+        format!(".big.{tag}.tidegate-partial"),
+        ".big.tidegate-partial".to_string(),
+        ".big.tidegate-journal".to_string(),
+    ];
+    for (file, name) in (1..).zip(&names) {
+        w.send(&Frame::Symlink {
+            file,
+            meta: meta(name.as_bytes(), 0),
+            target: victim_bytes.clone(),
+        })
+        .await
+        .unwrap();
+        match r.next().await.unwrap().unwrap() {
+            Frame::Error { code, .. } => assert_eq!(code, ErrorCode::BadPath as u16, "{name}"),
+            other => panic!("a link named {name} was accepted: {other:?}"),
+        }
+    }
+    // Planted by someone else, then: each file fails rather than writing through them.
+    for name in &names {
+        std::os::unix::fs::symlink(&victim, served.join(name)).unwrap();
+    }
+    w.send(&small(10, b"s")).await.unwrap();
+    let _ = r.next().await.unwrap().unwrap();
+    w.send(&Frame::FileBegin {
+        file: 11,
+        meta: meta(b"big", 2 << 20),
+        chunk_len: 1 << 20,
+    })
+    .await
+    .unwrap();
+    match r.next().await.unwrap().unwrap() {
+        Frame::Error { file: 11, .. } => {}
+        other => panic!("the large file was begun through a link: {other:?}"),
+    }
+    w.send(&Frame::Finish).await.unwrap();
+    loop {
+        match r.next().await.unwrap().unwrap() {
+            Frame::Finished => break,
+            Frame::FileDone { .. } | Frame::Error { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious",
+        "the file outside was written through a link"
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
     server.stop().await;
 }

@@ -90,11 +90,19 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
     for d in &report.destinations {
         writeln!(
             err,
-            "{}: {} entries, {} in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}",
+            "{}: {} entries, {} in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}{}",
             d.address,
             d.files_done,
             tidegate::progress::human_bytes(d.bytes),
             d.reconnects,
+            if d.resumed > 0 {
+                format!(
+                    ", {} already there (resumed)",
+                    tidegate::progress::human_bytes(d.resumed)
+                )
+            } else {
+                String::new()
+            },
             d.error
                 .as_ref()
                 .map(|e| format!(", FAILED: {e}"))

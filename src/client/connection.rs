@@ -54,7 +54,11 @@ pub(crate) enum Reply {
         file: u64,
         bytes: u64,
     },
-    Ready(u64),
+    /// `FileReady`: chunks `0..have` are already at the server.
+    Ready {
+        file: u64,
+        have: u64,
+    },
     Done(u64),
     Failed {
         file: u64,
@@ -277,9 +281,9 @@ async fn handle_reply(
             let bytes = job.hold.as_ref().map_or(0, |c| c.data.len() as u64);
             Reply::Ack { file, bytes }
         }
-        Frame::FileReady { file } => {
+        Frame::FileReady { file, have } => {
             retire(unacked, Expect::Ready(file));
-            Reply::Ready(file)
+            Reply::Ready { file, have }
         }
         Frame::FileDone { file } => {
             retire(unacked, Expect::Done(file));

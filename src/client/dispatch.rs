@@ -45,6 +45,8 @@ pub(crate) struct Outcome {
     pub(crate) files_done: Vec<u64>,
     pub(crate) files_failed: Vec<(u64, String)>,
     pub(crate) bytes_acked: u64,
+    /// Chunk bytes the server already had from an interrupted transfer: not sent.
+    pub(crate) bytes_resumed: u64,
     pub(crate) reconnects: u64,
     /// Set when the destination as a whole failed.
     pub(crate) fatal: Option<String>,
@@ -57,6 +59,8 @@ enum FileState {
     },
     Large {
         ready: bool,
+        /// Chunks `0..have` the server already has (resumed): not sent.
+        have: u64,
         waiting: Vec<Arc<Chunk>>,
         outstanding: u64,
         root: Option<[u8; 32]>,
@@ -163,13 +167,26 @@ impl Dispatch {
                                 }
                             }
                         }
-                        Reply::Ready(file) => {
-                            if let Some(FileState::Large { ready, waiting, outstanding, .. }) = files.get_mut(&file) {
+                        Reply::Ready { file, have: resumed } => {
+                            if let Some(FileState::Large { ready, have, waiting, outstanding, root }) = files.get_mut(&file) {
                                 if !*ready {
                                     *ready = true;
+                                    *have = resumed;
                                     for chunk in waiting.drain(..) {
-                                        *outstanding += 1;
-                                        to_send.push_back(data_job(chunk));
+                                        if chunk.index < resumed {
+                                            let bytes = chunk.data.len() as u64;
+                                            out.bytes_resumed += bytes;
+                                            let _ = self.notes.send(Note::Acked { bytes }).await;
+                                        } else {
+                                            *outstanding += 1;
+                                            to_send.push_back(data_job(chunk));
+                                        }
+                                    }
+                                    // Every chunk read so far was there already, and maybe
+                                    // the whole file.
+                                    if let (0, Some(root)) = (*outstanding, *root) {
+                                        to_send.push_back(file_end(file, root));
+                                        files.insert(file, FileState::Sent { root, batched: false });
                                     }
                                 }
                             }
@@ -236,7 +253,11 @@ impl Dispatch {
                         input_open = false;
                         continue;
                     };
-                    self.on_event(event, &mut files, &mut to_send);
+                    let resumed = self.on_event(event, &mut files, &mut to_send);
+                    if resumed > 0 {
+                        out.bytes_resumed += resumed;
+                        let _ = self.notes.send(Note::Acked { bytes: resumed }).await;
+                    }
                 }
             }
         }
@@ -259,12 +280,14 @@ impl Dispatch {
         out
     }
 
+    /// Turns one pipeline event into requests. Returns the bytes of a chunk not sent because
+    /// the server already has it.
     fn on_event(
         &self,
         event: DestEvent,
         files: &mut HashMap<u64, FileState>,
         to_send: &mut VecDeque<Job>,
-    ) {
+    ) -> u64 {
         match event {
             DestEvent::Start { file, entry, size } => {
                 let meta = meta_of(&entry, size);
@@ -284,6 +307,7 @@ impl Dispatch {
                         file,
                         FileState::Large {
                             ready: false,
+                            have: 0,
                             waiting: Vec::new(),
                             outstanding: 0,
                             root: None,
@@ -293,6 +317,9 @@ impl Dispatch {
             }
             DestEvent::Chunk(chunk) => match files.get_mut(&chunk.file) {
                 Some(FileState::Small { data, .. }) => *data = Some(chunk),
+                Some(FileState::Large {
+                    ready: true, have, ..
+                }) if chunk.index < *have => return chunk.data.len() as u64,
                 Some(FileState::Large {
                     ready: true,
                     outstanding,
@@ -322,6 +349,7 @@ impl Dispatch {
                 }
                 Some(FileState::Large {
                     ready,
+                    have,
                     waiting,
                     outstanding,
                     ..
@@ -340,6 +368,7 @@ impl Dispatch {
                             file,
                             FileState::Large {
                                 ready,
+                                have,
                                 waiting,
                                 outstanding,
                                 root: Some(root),
@@ -394,6 +423,7 @@ impl Dispatch {
                 );
             }
         }
+        0
     }
 }
 

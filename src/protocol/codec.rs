@@ -149,7 +149,7 @@ mod tests {
                 meta: meta.clone(),
                 chunk_len: 1 << 20,
             },
-            Frame::FileReady { file: 4 },
+            Frame::FileReady { file: 4, have: 9 },
             Frame::Data {
                 file: 4,
                 index: 2,
@@ -362,6 +362,7 @@ mod tests {
                 }
             }),
             (any::<u64>(), any::<u64>()).prop_map(|(file, index)| Frame::Ack { file, index }),
+            (any::<u64>(), any::<u64>()).prop_map(|(file, have)| Frame::FileReady { file, have }),
             Just(Frame::Finish),
         ]
     }

@@ -14,7 +14,7 @@ use super::codec::DecodeError;
 /// `TDGT` at the start of `Hello`.
 pub const MAGIC: [u8; 4] = *b"TDGT";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Longest path or message, in bytes.
 pub const MAX_STRING_LEN: usize = 4096;
 
@@ -72,6 +72,9 @@ pub enum Frame {
     FileReady {
         /// The file.
         file: u64,
+        /// Chunks `0..have` are already verified and on disk (an interrupted transfer of the
+        /// same file being resumed): the sender need not send them.
+        have: u64,
     },
     /// Client → server: one chunk.
     Data {
@@ -241,7 +244,11 @@ impl Frame {
                 put_meta(dst, meta);
                 dst.put_u32(*chunk_len);
             }
-            Frame::FileReady { file } | Frame::FileDone { file } => dst.put_u64(*file),
+            Frame::FileReady { file, have } => {
+                dst.put_u64(*file);
+                dst.put_u64(*have);
+            }
+            Frame::FileDone { file } => dst.put_u64(*file),
             Frame::Data {
                 file, index, cv, ..
             } => {
@@ -309,7 +316,10 @@ impl Frame {
                 meta: meta(b)?,
                 chunk_len: u32_(b)?,
             },
-            ty::FILE_READY => Frame::FileReady { file: u64_(b)? },
+            ty::FILE_READY => Frame::FileReady {
+                file: u64_(b)?,
+                have: u64_(b)?,
+            },
             ty::DATA => {
                 let file = u64_(b)?;
                 let index = u64_(b)?;

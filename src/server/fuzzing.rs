@@ -18,6 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 
+use super::journal::JOURNAL_SUFFIX;
 use super::paths;
 use super::session::{self, Context, Session};
 use super::writer::PARTIAL_SUFFIX;
@@ -100,21 +101,36 @@ impl Arena {
 }
 
 /// Files whose name marks them as partial, anywhere under `dir` (symlinks not followed).
+/// Partial files and journals that should not be there: every partial file, except a
+/// resumable one kept with its journal (an interrupted large file), and every journal
+/// without its partial file. Symlinks a peer made under such names are not files of ours.
 fn partial_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
     for entry in entries.flatten() {
         let path = entry.path();
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .ends_with(PARTIAL_SUFFIX)
-        {
-            out.push(path.clone());
-        }
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
             partial_files(&path, out);
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let partner = if let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) {
+            format!("{stem}{JOURNAL_SUFFIX}")
+        } else if let Some(stem) = name.strip_suffix(JOURNAL_SUFFIX) {
+            format!("{stem}{PARTIAL_SUFFIX}")
+        } else {
+            continue;
+        };
+        if !is_file(&path.with_file_name(partner)) {
+            out.push(path);
         }
     }
 }
@@ -233,7 +249,7 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
             }
         }
     });
-    session.abandon();
+    session.suspend();
     arena.assert_contained();
     let mut left = Vec::new();
     partial_files(&arena.served, &mut left);

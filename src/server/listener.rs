@@ -202,7 +202,7 @@ impl Server {
             map.drain().map(|(_, s)| s).collect()
         };
         for s in sessions {
-            s.abandon();
+            s.suspend();
         }
         Ok(())
     }
@@ -248,6 +248,6 @@ fn expire_sessions(ctx: &Context) {
         expired
     };
     for s in expired {
-        s.abandon();
+        s.suspend();
     }
 }

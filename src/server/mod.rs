@@ -5,12 +5,14 @@
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
+//! - [`journal`]: resume journals of large files, beside their partial files.
 //! - `verified.rs`: which chunks of a large file are verified, folded into its root.
 //! - [`paths`]: hostile path checks.
 //! - [`fuzzing`]: the properties the receiver's fuzz targets check.
 
 mod durability;
 pub mod fuzzing;
+pub mod journal;
 mod listener;
 pub mod paths;
 mod session;
@@ -44,8 +46,9 @@ pub struct ServerOptions {
     pub max_chunk_len: u32,
     /// Largest file accepted. Default 16 TiB.
     pub max_file_size: u64,
-    /// A session with no connection for this long is dropped and its partial files deleted.
-    /// Default 120 s.
+    /// A session with no connection for this long is dropped: its small files' partial files
+    /// are deleted, its large files' partial files are kept with their resume journals for a
+    /// later transfer (see `journal.rs`). Default 120 s.
     pub session_linger: Duration,
     /// Small files written but not yet flushed, before a flush is forced. Default 512.
     pub batch_files: usize,

@@ -3,7 +3,8 @@
 //!
 //! Rejected: empty paths, absolute paths, `.` and `..` components, empty components (`a//b`),
 //! NUL bytes, over-long paths, and any existing ancestor inside the served directory that is
-//! a symbolic link (following it could leave the directory). The final component may not be
+//! a symbolic link (following it could leave the directory), and final names like the
+//! receiver's own partial files and journals. The final component may not be
 //! an existing directory when a file is expected, nor a symlink (it would be replaced, never
 //! followed).
 
@@ -29,13 +30,28 @@ pub enum PathError {
     /// An ancestor is a symbolic link.
     #[error("path {0:?} goes through a symbolic link")]
     ThroughSymlink(String),
+    /// Named like the receiver's own partial files or resume journals.
+    #[error("path {0:?} has a name the receiver keeps for its partial files and journals")]
+    Reserved(String),
+}
+
+/// Whether `name` is one the receiver uses for its own files beside a target.
+fn reserved(name: &[u8]) -> bool {
+    [
+        super::writer::PARTIAL_SUFFIX,
+        super::journal::JOURNAL_SUFFIX,
+    ]
+    .iter()
+    .any(|s| name.starts_with(b".") && name.ends_with(s.as_bytes()))
 }
 
 /// Checks `raw` (a `/`-separated relative path from the wire) and returns it joined onto
 /// `root`. Does not touch the filesystem.
 ///
 /// # Errors
-/// [`PathError::NotRelative`] or [`PathError::TooLong`].
+/// [`PathError::NotRelative`], [`PathError::TooLong`], or [`PathError::Reserved`] for a
+/// final name like the receiver's partial files and journals (`.*.tidegate-partial`,
+/// `.*.tidegate-journal`): a peer could otherwise plant one for another transfer.
 pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
     let shown = || String::from_utf8_lossy(raw).into_owned();
     if raw.len() > MAX_PATH_LEN {
@@ -55,6 +71,9 @@ pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
             return Err(PathError::TooLong(shown()));
         }
         out.push(OsStr::from_bytes(part));
+    }
+    if raw.rsplit(|&b| b == b'/').next().is_some_and(reserved) {
+        return Err(PathError::Reserved(shown()));
     }
     Ok(out)
 }

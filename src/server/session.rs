@@ -9,12 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::durability::Batch;
+use super::journal::{self, Identity, Journal};
 use super::paths;
 use super::verified::{Recorded, Verified};
 use super::writer::{make_dir, make_symlink, system_time, PartialFile};
@@ -31,9 +32,48 @@ struct Large {
     partial: PartialFile,
     size: u64,
     chunk_len: u64,
+    mtime_ns: i64,
+    /// Its resume journal; `None` when another transfer held the target's (then the partial
+    /// file is private to this session and not resumable).
+    journal: Option<Journal>,
     /// Verified chunks, folded into the root as they complete (memory bounded by the
     /// sender's in-flight window, not by the file's size).
     verified: Mutex<Verified>,
+}
+
+impl Large {
+    fn identity(&self) -> Identity {
+        Identity {
+            size: self.size,
+            chunk_len: self.chunk_len,
+            mtime_ns: self.mtime_ns,
+        }
+    }
+
+    /// Chunks `0..have` are verified (all of them resumed from an earlier transfer, for a
+    /// file just begun).
+    fn have(&self) -> u64 {
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next()
+    }
+
+    /// Deletes the partial file and its journal: the data is wrong or the sender gave up.
+    fn abandon(&self) {
+        self.partial.abandon();
+        if let Some(journal) = &self.journal {
+            journal.remove();
+        }
+    }
+
+    /// Keeps what is verified for a later transfer (the sender went away). Blocking.
+    fn suspend(&self) {
+        match &self.journal {
+            Some(journal) => journal.suspend(&self.partial),
+            None => self.partial.abandon(),
+        }
+    }
 }
 
 /// State shared by a session's connections.
@@ -82,13 +122,19 @@ impl Session {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Deletes every partial file of the session (it will never finish).
-    pub(crate) fn abandon(&self) {
-        let mut inner = self.lock();
-        for (_, large) in inner.large.drain() {
-            large.partial.abandon();
+    /// Ends a session that will never finish: small files not yet flushed are deleted
+    /// (they are sent whole anyway), large files are kept with their journals for a later
+    /// transfer to resume. Blocking (flushes journals).
+    pub(crate) fn suspend(&self) {
+        let (large, batch) = {
+            let mut inner = self.lock();
+            let large: Vec<_> = inner.large.drain().map(|(_, l)| l).collect();
+            (large, inner.batch.take())
+        };
+        for large in large {
+            large.suspend();
         }
-        inner.batch.take().abandon();
+        batch.abandon();
     }
 }
 
@@ -243,6 +289,28 @@ impl Context {
             inner.last_active = Some(Instant::now());
         }
         Arc::clone(s)
+    }
+
+    /// Takes the large file whose partial file is `partial` from a session other than `ours`
+    /// that has no connection left (its sender went away), so that a new transfer of the same
+    /// target can resume it instead of waiting for that session to expire.
+    fn take_lingering(&self, ours: &Arc<Session>, partial: &std::path::Path) -> Option<Arc<Large>> {
+        let map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in map.values().filter(|s| !Arc::ptr_eq(s, ours)) {
+            let mut inner = s.lock();
+            if inner.connections != 0 {
+                continue;
+            }
+            let found = inner
+                .large
+                .iter()
+                .find(|(_, l)| l.partial.path() == partial)
+                .map(|(&f, _)| f);
+            if let Some(f) = found {
+                return inner.large.remove(&f);
+            }
+        }
+        None
     }
 
     /// Counts a connection out of its session. A session left with nothing to resume
@@ -487,7 +555,13 @@ pub(super) async fn handle(
                         .unwrap_or_else(PoisonError::into_inner)
                         .record(index, cv);
                     match recorded {
-                        Recorded::New | Recorded::Repeat => Ok(vec![Frame::Ack { file, index }]),
+                        Recorded::New => {
+                            if let Err(e) = journal_chunk(&large, index, cv, expected).await {
+                                return Ok(vec![fail_large(session, file, ErrorCode::Io, e)]);
+                            }
+                            Ok(vec![Frame::Ack { file, index }])
+                        }
+                        Recorded::Repeat => Ok(vec![Frame::Ack { file, index }]),
                         Recorded::TooFarAhead => Ok(vec![fail_large(
                             session,
                             file,
@@ -639,7 +713,7 @@ pub(super) async fn handle(
             // The client gave up on a file (its source failed): drop what we have of it.
             let large = session.lock().large.remove(&file);
             if let Some(large) = large {
-                large.partial.abandon();
+                large.abandon();
             }
             Ok(Vec::new())
         }
@@ -683,7 +757,7 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
     let large = match Arc::try_unwrap(large) {
         Ok(large) => large,
         Err(shared) => {
-            shared.partial.abandon();
+            shared.abandon();
             return error_frame(
                 file,
                 ErrorCode::Protocol,
@@ -691,13 +765,24 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
             );
         }
     };
-    let built = large
-        .verified
+    let Large {
+        partial,
+        journal,
+        verified,
+        ..
+    } = large;
+    let forget_journal = move || {
+        if let Some(journal) = &journal {
+            journal.remove();
+        }
+    };
+    let built = verified
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner)
         .finish();
     if built != Some(blake3::Hash::from_bytes(root)) {
-        large.partial.abandon();
+        partial.abandon();
+        forget_journal();
         let why = if built.is_some() {
             "root hash mismatch"
         } else {
@@ -706,8 +791,11 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
         return error_frame(file, ErrorCode::Hash, why);
     }
     let committed = tokio::task::spawn_blocking(move || {
-        let target = large.partial.target().to_path_buf();
-        let finished = large.partial.finish(true)?;
+        let target = partial.target().to_path_buf();
+        let finished = partial.finish(true);
+        // Committed or failed, the journal has served: a failed file is sent whole again.
+        forget_journal();
+        let finished = finished?;
         if let Err(e) = finished.rename_into_place() {
             finished.abandon();
             return Err(e);
@@ -735,8 +823,11 @@ async fn begin(
         if s.done.contains(&file) {
             return Frame::FileDone { file };
         }
-        if s.large.contains_key(&file) {
-            return Frame::FileReady { file };
+        if let Some(large) = s.large.get(&file) {
+            return Frame::FileReady {
+                file,
+                have: large.have(),
+            };
         }
     }
     if !chunk_len.is_power_of_two() || chunk_len < 16 * 1024 || chunk_len > opts.max_chunk_len {
@@ -761,32 +852,121 @@ async fn begin(
             "a file of one chunk must be sent as a small file",
         );
     }
-    let tag = session.tag.clone();
     let (size, mode, mtime_ns) = (meta.size, meta.mode, meta.mtime_ns);
-    let created = ctx
-        .place_blocking(meta.path, false, move |target| {
-            PartialFile::create(target, Some(size), mode, mtime_ns, &tag)
-        })
-        .await;
-    match created {
-        Ok(partial) => {
-            let large = Large {
-                partial,
-                size,
-                chunk_len: u64::from(chunk_len),
-                verified: Mutex::new(Verified::new(chunks)),
-            };
-            // A repeated begin that raced this one may have got there first: keep that one
-            // (both opened the same partial path, and no data is sent before `FileReady`).
-            session
-                .lock()
-                .large
-                .entry(file)
-                .or_insert_with(|| Arc::new(large));
-            Frame::FileReady { file }
-        }
-        Err(e) => e.frame(file),
+    let id = Identity {
+        size,
+        chunk_len: u64::from(chunk_len),
+        mtime_ns,
+    };
+    let large = match open_large(ctx, session, meta.path, id, mode).await {
+        Ok(large) => large,
+        Err(e) => return e.frame(file),
+    };
+    // A repeated begin that raced this one may have got there first: keep that one, and
+    // drop this one's partial file if it made its own.
+    let (kept, extra) = {
+        let mut s = session.lock();
+        let kept = Arc::clone(s.large.entry(file).or_insert_with(|| Arc::clone(&large)));
+        (kept, large)
+    };
+    if !Arc::ptr_eq(&kept, &extra) && kept.partial.path() != extra.partial.path() {
+        extra.abandon();
     }
+    Frame::FileReady {
+        file,
+        have: kept.have(),
+    }
+}
+
+/// How long a large file waits for a session that holds its journal to turn out gone.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens a large file's partial file: resumable, with what its journal says is already
+/// verified; or taken over from a session whose sender went away; or, when another transfer
+/// is writing the same target, a partial file of this session's own.
+async fn open_large(
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+    path: Vec<u8>,
+    id: Identity,
+    mode: u32,
+) -> Result<Arc<Large>, PlaceError> {
+    let large = |partial, journal, verified| Large {
+        partial,
+        size: id.size,
+        chunk_len: id.chunk_len,
+        mtime_ns: id.mtime_ns,
+        journal,
+        verified: Mutex::new(verified),
+    };
+    let deadline = Instant::now() + TAKEOVER_WAIT;
+    loop {
+        let opened = ctx
+            .place_blocking(path.clone(), false, move |target| {
+                Ok(journal::open(target.clone(), id, mode, id.mtime_ns)?.ok_or(target))
+            })
+            .await?;
+        let target = match opened {
+            Ok(r) => return Ok(Arc::new(large(r.partial, Some(r.journal), r.verified))),
+            Err(target) => target,
+        };
+        // Held: by a session whose sender went away (take it over: the same file resumes
+        // where it stopped, another one starts over), or by a live transfer. A sender killed
+        // a moment ago may still count as live until its connections notice (one may be
+        // busy writing a chunk): wait a little for that.
+        let partial = super::writer::sibling(&target, None, super::writer::PARTIAL_SUFFIX);
+        match ctx.take_lingering(session, &partial) {
+            Some(old) if old.identity() == id => return Ok(old),
+            Some(old) => {
+                let _ = tokio::task::spawn_blocking(move || old.abandon()).await;
+            }
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => {
+                tracing::warn!(
+                    path = %target.display(),
+                    "another transfer is writing this file; receiving it without a resume journal"
+                );
+                break;
+            }
+        }
+    }
+    let tag = session.tag.clone();
+    let mtime_ns = id.mtime_ns;
+    let partial = ctx
+        .place_blocking(path, false, move |target| {
+            PartialFile::create(target, Some(id.size), mode, mtime_ns, &tag)
+        })
+        .await?;
+    Ok(Arc::new(large(
+        partial,
+        None,
+        Verified::new(id.size.div_ceil(id.chunk_len)),
+    )))
+}
+
+/// Notes a verified chunk in its file's journal, and every [`journal::FLUSH_EVERY`] bytes
+/// flushes the file and appends the notes.
+async fn journal_chunk(
+    large: &Arc<Large>,
+    index: u64,
+    cv: [u8; 32],
+    len: u64,
+) -> std::io::Result<()> {
+    let Some(journal) = &large.journal else {
+        return Ok(());
+    };
+    if !journal.note(index, &cv, len) {
+        return Ok(());
+    }
+    let large = Arc::clone(large);
+    tokio::task::spawn_blocking(move || match &large.journal {
+        Some(journal) => journal.flush(&large.partial),
+        None => Ok(()),
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 fn fail_large(
@@ -797,7 +977,7 @@ fn fail_large(
 ) -> Frame {
     let large = session.lock().large.remove(&file);
     if let Some(large) = large {
-        large.partial.abandon();
+        large.abandon();
     }
     error_frame(file, code, why)
 }

@@ -55,6 +55,11 @@ impl Verified {
         }
     }
 
+    /// The first chunk not recorded: chunks `0..next()` all are.
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
     /// Whether chunk `index` is already recorded (a repeat need not be written).
     pub(crate) fn has(&self, index: u64) -> bool {
         index < self.next

@@ -1,7 +1,8 @@
 //! Writing received files: partial files beside their targets, positioned writes into
 //! preallocated space, and the commit (durable, metadata applied, atomic rename).
 //!
-//! A partial file is named `.<name>.<tag>.tidegate-partial` in the target's directory, so
+//! A partial file is named `.<name>.<tag>.tidegate-partial` in the target's directory
+//! (`.<name>.tidegate-partial` for a resumable large file, with its journal), so
 //! the rename into place is atomic (same filesystem) and nobody ever sees a half-written file
 //! under the final name. Large files are flushed one by one at commit (`fdatasync`); small
 //! files are committed in batches by `durability.rs`, which flushes many at once.
@@ -28,14 +29,22 @@ pub(crate) struct PartialFile {
     mtime_ns: i64,
 }
 
-/// The partial path for `target`, tagged so concurrent sessions never share one.
-fn partial_path(target: &Path, tag: &str) -> PathBuf {
+/// `.<name>[.<tag>]<suffix>` beside `target`: partial files (tagged with their session, so
+/// concurrent sessions never share one; untagged for resumable large files, whose journal
+/// says who holds them) and journals.
+pub(crate) fn sibling(target: &Path, tag: Option<&str>, suffix: &str) -> PathBuf {
     let mut name = OsString::from(".");
     name.push(target.file_name().unwrap_or_default());
-    name.push(".");
-    name.push(tag);
-    name.push(PARTIAL_SUFFIX);
+    if let Some(tag) = tag {
+        name.push(".");
+        name.push(tag);
+    }
+    name.push(suffix);
     target.with_file_name(name)
+}
+
+fn partial_path(target: &Path, tag: &str) -> PathBuf {
+    sibling(target, Some(tag), PARTIAL_SUFFIX)
 }
 
 impl PartialFile {
@@ -68,6 +77,52 @@ impl PartialFile {
             mode,
             mtime_ns,
         })
+    }
+
+    /// Opens the untagged partial file of a resumable large file (see `journal.rs`). With
+    /// `keep`, its contents are kept if it has the right length (returns true); otherwise it
+    /// starts empty and preallocated.
+    pub(crate) fn open_resumable(
+        target: PathBuf,
+        size: u64,
+        mode: u32,
+        mtime_ns: i64,
+        keep: bool,
+    ) -> io::Result<(Self, bool)> {
+        let partial = sibling(&target, None, PARTIAL_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode_private()
+            .open(&partial)?;
+        let kept = keep && file.metadata()?.len() == size;
+        if !kept {
+            file.set_len(0)?;
+            if size > 0 {
+                preallocate(&file, size)?;
+            }
+        }
+        Ok((
+            PartialFile {
+                file,
+                partial,
+                target,
+                mode,
+                mtime_ns,
+            },
+            kept,
+        ))
+    }
+
+    /// Flushes the data written so far (the resume journal records only flushed chunks).
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The partial file's own path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.partial
     }
 
     /// Writes `data` at `offset`.
@@ -233,8 +288,10 @@ trait PrivateMode {
 }
 
 impl PrivateMode for OpenOptions {
-    /// Partial files are private until their real mode is applied at commit.
+    /// Partial files are private until their real mode is applied at commit, and never opened
+    /// through a symlink: their names are predictable, and a peer may make links.
     fn mode_private(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
     }
 }

@@ -1,0 +1,215 @@
+//! Resuming interrupted transfers: a large file's verified chunks are journaled beside its
+//! partial file, and a later transfer of the same file sends only what is missing, whether the
+//! sender went away, the receiver was stopped, or the receiver was killed outright.
+//!
+//! The interrupted transfers are played frame by frame by a raw client, so that exactly which
+//! chunks reached the receiver is known; the resuming transfer is the real sender.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use common::wire::connect;
+use common::{data, fast_options, process, send, TestServer};
+use tidegate::pipeline::hash::digest;
+use tidegate::protocol::{Frame, Meta};
+use tidegate::{ChunkSize, Report, TransferOptions};
+
+const CHUNK: usize = 1 << 20;
+
+fn options() -> TransferOptions {
+    let mut o = fast_options();
+    o.pipeline.chunk_size = ChunkSize::new(CHUNK as u64).unwrap();
+    o
+}
+
+/// Writes a file of `len` bytes and returns its path and its mtime in nanoseconds.
+fn source(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>, i64) {
+    let path = dir.join(name);
+    let bytes = data(len, seed);
+    std::fs::write(&path, &bytes).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    (path, bytes, m.mtime() * 1_000_000_000 + m.mtime_nsec())
+}
+
+/// A transfer of `bytes` as `name` that sends chunks `chunks` (in order) and then stops: its
+/// connection closes with the file unfinished.
+async fn interrupted(
+    addr: std::net::SocketAddr,
+    session: [u8; 16],
+    name: &str,
+    bytes: &[u8],
+    mtime_ns: i64,
+    chunks: std::ops::Range<usize>,
+) {
+    let (mut r, mut w) = connect(addr, session).await;
+    w.send(&Frame::FileBegin {
+        file: 1,
+        meta: Meta {
+            path: name.as_bytes().to_vec(),
+            size: bytes.len() as u64,
+            mode: 0o644,
+            mtime_ns,
+        },
+        chunk_len: CHUNK as u32,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileReady { file: 1, .. }
+    ));
+    for index in chunks {
+        let at = index * CHUNK;
+        let payload = Bytes::copy_from_slice(&bytes[at..(at + CHUNK).min(bytes.len())]);
+        w.send(&Frame::Data {
+            file: 1,
+            index: index as u64,
+            cv: digest(at as u64, &payload).chaining_value.unwrap(),
+            payload,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            r.next().await.unwrap().unwrap(),
+            Frame::Ack {
+                file: 1,
+                index: index as u64
+            }
+        );
+    }
+}
+
+fn resumed_and_sent(report: &Report) -> (u64, u64) {
+    let d = &report.destinations[0];
+    (d.resumed, d.bytes)
+}
+
+/// Hidden files of the receiver's own (partial files, journals) left in `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_went_away_is_resumed_by_the_next_transfer() {
+    let src = tempfile::tempdir().unwrap();
+    let (path, bytes, mtime) = source(src.path(), "big.bin", 12 * CHUNK + 123, 1);
+    let server = TestServer::start().await;
+    // The first sender got chunks 0..7 across, then vanished; its session lingers.
+    interrupted(server.addr, [1; 16], "big.bin", &bytes, mtime, 0..7).await;
+
+    let report = send(vec![path], server.addr.to_string(), options()).await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(
+        resumed_and_sent(&report),
+        (7 * CHUNK as u64, (bytes.len() - 7 * CHUNK) as u64)
+    );
+    assert_eq!(std::fs::read(server.root().join("big.bin")).unwrap(), bytes);
+    assert_eq!(leftovers(server.root()), Vec::<String>::new());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_receiver_resumes_from_its_journal() {
+    let src = tempfile::tempdir().unwrap();
+    let (path, bytes, mtime) = source(src.path(), "big.bin", 10 * CHUNK, 2);
+    let first = TestServer::start().await;
+    interrupted(first.addr, [2; 16], "big.bin", &bytes, mtime, 0..4).await;
+    // A graceful stop keeps the partial file and journals every verified chunk.
+    let dir = first.stop().await;
+    let mut kept = leftovers(dir.path());
+    kept.sort();
+    assert_eq!(
+        kept,
+        [".big.bin.tidegate-journal", ".big.bin.tidegate-partial"]
+    );
+
+    let second = TestServer::start_with(|o| o.root = dir.path().to_path_buf()).await;
+    let report = send(vec![path], second.addr.to_string(), options()).await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(
+        resumed_and_sent(&report),
+        (4 * CHUNK as u64, 6 * CHUNK as u64)
+    );
+    assert_eq!(std::fs::read(dir.path().join("big.bin")).unwrap(), bytes);
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+    second.stop().await;
+}
+
+/// `kill -9` of the receiver: only chunks whose data was flushed before their journal records
+/// were written count; the journal is flushed every 64 MiB of verified chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_receiver_resumes_from_what_it_had_flushed() {
+    const FLUSH_CHUNKS: usize = 64; // tidegate::server::journal::FLUSH_EVERY / CHUNK
+    let src = tempfile::tempdir().unwrap();
+    let served = tempfile::tempdir().unwrap();
+    let (path, bytes, mtime) = source(src.path(), "big.bin", 72 * CHUNK, 3);
+    let (mut child, addr) = process::serve(served.path(), &[]);
+    interrupted(
+        addr.parse().unwrap(),
+        [3; 16],
+        "big.bin",
+        &bytes,
+        mtime,
+        0..FLUSH_CHUNKS + 5,
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (child, addr) = process::serve(served.path(), &[]);
+    let report = send(vec![path], addr, options()).await;
+    process::stop(child);
+    assert!(report.success(), "{report:?}");
+    let (resumed, sent) = resumed_and_sent(&report);
+    assert_eq!(resumed, (FLUSH_CHUNKS * CHUNK) as u64, "resumed");
+    assert_eq!(sent, bytes.len() as u64 - resumed, "sent");
+    assert_eq!(std::fs::read(served.path().join("big.bin")).unwrap(), bytes);
+    assert_eq!(leftovers(served.path()), Vec::<String>::new());
+}
+
+/// A source that changed since (another mtime) starts over; one that changed without its
+/// mtime or size changing is caught by the root hash: the file fails, nothing wrong is put in
+/// place, and the next transfer sends it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_is_never_stitched_onto_old_chunks() {
+    let src = tempfile::tempdir().unwrap();
+    let (path, bytes, mtime) = source(src.path(), "big.bin", 8 * CHUNK, 4);
+    let old = data(bytes.len(), 99);
+    let server = TestServer::start().await;
+
+    // Other content, another mtime: nothing resumed.
+    interrupted(server.addr, [4; 16], "big.bin", &old, mtime - 1, 0..3).await;
+    let report = send(vec![path.clone()], server.addr.to_string(), options()).await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(resumed_and_sent(&report).0, 0);
+    assert_eq!(std::fs::read(server.root().join("big.bin")).unwrap(), bytes);
+
+    // Other content, same size and mtime (rewritten in place, then the mtime set back).
+    std::fs::remove_file(server.root().join("big.bin")).unwrap();
+    interrupted(server.addr, [5; 16], "big.bin", &old, mtime, 0..3).await;
+    let report = send(vec![path.clone()], server.addr.to_string(), options()).await;
+    assert!(!report.success(), "stitched onto other data: {report:?}");
+    let failed = &report.destinations[0].failed;
+    assert!(
+        failed.len() == 1 && failed[0].1.contains("root hash mismatch"),
+        "{failed:?}"
+    );
+    assert!(
+        !server.root().join("big.bin").exists(),
+        "a wrong file was put in place"
+    );
+    assert_eq!(leftovers(server.root()), Vec::<String>::new());
+
+    let report = send(vec![path], server.addr.to_string(), options()).await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(resumed_and_sent(&report), (0, bytes.len() as u64));
+    assert_eq!(std::fs::read(server.root().join("big.bin")).unwrap(), bytes);
+    server.stop().await;
+}
