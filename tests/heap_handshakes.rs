@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::heap::{cycle_rayon_injector, runtime, settle_to, settled};
-use common::wire::{meta, Conn};
+use common::wire::{finish, meta, Conn};
 use common::TestServer;
 use tidegate::pipeline::hash::digest;
 use tidegate::protocol::handshake::{ClientHandshake, Key};
@@ -63,14 +63,7 @@ async fn cycle(addr: std::net::SocketAddr, i: u32) {
             })
             .await
             .unwrap();
-            w.send(&Frame::Finish).await.unwrap();
-            loop {
-                match r.next().await.unwrap().unwrap() {
-                    Frame::Finished => break,
-                    Frame::Ack { .. } | Frame::FileDone { .. } => {}
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
+            finish(&mut r, &mut w, true).await;
         }
         // Garbage instead of a handshake.
         1 => {

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::wire::{connect, meta};
+use common::wire::{connect, finish, meta};
 use common::TestServer;
 use tidegate::protocol::{ErrorCode, Frame};
 use tokio::net::TcpStream;
@@ -196,14 +196,7 @@ async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    fw.send(&Frame::Finish).await.unwrap();
-    loop {
-        match fr.next().await.unwrap().unwrap() {
-            Frame::Finished => break,
-            Frame::FileDone { .. } | Frame::Error { .. } => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    finish(&mut fr, &mut fw, false).await;
     let escaped: Vec<_> = std::fs::read_dir(&outside)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -265,14 +258,7 @@ async fn a_symlink_at_a_partial_files_name_is_never_followed() {
         Frame::Error { file: 11, .. } => {}
         other => panic!("the large file was begun through a link: {other:?}"),
     }
-    w.send(&Frame::Finish).await.unwrap();
-    loop {
-        match r.next().await.unwrap().unwrap() {
-            Frame::Finished => break,
-            Frame::FileDone { .. } | Frame::Error { .. } => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    finish(&mut r, &mut w, false).await;
     assert_eq!(
         std::fs::read(&victim).unwrap(),
         b"precious",

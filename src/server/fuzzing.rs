@@ -4,8 +4,8 @@
 //!
 //! - [`check_session`]: arbitrary frame sequences, after the handshake, into one session of a
 //!   real receiver. It never panics, never writes, creates, chmods or stamps anything outside
-//!   its directory (a symlink inside points out, as a bait), and leaves no partial file once
-//!   the session is abandoned.
+//!   its directory (a symlink inside points out, as a bait), and once the session ends leaves
+//!   no partial file except large files' kept for resuming, each with its journal.
 //! - [`check_paths`]: whatever bytes a peer sends as a path, an accepted path is a plain
 //!   descendant of the root that goes through no symlink.
 
@@ -219,7 +219,8 @@ fn fix_hashes(
 ///
 /// # Panics
 /// On a finding: something outside the served directory was created or changed, or a partial
-/// file survived the abandoned session, or the receiver itself panicked.
+/// file (other than a resumable one with its journal) or a lone journal survived the ended
+/// session, or the receiver itself panicked.
 pub fn check_session(arena: &Arena, data: &[u8]) {
     let _one = arena_lock().lock().unwrap_or_else(|e| e.into_inner());
     arena.reset().expect("reset the arena");

@@ -3,8 +3,9 @@
 //!
 //! A failed connection is logged and dropped; it never stops the server. Shutdown stops
 //! accepting, tells every connection to stop (in-flight chunks are abandoned, and a partial
-//! file is never renamed into place), waits for them, and deletes the partial files of
-//! sessions that did not finish.
+//! file is never renamed into place), waits for them, and ends the sessions that did not
+//! finish: small files' partial files are deleted, large files' kept with their resume
+//! journals.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -201,9 +202,12 @@ impl Server {
             let mut map = ctx.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             map.drain().map(|(_, s)| s).collect()
         };
-        for s in sessions {
-            s.suspend();
-        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for s in sessions {
+                s.suspend();
+            }
+        })
+        .await;
         Ok(())
     }
 }
@@ -247,7 +251,12 @@ fn expire_sessions(ctx: &Context) {
         session::shrink_sessions(&mut map);
         expired
     };
-    for s in expired {
-        s.suspend();
+    if !expired.is_empty() {
+        // Suspending flushes resume journals: not on the accept loop.
+        tokio::task::spawn_blocking(move || {
+            for s in expired {
+                s.suspend();
+            }
+        });
     }
 }

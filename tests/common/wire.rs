@@ -1,7 +1,7 @@
 //! Raw protocol clients for tests that play a (possibly hostile) peer frame by frame.
 
 use tidegate::protocol::handshake::{ClientHandshake, Key};
-use tidegate::protocol::Meta;
+use tidegate::protocol::{Frame, Meta};
 use tidegate::transport::{FrameReader, FrameWriter};
 use tokio::net::TcpStream;
 
@@ -33,5 +33,23 @@ pub fn meta(path: impl Into<Vec<u8>>, size: u64) -> Meta {
         size,
         mode: 0o644,
         mtime_ns: 0,
+    }
+}
+
+/// Sends `Finish` and reads the answers up to `Finished`: acknowledgements, `FileDone`s and
+/// per-file errors (not with `strict`: then any error is a failure).
+pub async fn finish<R, W>(r: &mut FrameReader<R>, w: &mut FrameWriter<W>, strict: bool)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    w.send(&Frame::Finish).await.unwrap();
+    loop {
+        match r.next().await.unwrap().unwrap() {
+            Frame::Finished => return,
+            Frame::Ack { .. } | Frame::FileDone { .. } => {}
+            Frame::Error { .. } if !strict => {}
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
