@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -121,14 +122,18 @@ fn partial_files(dir: &Path, out: &mut Vec<PathBuf>) {
         if !kind.is_file() {
             continue;
         }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let partner = if let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) {
-            format!("{stem}{JOURNAL_SUFFIX}")
-        } else if let Some(stem) = name.strip_suffix(JOURNAL_SUFFIX) {
-            format!("{stem}{PARTIAL_SUFFIX}")
+        // Names need not be UTF-8: compare bytes.
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        let (partial, journal) = (PARTIAL_SUFFIX.as_bytes(), JOURNAL_SUFFIX.as_bytes());
+        let partner = if let Some(stem) = name.strip_suffix(partial) {
+            [stem, journal].concat()
+        } else if let Some(stem) = name.strip_suffix(journal) {
+            [stem, partial].concat()
         } else {
             continue;
         };
+        let partner = std::ffi::OsStr::from_bytes(&partner);
         if !is_file(&path.with_file_name(partner)) {
             out.push(path);
         }
