@@ -213,3 +213,45 @@ async fn a_changed_source_is_never_stitched_onto_old_chunks() {
     assert_eq!(std::fs::read(server.root().join("big.bin")).unwrap(), bytes);
     server.stop().await;
 }
+
+/// While a live transfer writes a target, another transfer of the same target neither waits
+/// for it nor touches its partial file or journal: it gets a partial file of its own (after a
+/// short wait for the first to turn out gone), and both go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_transfer_of_the_same_target_gets_its_own_partial_file() {
+    let src = tempfile::tempdir().unwrap();
+    let (path, bytes, mtime) = source(src.path(), "big.bin", 4 * CHUNK, 6);
+    let server = TestServer::start().await;
+    // The first transfer is alive (its connection stays open), its file begun.
+    let (mut r, mut w) = connect(server.addr, [6; 16]).await;
+    w.send(&Frame::FileBegin {
+        file: 1,
+        meta: Meta {
+            path: b"big.bin".to_vec(),
+            size: bytes.len() as u64,
+            mode: 0o644,
+            mtime_ns: mtime,
+        },
+        chunk_len: CHUNK as u32,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileReady { .. }
+    ));
+
+    let report = send(vec![path], server.addr.to_string(), options()).await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(resumed_and_sent(&report), (0, bytes.len() as u64));
+    assert_eq!(std::fs::read(server.root().join("big.bin")).unwrap(), bytes);
+    let mut left = leftovers(server.root());
+    left.sort();
+    assert_eq!(
+        left,
+        [".big.bin.tidegate-journal", ".big.bin.tidegate-partial"],
+        "the first transfer's files"
+    );
+    drop((r, w));
+    server.stop().await;
+}

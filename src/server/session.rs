@@ -858,7 +858,7 @@ async fn begin(
         chunk_len: u64::from(chunk_len),
         mtime_ns,
     };
-    let large = match open_large(ctx, session, meta.path, id, mode).await {
+    let large = match open_large(ctx, session, file, meta.path, id, mode).await {
         Ok(large) => large,
         Err(e) => return e.frame(file),
     };
@@ -887,6 +887,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 async fn open_large(
     ctx: &Arc<Context>,
     session: &Arc<Session>,
+    file: u64,
     path: Vec<u8>,
     id: Identity,
     mode: u32,
@@ -920,10 +921,17 @@ async fn open_large(
             Some(old) => {
                 let _ = tokio::task::spawn_blocking(move || old.abandon()).await;
             }
-            None if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
             None => {
+                // A repeated `FileBegin` of this session racing the first one: that one
+                // holds it.
+                let mine = session.lock().large.get(&file).cloned();
+                if let Some(large) = mine {
+                    return Ok(large);
+                }
+                if Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 tracing::warn!(
                     path = %target.display(),
                     "another transfer is writing this file; receiving it without a resume journal"
