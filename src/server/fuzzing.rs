@@ -241,6 +241,7 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
         pool: HashPool::default(),
         sessions: Mutex::new(HashMap::new()),
         layout: Default::default(),
+        inline: Default::default(),
     });
     let session = Arc::new(Session::new([0x5a; 16]));
     let mut buf = BytesMut::from(rest);

@@ -86,6 +86,7 @@ impl Server {
             pool: HashPool::default(),
             sessions: Mutex::new(HashMap::new()),
             layout: Default::default(),
+            inline: Default::default(),
         });
         Ok(Server {
             listener,

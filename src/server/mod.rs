@@ -5,6 +5,7 @@
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
+//! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
 //! - `verified.rs`: which chunks of a large file are verified, folded into its root.
 //! - [`paths`]: hostile path checks.
@@ -12,6 +13,7 @@
 
 mod durability;
 pub mod fuzzing;
+mod inline;
 pub mod journal;
 mod listener;
 pub mod paths;

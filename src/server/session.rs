@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::durability::Batch;
+use super::inline::InlineGate;
 use super::journal::{self, Identity, Journal};
 use super::paths;
 use super::verified::{Recorded, Verified};
@@ -145,6 +146,8 @@ pub(crate) struct Context {
     pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
     /// Checks and creates paths from the network (see [`Context::place`]).
     pub(crate) layout: Layout,
+    /// Where small files are written (see `inline.rs`).
+    pub(crate) inline: InlineGate,
 }
 
 /// Serialises changes to the shape of the served tree, and remembers the directories already
@@ -634,28 +637,31 @@ pub(super) async fn handle(
             let tag = session.tag.clone();
             let bytes = payload.len() as u64;
             let placing = Arc::clone(ctx);
-            // On the blocking pool, not the hashing pool: most of this is creating and writing
-            // the file, and the hash of a small file takes microseconds.
-            let written = tokio::task::spawn_blocking(move || {
-                if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
-                    return Err(None);
-                }
-                let partial = placing
-                    .place(&meta.path, false, |target| {
-                        PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
-                    })
-                    .map_err(Some)?;
-                let written = partial.write_at(0, &payload);
-                match written.and(Ok(())) {
-                    Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
-                    Err(e) => {
-                        partial.abandon();
-                        Err(Some(PlaceError::Io(e)))
+            // Not on the hashing pool: most of this is creating and writing the file, and the
+            // hash of a small file takes microseconds. On this task while the filesystem is
+            // fast, else on the blocking pool (see `inline.rs`).
+            let written = ctx
+                .inline
+                .run(move || {
+                    if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
+                        return Err(None);
                     }
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Err(Some(PlaceError::Io(std::io::Error::other(e)))));
+                    let partial = placing
+                        .place(&meta.path, false, |target| {
+                            PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
+                        })
+                        .map_err(Some)?;
+                    let written = partial.write_at(0, &payload);
+                    match written.and(Ok(())) {
+                        Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
+                        Err(e) => {
+                            partial.abandon();
+                            Err(Some(PlaceError::Io(e)))
+                        }
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(Some(PlaceError::Io(e))));
             match written {
                 Ok(finished) => {
                     let full = {
