@@ -7,7 +7,9 @@ Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only 
        [--rss-sizes 1G,8G]
 
 Prints MiB/s (wall time from the sender's start to the receiver's end plus the sync), CPU
-seconds and peak RSS of each end, and ratios against the peers. Tools take turns going first.
+seconds and peak RSS of each end, and ratios against the peers. For the tree, a local copy of it
+by two `cp -r` at once (no network, no hashing) is timed too, as the floor of what any receiver
+could do on that filesystem. Tools take turns going first.
 Trees are received on a fresh ext4 filesystem per scenario, on a loop device with direct I/O
 (see `FreshFs`: the host's own filesystem here has no journal, which makes file creation
 depend on what was deleted in the last minutes); a single large file on the host's. Installs nc and rsync with
@@ -95,6 +97,7 @@ def make_small(count):
 
 
 RECV = os.path.join(BENCH, "recv")
+FLOOR = "2x cp -r local"
 RUNS = iter(range(1, 1 << 30))
 
 # This machine's ext4 has no journal. Without one, ext4 prefers not to reuse an inode freed in
@@ -230,6 +233,25 @@ def run_tidegate(src, tree):
     return elapsed, s, r, dst
 
 
+def run_local_copy(src, tree):
+    """Not a competitor: the same tree copied on this machine by two `cp -r` at once (half of
+    the top-level directories each), then a `sync`. No network and no hashing, both cores on
+    reading, creating and writing files: about as fast as a receiver could put the tree on this
+    filesystem."""
+    dst = fresh("cp")
+    parts = sorted(os.listdir(src))
+    halves = [parts[: len(parts) // 2], parts[len(parts) // 2:]]
+    top = os.path.join(dst, os.path.basename(src))
+    os.makedirs(top)
+    start = time.time()
+    copies = [Measured(["cp", "-r", *[os.path.join(src, p) for p in half], top]) for half in halves if half]
+    usage = [c.wait() for c in copies]
+    subprocess.run(["sync", "-f", dst], check=True)
+    elapsed = time.time() - start
+    s = {"cpu": sum(u["cpu"] for u in usage), "rss_mib": max(u["rss_mib"] for u in usage), "rc": 0}
+    return elapsed, s, {"cpu": 0.0, "rss_mib": 0.0, "rc": 0}, dst
+
+
 def check(src, dst, tree):
     if tree:
         r = subprocess.run(["diff", "-rq", src, os.path.join(dst, os.path.basename(src))], capture_output=True)
@@ -243,12 +265,14 @@ def check(src, dst, tree):
 def scenario(name, src, tree, rounds):
     total = int(subprocess.run(["du", "-sb", src], capture_output=True, text=True, check=True).stdout.split()[0])
     tools = [("nc" if not tree else "tar | nc", run_nc), ("rsync daemon", run_rsync), ("tidegate", run_tidegate)]
+    if tree:
+        tools.append((FLOOR, run_local_copy))
     results = {t: [] for t, _ in tools}
     clear_received()
     # Trees go to a fresh filesystem with room for every tree received (they are kept until the
     # end). One large file creates one inode: it is received on the host's filesystem, as
     # before, and deleted after each run.
-    fs = FreshFs(total * 3 * rounds * 2) if tree else None
+    fs = FreshFs(total * len(tools) * rounds * 2) if tree else None
     if fs and fs.mnt:
         RECV_ROOT[0] = fs.mnt
     elif tree:
@@ -256,7 +280,8 @@ def scenario(name, src, tree, rounds):
         settle_after_deleting()
     for round in range(rounds):
         # Each round starts with a different tool.
-        for tool, fn in tools[round % 3:] + tools[:round % 3]:
+        k = round % len(tools)
+        for tool, fn in tools[k:] + tools[:k]:
             warm(src)
             elapsed, s, r, dst = fn(src, tree)
             check(src, dst, tree)
@@ -281,6 +306,10 @@ def scenario(name, src, tree, rounds):
     for tool in best:
         if tool != "tidegate":
             print(f"ratio tidegate / {tool}: {best['tidegate'] / best[tool]:.2f}x")
+    if FLOOR in best:
+        for tool in best:
+            if tool != FLOOR:
+                print(f"{tool} reaches {best[tool] / best[FLOOR]:.0%} of the local copy")
     return best
 
 

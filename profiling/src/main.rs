@@ -4,7 +4,9 @@
 //! ```text
 //! tidegate-profile run   [--out DIR] [--runs N] [SCENARIO...]  profiles + DIR/summary.json
 //! tidegate-profile check [--out DIR] [--runs N] [--baseline FILE]  exit 1 on a regression
-//! tidegate-profile bless [--out DIR] [--runs N] [--baseline FILE]  rewrites the baseline
+//! tidegate-profile bless [--out DIR] [--runs N] [--baseline FILE] [SCENARIO...]
+//!                                                  rewrites the baseline (only the named
+//!                                                  scenarios' entries, when some are named)
 //! ```
 //! Each scenario runs in a child process of its own (`scenario NAME DIR`), so that none
 //! inherits another's allocations. Allocation counts barely move between runs, but peaks
@@ -101,7 +103,16 @@ fn main() -> ExitCode {
     println!("summary: {}", summary.display());
     match command.as_str() {
         "run" => ExitCode::SUCCESS,
-        "bless" => match summary::write(&baseline, &results) {
+        "bless" => match summary::read(&baseline)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(Vec::new())
+                } else {
+                    Err(e)
+                }
+            })
+            .and_then(|base| summary::write(&baseline, &summary::merge(base, results)))
+        {
             Ok(()) => {
                 println!("baseline written: {}", baseline.display());
                 ExitCode::SUCCESS

@@ -201,6 +201,18 @@ pub fn write(path: &Path, all: &[Summary]) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
+/// `base` with each scenario in `new` replaced (or added, at the end): blessing some scenarios
+/// leaves the others' entries as they were.
+pub fn merge(mut base: Vec<Summary>, new: Vec<Summary>) -> Vec<Summary> {
+    for n in new {
+        match base.iter_mut().find(|b| b.scenario == n.scenario) {
+            Some(b) => *b = n,
+            None => base.push(n),
+        }
+    }
+    base
+}
+
 pub fn read(path: &Path) -> std::io::Result<Vec<Summary>> {
     serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)
 }
@@ -233,6 +245,21 @@ mod tests {
             pool_bytes_at_end: 0,
             runs: 1,
         }
+    }
+
+    #[test]
+    fn blessing_some_scenarios_keeps_the_others() {
+        let named = |name: &str, peak| Summary {
+            scenario: name.into(),
+            ..s(peak, 1.0, 0)
+        };
+        let base = vec![named("a", 1), named("b", 2), named("c", 3)];
+        let merged = merge(base, vec![named("b", 20), named("d", 40)]);
+        let got: Vec<_> = merged
+            .iter()
+            .map(|m| (m.scenario.as_str(), m.peak_heap_bytes))
+            .collect();
+        assert_eq!(got, [("a", 1), ("b", 20), ("c", 3), ("d", 40)]);
     }
 
     #[test]

@@ -80,6 +80,16 @@ enum Item<S> {
         file: u64,
         result: Result<u64, SourceError>,
     },
+    /// `Start`, at most one `Chunk` and `End` of a file of at most one small chunk, in one
+    /// message: a tree of small files would otherwise cost three cross-thread wake-ups each.
+    Whole {
+        file: u64,
+        spec: S,
+        size: Option<u64>,
+        chunk: Option<oneshot::Receiver<Result<Chunk, SourceError>>>,
+        /// Boxed: an error is rare, and every queue slot is as large as the largest item.
+        result: Result<u64, Box<SourceError>>,
+    },
 }
 
 struct Current {
@@ -93,6 +103,8 @@ struct Current {
 /// A running pipeline. Dropping it cancels the producer.
 pub(crate) struct Pipeline<S> {
     rx: mpsc::Receiver<Item<S>>,
+    /// The rest of an `Item::Whole` taken apart (its chunk and end), taken before `rx`.
+    unpacked: std::collections::VecDeque<Item<S>>,
     /// A chunk taken from the queue whose hash is still being awaited. Kept here, not in a
     /// local, so that `next` is cancel-safe: a caller's `select!` may drop the future.
     hashing: Option<oneshot::Receiver<Result<Chunk, SourceError>>>,
@@ -132,6 +144,7 @@ impl<S: Spec> Pipeline<S> {
             .spawn(move || producer.run(specs))?;
         Ok(Pipeline {
             rx,
+            unpacked: std::collections::VecDeque::with_capacity(2),
             hashing: None,
             current: None,
             cancel,
@@ -152,13 +165,38 @@ impl<S: Spec> Pipeline<S> {
                 }
                 continue;
             }
-            let Some(item) = self.rx.recv().await else {
-                if let Some(producer) = self.producer.take() {
-                    // The producer dropped its sender, so it is returning; this join does
-                    // not wait for any work.
-                    let _ = producer.join();
+            let item = match self.unpacked.pop_front() {
+                Some(item) => item,
+                None => {
+                    let Some(item) = self.rx.recv().await else {
+                        if let Some(producer) = self.producer.take() {
+                            // The producer dropped its sender, so it is returning; this join
+                            // does not wait for any work.
+                            let _ = producer.join();
+                        }
+                        return None;
+                    };
+                    item
                 }
-                return None;
+            };
+            let item = match item {
+                Item::Whole {
+                    file,
+                    spec,
+                    size,
+                    chunk,
+                    result,
+                } => {
+                    if let Some(rx) = chunk {
+                        self.unpacked.push_back(Item::Chunk { rx });
+                    }
+                    self.unpacked.push_back(Item::End {
+                        file,
+                        result: result.map_err(|e| *e),
+                    });
+                    Item::Start { file, spec, size }
+                }
+                other => other,
             };
             match item {
                 Item::Entry { file, spec } => return Some(Event::Entry { file, spec }),
@@ -175,6 +213,7 @@ impl<S: Spec> Pipeline<S> {
                     return Some(Event::FileStarted { file, spec, size });
                 }
                 Item::Chunk { rx } => self.hashing = Some(rx),
+                Item::Whole { .. } => unreachable!("taken apart above"),
                 Item::End { file, result } => {
                     let Some(current) = self.current.take() else {
                         continue;
@@ -274,25 +313,98 @@ impl<S: Spec> Producer<S> {
                 Arc::clone(&self.bufs),
             );
             let size = opened.as_ref().ok().and_then(FileSource::len_hint);
-            if self
-                .tx
-                .blocking_send(Item::Start { file, spec, size })
-                .is_err()
-            {
-                return;
-            }
-            let result = match opened {
-                Ok(source) => self.read_file(file, source),
-                Err(e) => Err(e),
+            let small = size.is_some_and(|s| s <= INLINE_HASH_MAX.min(self.chunk_len) as u64);
+            let source = match opened {
+                Ok(source) => source,
+                Err(e) => {
+                    if self.send_whole(file, spec, size, None, Err(e)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
-            if self.tx.blocking_send(Item::End { file, result }).is_err() {
+            if !small {
+                if self
+                    .tx
+                    .blocking_send(Item::Start { file, spec, size })
+                    .is_err()
+                {
+                    return;
+                }
+                let result = self.read_file(file, source, &mut |rx| {
+                    self.tx.blocking_send(Item::Chunk { rx }).is_ok()
+                });
+                if self.tx.blocking_send(Item::End { file, result }).is_err() {
+                    return;
+                }
+                continue;
+            }
+            // One message for the whole file; should it yield more than one chunk after all,
+            // the start and the first chunk go out before the second.
+            let mut start = Some(spec);
+            let mut held = None;
+            let result = self.read_file(file, source, &mut |rx| {
+                if start.is_some() && held.is_none() {
+                    held = Some(rx);
+                    return true;
+                }
+                if let Some(spec) = start.take() {
+                    if self
+                        .tx
+                        .blocking_send(Item::Start { file, spec, size })
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                if let Some(first) = held.take() {
+                    if self.tx.blocking_send(Item::Chunk { rx: first }).is_err() {
+                        return false;
+                    }
+                }
+                self.tx.blocking_send(Item::Chunk { rx }).is_ok()
+            });
+            let sent = match start {
+                Some(spec) => self.send_whole(file, spec, size, held, result),
+                None => self
+                    .tx
+                    .blocking_send(Item::End { file, result })
+                    .map_err(drop),
+            };
+            if sent.is_err() {
                 return;
             }
         }
     }
 
-    /// Reads one file to its end, sending its chunks. Returns its length.
-    fn read_file(&self, file: u64, mut source: FileSource) -> Result<u64, SourceError> {
+    fn send_whole(
+        &self,
+        file: u64,
+        spec: S,
+        size: Option<u64>,
+        chunk: Option<oneshot::Receiver<Result<Chunk, SourceError>>>,
+        result: Result<u64, SourceError>,
+    ) -> Result<(), ()> {
+        let result = result.map_err(Box::new);
+        self.tx
+            .blocking_send(Item::Whole {
+                file,
+                spec,
+                size,
+                chunk,
+                result,
+            })
+            .map_err(drop)
+    }
+
+    /// Reads one file to its end, handing each chunk's result to `emit` (false: the consumer
+    /// is gone). Returns its length.
+    fn read_file(
+        &self,
+        file: u64,
+        mut source: FileSource,
+        emit: &mut dyn FnMut(oneshot::Receiver<Result<Chunk, SourceError>>) -> bool,
+    ) -> Result<u64, SourceError> {
         let path: Arc<PathBuf> = Arc::new(source.path().to_path_buf());
         let expected_len = source.len_hint();
         let mut index = 0;
@@ -351,7 +463,7 @@ impl<S: Spec> Producer<S> {
             } else {
                 self.pool.spawn(job);
             }
-            if self.tx.blocking_send(Item::Chunk { rx }).is_err() {
+            if !emit(rx) {
                 return Err(SourceError::Cancelled {
                     path: path.to_path_buf(),
                 });
@@ -506,5 +618,65 @@ mod tests {
         assert!(cancelled > 0, "the test never interrupted next()");
         assert_eq!(bytes, (8 << 20) + 777);
         assert_eq!(root, Some(blake3::hash(&std::fs::read(f.path()).unwrap())));
+    }
+
+    /// Small files travel from the reading thread as one message each; the events still come
+    /// out one by one and in order: start, chunk (none for an empty file), done; a file that
+    /// cannot be opened is started and failed, and large files around them are unaffected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_files_give_the_same_events_in_order() {
+        let small = file_of(5_000, 5);
+        let empty = file_of(0, 6);
+        let large = file_of((1 << 20) + 3, 7);
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let opts = options(4 << 20, 256 << 10);
+        let mut pipe = spawn(
+            &[
+                small.path(),
+                &missing,
+                empty.path(),
+                large.path(),
+                small.path(),
+            ],
+            &opts,
+            &Budget::new(4 << 20),
+        );
+        let mut seen = Vec::new();
+        while let Some(event) = pipe.next().await {
+            seen.push(match event {
+                Event::FileStarted { file, .. } => format!("start {file}"),
+                Event::Chunk(c) => format!("chunk {} {}", c.file, c.data.len()),
+                Event::FileDone { file, len, root } => {
+                    let want = match file {
+                        2 => blake3::hash(b""),
+                        3 => blake3::hash(&std::fs::read(large.path()).unwrap()),
+                        _ => blake3::hash(&std::fs::read(small.path()).unwrap()),
+                    };
+                    assert_eq!(root, want, "file {file}");
+                    format!("done {file} {len}")
+                }
+                Event::FileFailed { file, .. } => format!("failed {file}"),
+                Event::Entry { file, .. } => format!("entry {file}"),
+            });
+        }
+        let large_chunks =
+            std::iter::repeat_n(format!("chunk 3 {}", 256 << 10), 4).chain(["chunk 3 3".into()]);
+        let mut want: Vec<String> = vec![
+            "start 0",
+            "chunk 0 5000",
+            "done 0 5000",
+            "start 1",
+            "failed 1",
+            "start 2",
+            "done 2 0",
+            "start 3",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        want.extend(large_chunks);
+        want.extend(["done 3 1048579", "start 4", "chunk 4 5000", "done 4 5000"].map(String::from));
+        assert_eq!(seen, want);
     }
 }
