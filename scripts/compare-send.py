@@ -304,7 +304,7 @@ def scenario(name, src, tree, rounds):
         best[tool] = rate
         print(f"{tool:14} {rate:8.0f} {cpu:18.2f} {rs:8.1f}M {rr:8.1f}M")
     for tool in best:
-        if tool != "tidegate":
+        if tool not in ("tidegate", FLOOR):
             print(f"ratio tidegate / {tool}: {best['tidegate'] / best[tool]:.2f}x")
     if FLOOR in best:
         for tool in best:

@@ -40,6 +40,8 @@ struct Large {
     /// Verified chunks, folded into the root as they complete (memory bounded by the
     /// sender's in-flight window, not by the file's size).
     verified: Mutex<Verified>,
+    /// Held while a chunk is written.
+    writing: Mutex<()>,
 }
 
 impl Large {
@@ -543,6 +545,13 @@ pub(super) async fn handle(
                     if digest(offset, &payload).chaining_value != Some(cv) {
                         return Err(None::<std::io::Error>);
                     }
+                    // One writer per file at a time: the kernel serialises buffered writes to
+                    // a file anyway, and a second writer would spin on its lock, burning the
+                    // core the sender or the hashing needs, instead of sleeping.
+                    let _one = writing
+                        .writing
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
                     writing.partial.write_at(offset, &payload).map_err(Some)?;
                     writing
                         .partial
@@ -905,6 +914,7 @@ async fn open_large(
         mtime_ns: id.mtime_ns,
         journal,
         verified: Mutex::new(verified),
+        writing: Mutex::new(()),
     };
     let deadline = Instant::now() + TAKEOVER_WAIT;
     loop {
