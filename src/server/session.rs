@@ -736,9 +736,11 @@ pub(super) async fn handle(
             let mut replies = flush(ctx, session).await;
             let dirs = std::mem::take(&mut session.lock().dirs);
             // Deepest first, so stamping a parent is not undone by work in a child.
+            let root = ctx.options.root.clone();
             let stamped = tokio::task::spawn_blocking(move || {
                 let mut dirs = dirs;
                 dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+                let any = !dirs.is_empty();
                 for (dir, mode, mtime) in dirs {
                     // Checked to be a real directory when made; never follow a symlink
                     // that may have replaced it since.
@@ -747,13 +749,20 @@ pub(super) async fn handle(
                         let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
                             mode & 0o7777,
                         ));
-                        let _ = f.sync_all();
                     }
+                }
+                // One flush for all of them (one journal commit on ext4), not one each.
+                if any {
+                    super::writer::sync_filesystem(&root)
+                } else {
+                    Ok(())
                 }
             })
             .await;
-            if stamped.is_err() {
-                tracing::warn!("stamping directory times failed");
+            match stamped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "flushing directory times failed"),
+                Err(e) => tracing::warn!(error = %e, "stamping directory times failed"),
             }
             session.lock().finished = true;
             replies.push(Frame::Finished);
