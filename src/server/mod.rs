@@ -52,7 +52,8 @@ pub struct ServerOptions {
     /// are deleted, its large files' partial files are kept with their resume journals for a
     /// later transfer (see `journal.rs`). Default 120 s.
     pub session_linger: Duration,
-    /// Small files written but not yet flushed, before a flush is forced. Default 512.
+    /// Small files written but not yet flushed, before a flush is forced. Default 2048 (with
+    /// `batch_bytes`, a batch of 4–64 KiB files is mostly bounded by its bytes).
     pub batch_files: usize,
     /// Bytes of small files written but not yet flushed, before a flush is forced.
     /// Default 64 MiB.
@@ -71,7 +72,7 @@ impl ServerOptions {
             max_chunk_len: 16 * 1024 * 1024,
             max_file_size: 16 << 40,
             session_linger: Duration::from_secs(120),
-            batch_files: 512,
+            batch_files: 2048,
             batch_bytes: 64 * 1024 * 1024,
         }
     }
