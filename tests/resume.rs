@@ -34,22 +34,20 @@ fn source(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>, i
     (path, bytes, m.mtime() * 1_000_000_000 + m.mtime_nsec())
 }
 
-/// A transfer of `bytes` as `name` that sends chunks `chunks` (in order) and then stops: its
-/// connection closes with the file unfinished.
-async fn interrupted(
+/// A connection of `session` that has begun file 1, `name`, of `len` bytes (1 MiB chunks).
+async fn begin(
     addr: std::net::SocketAddr,
     session: [u8; 16],
     name: &str,
-    bytes: &[u8],
+    len: usize,
     mtime_ns: i64,
-    chunks: std::ops::Range<usize>,
-) {
+) -> common::wire::Conn {
     let (mut r, mut w) = connect(addr, session).await;
     w.send(&Frame::FileBegin {
         file: 1,
         meta: Meta {
             path: name.as_bytes().to_vec(),
-            size: bytes.len() as u64,
+            size: len as u64,
             mode: 0o644,
             mtime_ns,
         },
@@ -61,6 +59,20 @@ async fn interrupted(
         r.next().await.unwrap().unwrap(),
         Frame::FileReady { file: 1, .. }
     ));
+    (r, w)
+}
+
+/// A transfer of `bytes` as `name` that sends chunks `chunks` (in order) and then stops: its
+/// connection closes with the file unfinished.
+async fn interrupted(
+    addr: std::net::SocketAddr,
+    session: [u8; 16],
+    name: &str,
+    bytes: &[u8],
+    mtime_ns: i64,
+    chunks: std::ops::Range<usize>,
+) {
+    let (mut r, mut w) = begin(addr, session, name, bytes.len(), mtime_ns).await;
     for index in chunks {
         let at = index * CHUNK;
         let payload = Bytes::copy_from_slice(&bytes[at..(at + CHUNK).min(bytes.len())]);
@@ -223,23 +235,7 @@ async fn a_second_live_transfer_of_the_same_target_gets_its_own_partial_file() {
     let (path, bytes, mtime) = source(src.path(), "big.bin", 4 * CHUNK, 6);
     let server = TestServer::start().await;
     // The first transfer is alive (its connection stays open), its file begun.
-    let (mut r, mut w) = connect(server.addr, [6; 16]).await;
-    w.send(&Frame::FileBegin {
-        file: 1,
-        meta: Meta {
-            path: b"big.bin".to_vec(),
-            size: bytes.len() as u64,
-            mode: 0o644,
-            mtime_ns: mtime,
-        },
-        chunk_len: CHUNK as u32,
-    })
-    .await
-    .unwrap();
-    assert!(matches!(
-        r.next().await.unwrap().unwrap(),
-        Frame::FileReady { .. }
-    ));
+    let (r, w) = begin(server.addr, [6; 16], "big.bin", bytes.len(), mtime).await;
 
     let report = send(vec![path], server.addr.to_string(), options()).await;
     assert!(report.success(), "{report:?}");

@@ -12,10 +12,24 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Decides, per call, where blocking filesystem work runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct InlineGate {
+    /// The runtime it was made on has a worker to spare.
+    allowed: bool,
     /// Some work is running inline right now.
     busy: AtomicBool,
+}
+
+impl Default for InlineGate {
+    /// A gate for the runtime it is made on (none: never inline).
+    fn default() -> Self {
+        let allowed =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() >= 2);
+        InlineGate {
+            allowed,
+            busy: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Clears `busy` when the inline work ends, even by unwinding.
@@ -34,9 +48,7 @@ impl InlineGate {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> std::io::Result<T> {
-        let spare_worker =
-            tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() >= 2);
-        if spare_worker
+        if self.allowed
             && self
                 .busy
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
