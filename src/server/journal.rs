@@ -123,7 +123,7 @@ pub(crate) fn open(
     mode: u32,
     mtime_ns: i64,
 ) -> io::Result<Option<Resumable>> {
-    let path = sibling(&target, None, JOURNAL_SUFFIX);
+    let path = journal_path(&target);
     let file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -277,6 +277,7 @@ pub fn journal_path(target: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::pipeline::hash::digest;
+    use crate::server::writer::resumable_path;
 
     const CHUNK: usize = 16 * 1024;
 
@@ -384,7 +385,7 @@ mod tests {
         }
         r.journal.flush(&r.partial).unwrap();
         drop(r);
-        std::fs::remove_file(sibling(&target, None, super::super::writer::PARTIAL_SUFFIX)).unwrap();
+        std::fs::remove_file(resumable_path(&target)).unwrap();
         let r = open(target, id(data.len() as u64), 0o644, 0)
             .unwrap()
             .unwrap();
@@ -439,7 +440,7 @@ mod tests {
             std::fs::write(journal_path(&target), &bytes).unwrap();
             // The partial file exists with the right length, so recorded chunks count.
             std::fs::write(
-                sibling(&target, None, super::super::writer::PARTIAL_SUFFIX),
+                resumable_path(&target),
                 vec![0u8; id.size as usize],
             ).unwrap();
             let r = open(target, id, 0o644, 0).unwrap().unwrap();

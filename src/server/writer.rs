@@ -54,6 +54,11 @@ fn partial_path(target: &Path, tag: &str) -> PathBuf {
     sibling(target, Some(tag), PARTIAL_SUFFIX)
 }
 
+/// The untagged partial path of a resumable large file (its journal says who holds it).
+pub(crate) fn resumable_path(target: &Path) -> PathBuf {
+    sibling(target, None, PARTIAL_SUFFIX)
+}
+
 impl PartialFile {
     /// Creates the partial file; its directory must exist (the session's `place` makes it).
     /// With `size`, the space is preallocated (large files, written chunk by chunk, out of
@@ -96,7 +101,7 @@ impl PartialFile {
         mtime_ns: i64,
         keep: bool,
     ) -> io::Result<(Self, bool)> {
-        let partial = sibling(&target, None, PARTIAL_SUFFIX);
+        let partial = resumable_path(&target);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
