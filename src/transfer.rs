@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::connection::Params;
-use crate::client::dispatch::{DestEvent, Dispatch, Note};
+use crate::client::dispatch::{DestEvent, Dispatch, Note, Outcome};
 use crate::pipeline::budget::Budget;
 use crate::pipeline::hash::HashPool;
 use crate::pipeline::options::{OptionsError, PipelineOptions};
@@ -245,13 +245,21 @@ impl Transfer {
                     None
                 }
             });
-        let pipeline = Pipeline::spawn(specs, &self.options.pipeline, pool, budget, &self.cancel)?;
+        let pipeline = Pipeline::spawn(
+            specs,
+            &self.options.pipeline,
+            pool.clone(),
+            budget.clone(),
+            &self.cancel,
+        )?;
         let session: [u8; 16] = random()?;
         let cancel = self.cancel.clone();
         let task = tokio::spawn(run(
             pipeline,
             self.destinations,
             self.options,
+            pool,
+            budget,
             session,
             self.progress,
             walk_errors,
@@ -265,38 +273,196 @@ impl Transfer {
 const DEST_QUEUE: usize = 64;
 
 struct Destination {
-    address: String,
+    /// Its place in the transfer's list of destinations.
+    index: usize,
     tx: Option<mpsc::Sender<DestEvent>>,
-    task: JoinHandle<crate::client::dispatch::Outcome>,
+    task: JoinHandle<Outcome>,
 }
 
+/// What every pass of a transfer shares.
+struct Shared {
+    options: TransferOptions,
+    pool: HashPool,
+    budget: Budget,
+    cancel: CancellationToken,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
-    mut pipeline: Pipeline<Entry>,
+    pipeline: Pipeline<Entry>,
     addresses: Vec<String>,
     options: TransferOptions,
+    pool: HashPool,
+    budget: Budget,
     session: [u8; 16],
     progress: Option<mpsc::Sender<Progress>>,
     walk_errors: Arc<Mutex<Vec<(String, String)>>>,
     cancel: CancellationToken,
 ) -> Report {
     let started = Instant::now();
+    let shared = Shared {
+        options,
+        pool,
+        budget,
+        cancel,
+    };
+    let mut state = Tracker {
+        progress,
+        ticker: Ticker::new(shared.options.pipeline.progress_interval),
+        started,
+        files: Vec::new(),
+        index: HashMap::new(),
+        read_bytes: 0,
+        acked: vec![0; addresses.len()],
+        files_done: 0,
+        n_dest: addresses.len() as u64,
+        done_count: HashMap::new(),
+        chunk_len: shared.options.pipeline.chunk_size.bytes() as u64,
+    };
+    let everyone: Vec<usize> = (0..addresses.len()).collect();
+    let mut outcomes = pass(
+        pipeline, &addresses, &everyone, session, &shared, &mut state,
+    )
+    .await;
+
+    // The redo pass (like rsync's): a resumed file whose root hash did not verify was sent
+    // from a partial file that no longer matches the source. The receiver dropped that
+    // partial file, so reading the file again sends it whole. Once per destination, and
+    // only once: a file that fails again is reported.
+    for (dest, first) in outcomes.iter_mut().enumerate() {
+        let redo = std::mem::take(&mut first.redo);
+        if redo.is_empty() {
+            continue;
+        }
+        let outcome = redo_pass(&redo, &addresses, dest, &shared, &mut state).await;
+        first.files_done.extend(outcome.files_done);
+        first.files_failed.extend(outcome.files_failed);
+        first.bytes_acked += outcome.bytes_acked;
+        first.bytes_resumed += outcome.bytes_resumed;
+        first.reconnects += outcome.reconnects;
+        if first.fatal.is_none() {
+            first.fatal = outcome.fatal;
+        }
+    }
+
+    let name = |f: u64| {
+        state
+            .index
+            .get(&f)
+            .map(|&i| state.files[i].report.path.clone())
+            .unwrap_or_default()
+    };
+    let reports = addresses
+        .into_iter()
+        .zip(outcomes)
+        .map(|(address, outcome)| DestinationReport {
+            address,
+            files_done: outcome.files_done.len() as u64,
+            failed: outcome
+                .files_failed
+                .iter()
+                .map(|(f, why)| (name(*f), why.clone()))
+                .collect(),
+            bytes: outcome.bytes_acked,
+            resumed: outcome.bytes_resumed,
+            reconnects: outcome.reconnects,
+            error: outcome.fatal,
+        })
+        .collect();
+    state.tick(true).await;
+    let mut source_errors =
+        std::mem::take(&mut *walk_errors.lock().unwrap_or_else(PoisonError::into_inner));
+    source_errors.extend(state.source_failures());
+    Report {
+        files: state.files.into_iter().map(|f| f.report).collect(),
+        source_errors,
+        destinations: reports,
+        bytes: state.read_bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        cancelled: shared.cancel.is_cancelled(),
+    }
+}
+
+/// Sends `redo` (file numbers of the first pass) to destination `dest` again, in a session
+/// of their own.
+async fn redo_pass(
+    redo: &[u64],
+    addresses: &[String],
+    dest: usize,
+    shared: &Shared,
+    state: &mut Tracker,
+) -> Outcome {
+    let mut files: Vec<(u64, Entry)> = redo
+        .iter()
+        .filter_map(|&f| state.entry(f).map(|e| (f, (*e).clone())))
+        .collect();
+    files.sort_by_key(|(f, _)| *f);
+    let fail_all = |why: String| Outcome {
+        files_failed: redo.iter().map(|&f| (f, why.clone())).collect(),
+        ..Outcome::default()
+    };
+    if shared.cancel.is_cancelled() {
+        return fail_all("cancelled".into());
+    }
+    tracing::info!(
+        addr = %addresses[dest],
+        files = files.len(),
+        "sending files again whose resumed data did not verify"
+    );
+    let pipeline = Pipeline::spawn_numbered(
+        files.into_iter(),
+        &shared.options.pipeline,
+        shared.pool.clone(),
+        shared.budget.clone(),
+        &shared.cancel,
+    );
+    let (pipeline, session) = match (pipeline, random::<16>()) {
+        (Ok(pipeline), Ok(session)) => (pipeline, session),
+        (Err(e), _) | (_, Err(e)) => return fail_all(format!("cannot send it again: {e}")),
+    };
+    let mut outcome = pass(pipeline, addresses, &[dest], session, shared, state)
+        .await
+        .swap_remove(dest);
+    // Only once: failing again (a journal written meanwhile by someone else) is a failure.
+    let again = std::mem::take(&mut outcome.redo);
+    outcome.files_failed.extend(
+        again
+            .into_iter()
+            .map(|f| (f, "root hash mismatch, also when sent again".to_string())),
+    );
+    outcome
+}
+
+/// Runs `pipeline` to the destinations `targets` (indices into `addresses`) until every
+/// file is confirmed or failed. Returns one outcome per address (empty for those not in
+/// `targets`).
+async fn pass(
+    mut pipeline: Pipeline<Entry>,
+    addresses: &[String],
+    targets: &[usize],
+    session: [u8; 16],
+    shared: &Shared,
+    state: &mut Tracker,
+) -> Vec<Outcome> {
+    let options = &shared.options;
+    let cancel = &shared.cancel;
     let (note_tx, mut notes) = mpsc::channel::<(usize, Note)>(256);
     let chunk_len = options.pipeline.chunk_size.bytes() as u32;
     let mut destinations = Vec::new();
-    for (i, address) in addresses.iter().enumerate() {
+    for &index in targets {
         let (tx, input) = mpsc::channel(DEST_QUEUE);
         let (dest_notes, mut rx) = mpsc::channel(64);
         let forward = note_tx.clone();
         tokio::spawn(async move {
             while let Some(n) = rx.recv().await {
-                if forward.send((i, n)).await.is_err() {
+                if forward.send((index, n)).await.is_err() {
                     break;
                 }
             }
         });
         let dispatch = Dispatch {
             params: Params {
-                addr: address.clone(),
+                addr: addresses[index].clone(),
                 key: options.key.clone(),
                 session,
                 connect_timeout: options.connect_timeout,
@@ -311,25 +477,13 @@ async fn run(
             cancel: cancel.child_token(),
         };
         destinations.push(Destination {
-            address: address.clone(),
+            index,
             tx: Some(tx),
             task: tokio::spawn(dispatch.run()),
         });
     }
     drop(note_tx);
 
-    let mut state = Tracker {
-        progress,
-        ticker: Ticker::new(options.pipeline.progress_interval),
-        started,
-        files: Vec::new(),
-        index: HashMap::new(),
-        read_bytes: 0,
-        acked: vec![0; destinations.len()],
-        files_done: 0,
-        n_dest: destinations.len() as u64,
-        done_count: HashMap::new(),
-    };
     let mut pipeline_open = true;
     loop {
         tokio::select! {
@@ -380,48 +534,20 @@ async fn run(
         }
     }
     drop(pipeline);
-    let mut reports = Vec::new();
+    let mut outcomes: Vec<Outcome> = addresses.iter().map(|_| Outcome::default()).collect();
     for d in destinations {
         drop(d.tx);
-        let outcome = d.task.await.unwrap_or_default();
-        let name = |f: u64| {
-            state
-                .index
-                .get(&f)
-                .map(|&i| state.files[i].report.path.clone())
-                .unwrap_or_default()
-        };
-        reports.push(DestinationReport {
-            address: d.address,
-            files_done: outcome.files_done.len() as u64,
-            failed: outcome
-                .files_failed
-                .iter()
-                .map(|(f, why)| (name(*f), why.clone()))
-                .collect(),
-            bytes: outcome.bytes_acked,
-            resumed: outcome.bytes_resumed,
-            reconnects: outcome.reconnects,
-            error: outcome.fatal,
-        });
+        outcomes[d.index] = d.task.await.unwrap_or_default();
     }
-    state.tick(true).await;
-    let mut source_errors =
-        std::mem::take(&mut *walk_errors.lock().unwrap_or_else(PoisonError::into_inner));
-    source_errors.extend(state.source_failures());
-    Report {
-        files: state.files.into_iter().map(|f| f.report).collect(),
-        source_errors,
-        destinations: reports,
-        bytes: state.read_bytes,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        cancelled: cancel.is_cancelled(),
-    }
+    outcomes
 }
 
 struct Tracked {
     report: FileReport,
     source_error: Option<String>,
+    /// A large file read from a path, until every destination confirmed it: what a redo
+    /// pass reads again.
+    entry: Option<Arc<Entry>>,
 }
 
 struct Tracker {
@@ -436,6 +562,8 @@ struct Tracker {
     n_dest: u64,
     /// How many destinations confirmed each file; the file is done when all did.
     done_count: HashMap<u64, u64>,
+    /// Files larger than this are sent in chunks and may be resumed.
+    chunk_len: u64,
 }
 
 impl Tracker {
@@ -452,7 +580,14 @@ impl Tracker {
         }
     }
 
-    fn track(&mut self, file: u64, entry: &Entry) {
+    fn track(&mut self, file: u64, entry: &Arc<Entry>, size: u64) {
+        let keep = (size > self.chunk_len && matches!(entry.input, Input::Path(_)))
+            .then(|| Arc::clone(entry));
+        if let Some(&i) = self.index.get(&file) {
+            // Read again by a redo pass.
+            self.files[i].entry = keep;
+            return;
+        }
         self.index.insert(file, self.files.len());
         self.files.push(Tracked {
             report: FileReport {
@@ -461,33 +596,35 @@ impl Tracker {
                 blake3: String::new(),
             },
             source_error: None,
+            entry: keep,
         });
+    }
+
+    /// A large file's entry, if it is still kept for a redo pass.
+    fn entry(&self, file: u64) -> Option<Arc<Entry>> {
+        let &i = self.index.get(&file)?;
+        self.files[i].entry.clone()
     }
 
     /// Returns what to fan out, if anything.
     async fn on_event(&mut self, event: Event<Entry>) -> Option<DestEvent> {
         match event {
             Event::FileStarted { file, spec, size } => {
-                self.track(file, &spec);
+                let entry = Arc::new(spec);
                 self.emit(Progress::FileStarted {
                     file,
-                    path: spec.rel_display(),
+                    path: entry.rel_display(),
                     size,
                 })
                 .await;
-                let size = size.unwrap_or(spec.size);
-                Some(DestEvent::Start {
-                    file,
-                    entry: Arc::new(spec),
-                    size,
-                })
+                let size = size.unwrap_or(entry.size);
+                self.track(file, &entry, size);
+                Some(DestEvent::Start { file, entry, size })
             }
             Event::Entry { file, spec } => {
-                self.track(file, &spec);
-                Some(DestEvent::Entry {
-                    file,
-                    entry: Arc::new(spec),
-                })
+                let entry = Arc::new(spec);
+                self.track(file, &entry, 0);
+                Some(DestEvent::Entry { file, entry })
             }
             Event::Chunk(chunk) => {
                 self.read_bytes += chunk.data.len() as u64;
@@ -527,6 +664,7 @@ impl Tracker {
                     self.done_count.remove(&file);
                     self.files_done += 1;
                     if let Some(&i) = self.index.get(&file) {
+                        self.files[i].entry = None;
                         let f = &self.files[i].report;
                         let event = Progress::FileDone {
                             file,

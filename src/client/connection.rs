@@ -62,6 +62,8 @@ pub(crate) enum Reply {
     Done(u64),
     Failed {
         file: u64,
+        /// The server's [`ErrorCode`], as sent.
+        code: u16,
         message: String,
     },
     Finished,
@@ -307,7 +309,11 @@ async fn handle_reply(
                 });
             }
             unacked.retain(|j| j.file() != Some(file));
-            Reply::Failed { file, message }
+            Reply::Failed {
+                file,
+                code,
+                message,
+            }
         }
         other => {
             return Err(Failure::Retry(format!(

@@ -48,6 +48,10 @@ pub(crate) struct Outcome {
     /// Chunk bytes the server already had from an interrupted transfer: not sent.
     pub(crate) bytes_resumed: u64,
     pub(crate) reconnects: u64,
+    /// Resumed files that failed the root hash check: what the server had from the
+    /// interrupted transfer no longer matches the source. The server dropped its partial
+    /// file, so sending them again sends them whole (see `transfer.rs`, the redo pass).
+    pub(crate) redo: Vec<u64>,
     /// Set when the destination as a whole failed.
     pub(crate) fatal: Option<String>,
 }
@@ -125,6 +129,9 @@ impl Dispatch {
         let mut live = self.streams.max(1);
         let mut out = Outcome::default();
         let mut files: HashMap<u64, FileState> = HashMap::new();
+        // Files whose `FileReady` said some chunks were already there, with the bytes not
+        // sent because of it.
+        let mut resumed_files: HashMap<u64, u64> = HashMap::new();
         let mut to_send: VecDeque<Job> = VecDeque::new();
         let mut input_open = true;
         let mut finish_queued = false;
@@ -176,6 +183,7 @@ impl Dispatch {
                                         if chunk.index < resumed {
                                             let bytes = chunk.data.len() as u64;
                                             out.bytes_resumed += bytes;
+                                            *resumed_files.entry(file).or_default() += bytes;
                                             let _ = self.notes.send(Note::Acked { bytes }).await;
                                         } else {
                                             *outstanding += 1;
@@ -192,16 +200,25 @@ impl Dispatch {
                             }
                         }
                         Reply::Done(file) => {
+                            resumed_files.remove(&file);
                             if files.remove(&file).is_some() {
                                 out.files_done.push(file);
                                 let _ = self.notes.send(Note::Done { file }).await;
                             }
                         }
-                        Reply::Failed { file, message } => {
+                        Reply::Failed { file, code, message } => {
+                            let resumed = resumed_files.remove(&file);
                             if files.remove(&file).is_some() {
                                 to_send.retain(|j| !job_is_for(j, file));
-                                let _ = self.notes.send(Note::Failed { file, message: message.clone() }).await;
-                                out.files_failed.push((file, message));
+                                if let (Some(bytes), true) = (resumed, code == ErrorCode::Hash as u16) {
+                                    // Those bytes will be sent after all.
+                                    out.bytes_resumed -= bytes;
+                                    tracing::warn!(addr = %self.params.addr, file, %message, "resumed file did not verify; it will be sent again whole");
+                                    out.redo.push(file);
+                                } else {
+                                    let _ = self.notes.send(Note::Failed { file, message: message.clone() }).await;
+                                    out.files_failed.push((file, message));
+                                }
                             }
                         }
                         Reply::Finished => {
@@ -253,10 +270,10 @@ impl Dispatch {
                         input_open = false;
                         continue;
                     };
-                    let resumed = self.on_event(event, &mut files, &mut to_send);
-                    if resumed > 0 {
-                        out.bytes_resumed += resumed;
-                        let _ = self.notes.send(Note::Acked { bytes: resumed }).await;
+                    if let Some((file, bytes)) = self.on_event(event, &mut files, &mut to_send) {
+                        out.bytes_resumed += bytes;
+                        *resumed_files.entry(file).or_default() += bytes;
+                        let _ = self.notes.send(Note::Acked { bytes }).await;
                     }
                 }
             }
@@ -280,14 +297,14 @@ impl Dispatch {
         out
     }
 
-    /// Turns one pipeline event into requests. Returns the bytes of a chunk not sent because
-    /// the server already has it.
+    /// Turns one pipeline event into requests. Returns the file and bytes of a chunk not sent
+    /// because the server already has it.
     fn on_event(
         &self,
         event: DestEvent,
         files: &mut HashMap<u64, FileState>,
         to_send: &mut VecDeque<Job>,
-    ) -> u64 {
+    ) -> Option<(u64, u64)> {
         match event {
             DestEvent::Start { file, entry, size } => {
                 let meta = meta_of(&entry, size);
@@ -319,7 +336,7 @@ impl Dispatch {
                 Some(FileState::Small { data, .. }) => *data = Some(chunk),
                 Some(FileState::Large {
                     ready: true, have, ..
-                }) if chunk.index < *have => return chunk.data.len() as u64,
+                }) if chunk.index < *have => return Some((chunk.file, chunk.data.len() as u64)),
                 Some(FileState::Large {
                     ready: true,
                     outstanding,
@@ -423,7 +440,7 @@ impl Dispatch {
                 );
             }
         }
-        0
+        None
     }
 }
 

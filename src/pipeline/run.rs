@@ -114,11 +114,24 @@ pub(crate) struct Pipeline<S> {
 }
 
 impl<S: Spec> Pipeline<S> {
-    /// Starts reading `specs` in order. Must be called inside a tokio runtime.
+    /// Starts reading `specs` in order, numbering them from 0. Must be called inside a tokio
+    /// runtime.
     ///
     /// `options` must have been validated.
     pub(crate) fn spawn(
         specs: impl Iterator<Item = S> + Send + 'static,
+        options: &PipelineOptions,
+        pool: HashPool,
+        budget: Budget,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<Self> {
+        Self::spawn_numbered((0u64..).zip(specs), options, pool, budget, cancel)
+    }
+
+    /// Like [`Pipeline::spawn`], with the caller's file numbers (a second pass over some
+    /// files of a first one keeps their numbers).
+    pub(crate) fn spawn_numbered(
+        specs: impl Iterator<Item = (u64, S)> + Send + 'static,
         options: &PipelineOptions,
         pool: HashPool,
         budget: Budget,
@@ -295,8 +308,8 @@ struct Producer<S> {
 const INLINE_HASH_MAX: usize = 64 * 1024;
 
 impl<S: Spec> Producer<S> {
-    fn run(self, specs: impl Iterator<Item = S>) {
-        for (file, spec) in (0u64..).zip(specs) {
+    fn run(self, specs: impl Iterator<Item = (u64, S)>) {
+        for (file, spec) in specs {
             if self.cancel.is_cancelled() {
                 break;
             }
