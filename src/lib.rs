@@ -39,6 +39,6 @@ pub use pipeline::budget::Budget;
 pub use pipeline::chunk::ChunkSize;
 pub use pipeline::options::{OptionsError, PipelineOptions};
 pub use progress::Progress;
-pub use server::{Server, ServerOptions, ServerStatus};
+pub use server::{Server, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
 pub use source::{Input, SourceError};
 pub use transfer::{Report, Transfer, TransferHandle, TransferOptions};

@@ -92,6 +92,8 @@ fn unreachable_receiver_and_usage_errors() {
         &["send", "--streams", "0", "--to", "127.0.0.1:1", "x"][..],
         &["serve"][..],
         &["serve", "--dir", "/tmp", "--max-chunk", "3KiB"][..],
+        &["serve", "--dir", "/tmp", "--partial-expiry", "30m"][..],
+        &["serve", "--dir", "/tmp", "--partial-expiry", "soon"][..],
     ] {
         let out = tidegate().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

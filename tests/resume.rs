@@ -252,3 +252,65 @@ async fn a_second_live_transfer_of_the_same_target_gets_its_own_partial_file() {
     drop((r, w));
     server.stop().await;
 }
+
+/// Sets a file's mtime `days` days back.
+fn age(path: &Path, days: u64) {
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+/// Partial files and journals that no transfer came back for are deleted once they are older
+/// than `--partial-expiry` (when the server starts, and every quarter of it after); younger
+/// ones stay, and with `never` everything stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_no_transfer_came_back_for_expire() {
+    let served = tempfile::tempdir().unwrap();
+    let bytes = data(4 * CHUNK, 7);
+    let (child, addr) = process::serve(served.path(), &[]);
+    let at = addr.parse().unwrap();
+    interrupted(at, [7; 16], "old.bin", &bytes, 1, 0..2).await;
+    interrupted(at, [8; 16], "new.bin", &bytes, 1, 0..2).await;
+    assert!(process::stop(child).success());
+    let all = [
+        ".new.bin.tidegate-journal",
+        ".new.bin.tidegate-partial",
+        ".old.bin.tidegate-journal",
+        ".old.bin.tidegate-partial",
+    ];
+    assert_eq!(sorted(leftovers(served.path())), all, "kept for resuming");
+    for name in &all[2..] {
+        age(&served.path().join(name), 8);
+    }
+
+    // With `never`, a whole transfer later they are all still there.
+    let (child, addr) = process::serve(served.path(), &["--partial-expiry", "never"]);
+    let src = tempfile::tempdir().unwrap();
+    let (path, ..) = source(src.path(), "other.bin", 3 * CHUNK, 8);
+    assert!(send(vec![path], addr, options()).await.success());
+    assert!(process::stop(child).success());
+    assert_eq!(sorted(leftovers(served.path())), all);
+
+    // With 7 days, the 8-day-old pair goes at start; the fresh one stays.
+    let (child, _) = process::serve(served.path(), &["--partial-expiry", "7d"]);
+    let mut left = sorted(leftovers(served.path()));
+    for _ in 0..500 {
+        if left.len() < all.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        left = sorted(leftovers(served.path()));
+    }
+    assert!(process::stop(child).success());
+    assert_eq!(left, all[..2], "only the expired pair is deleted");
+    assert_eq!(sorted(leftovers(served.path())), all[..2]);
+}

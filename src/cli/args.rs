@@ -34,7 +34,7 @@ pub(crate) enum Command {
     Bench(BenchArgs),
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `500ms`, `30s`, `2m`, `1h`, `7d`, or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -47,9 +47,26 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+        "d" => Duration::from_secs(n.saturating_mul(24 * 3600)),
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m, h or d)")),
     };
     Ok(d)
+}
+
+/// An expiry: a duration, or never (`None`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expiry(pub(crate) Option<Duration>);
+
+/// A duration of at least an hour, or `never`.
+pub(crate) fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    if matches!(s.trim(), "never" | "off") {
+        return Ok(Expiry(None));
+    }
+    let d = parse_duration(s)?;
+    if d < tidegate::MIN_PARTIAL_EXPIRY {
+        return Err(format!("'{s}' is shorter than an hour (or use never)"));
+    }
+    Ok(Expiry(Some(d)))
 }
 
 /// Where the pre-shared key comes from. Both ends must use the same key.
@@ -107,6 +124,10 @@ pub(crate) struct ServeArgs {
     /// Largest chunk a sender may use (bounds memory per connection).
     #[arg(long, default_value = "16MiB", value_parser = parse_bytes, value_name = "SIZE")]
     pub(crate) max_chunk: u64,
+    /// Delete partial files and resume journals that no transfer has written for this long
+    /// (swept at start, then every quarter of it, at most daily); at least 1h, or `never`.
+    #[arg(long, default_value = "7d", value_parser = parse_expiry, value_name = "DURATION")]
+    pub(crate) partial_expiry: Expiry,
     #[command(flatten)]
     pub(crate) key: KeyArgs,
 }

@@ -25,7 +25,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -124,21 +124,9 @@ pub(crate) fn open(
     mtime_ns: i64,
 ) -> io::Result<Option<Resumable>> {
     let path = journal_path(&target);
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)?;
-    // SAFETY: a valid descriptor for the call; the lock lives as long as the open file.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => Ok(None),
-            _ => Err(e),
-        };
-    }
+    let Some(file) = open_locked(&path)? else {
+        return Ok(None);
+    };
     let journal = Journal {
         file,
         path,
@@ -157,6 +145,37 @@ pub(crate) fn open(
         journal,
         verified,
     }))
+}
+
+/// Opens (creating) and locks the journal at `path`. `None` when another transfer holds it.
+/// A journal deleted between the open and the lock (its transfer committed, or a sweep of
+/// expired leftovers took it) is opened again, so the lock is always on the file at `path`.
+fn open_locked(path: &Path) -> io::Result<Option<File>> {
+    for _ in 0..3 {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        // SAFETY: a valid descriptor for the call; the lock lives as long as the open file.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let held = file.metadata()?;
+        match std::fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 impl Journal {

@@ -5,13 +5,14 @@
 //! accepting, tells every connection to stop (in-flight chunks are abandoned, and a partial
 //! file is never renamed into place), waits for them, and ends the sessions that did not
 //! finish: small files' partial files are deleted, large files' kept with their resume
-//! journals.
+//! journals. A background task deletes such leftovers once they expire (`leftovers.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::leftovers;
 use super::session::{self, Context};
 use super::ServerOptions;
 use crate::pipeline::hash::HashPool;
@@ -128,6 +130,13 @@ impl Server {
             shutdown,
             connections,
         } = self;
+        let leftovers = ctx.options.partial_expiry.map(|expiry| {
+            tokio::spawn(expire_leftovers(
+                ctx.options.root.clone(),
+                expiry.max(leftovers::MIN_EXPIRY),
+                shutdown.clone(),
+            ))
+        });
         let slots = Arc::new(Semaphore::new(ctx.options.max_connections.max(1)));
         let mut tasks = JoinSet::new();
         // Often enough that a short `session_linger` is honoured closely.
@@ -209,7 +218,38 @@ impl Server {
             }
         })
         .await;
+        if let Some(task) = leftovers {
+            let _ = task.await;
+        }
         Ok(())
+    }
+}
+
+/// Sweeps `root` for leftovers older than `expiry` now and then every
+/// [`leftovers::interval`], until `stop`.
+async fn expire_leftovers(root: PathBuf, expiry: Duration, stop: CancellationToken) {
+    loop {
+        let (dir, token) = (root.clone(), stop.clone());
+        let swept = tokio::task::spawn_blocking(move || {
+            let cutoff = SystemTime::now()
+                .checked_sub(expiry)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            leftovers::sweep(&dir, cutoff, &token)
+        })
+        .await
+        .unwrap_or_default();
+        if swept.files > 0 {
+            tracing::info!(
+                files = swept.files,
+                bytes = swept.bytes,
+                ?expiry,
+                "deleted partial files and journals that no transfer came back for"
+            );
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(leftovers::interval(expiry)) => {}
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `durability.rs`: batched flushing of small files.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
+//! - `leftovers.rs`: deleting partial files and journals no transfer came back for.
 //! - `verified.rs`: which chunks of a large file are verified, folded into its root.
 //! - [`paths`]: hostile path checks.
 //! - [`fuzzing`]: the properties the receiver's fuzz targets check.
@@ -15,6 +16,7 @@ mod durability;
 pub mod fuzzing;
 mod inline;
 pub mod journal;
+mod leftovers;
 mod listener;
 pub mod paths;
 mod session;
@@ -24,6 +26,7 @@ pub mod writer;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use leftovers::MIN_EXPIRY as MIN_PARTIAL_EXPIRY;
 pub(crate) use listener::tune as tune_socket;
 pub use listener::{Server, ServerStatus};
 
@@ -58,6 +61,11 @@ pub struct ServerOptions {
     /// Bytes of small files written but not yet flushed, before a flush is forced.
     /// Default 64 MiB.
     pub batch_bytes: u64,
+    /// Partial files and resume journals not written for this long are deleted: the
+    /// served directory is swept when the server starts and then every quarter of this
+    /// (between a minute and a day). At least [`MIN_PARTIAL_EXPIRY`] (an hour). `None`
+    /// keeps them until a transfer of the same file comes back. Default 7 days.
+    pub partial_expiry: Option<Duration>,
 }
 
 impl ServerOptions {
@@ -74,6 +82,7 @@ impl ServerOptions {
             session_linger: Duration::from_secs(120),
             batch_files: 2048,
             batch_bytes: 64 * 1024 * 1024,
+            partial_expiry: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

@@ -1,0 +1,303 @@
+//! Partial files and resume journals left behind by transfers that never came back: found in
+//! the served directory and deleted once they are older than `partial_expiry`.
+//!
+//! A large file's partial file and journal are kept when its session ends unfinished, so that
+//! the next transfer of it resumes (`journal.rs`); a receiver killed outright also leaves the
+//! small files' partial files of its last batch. If no transfer of them ever comes, they would
+//! stay forever. A sweep walks the served directory (never following links) and deletes:
+//!
+//! - a journal `.<name>.tidegate-journal` and its partial file `.<name>.tidegate-partial` when
+//!   both were last written before the cutoff and no transfer holds the journal's lock;
+//! - any other `.<…>.tidegate-partial` (no journal beside it) last written before the cutoff.
+//!
+//! A transfer keeps writing its files, so their mtimes stay fresh while it lives; the cutoff
+//! is at least an hour ([`MIN_EXPIRY`]) in the past. A transfer that opens a journal while a
+//! sweep deletes it finds the partial file gone and starts the file over (`journal::open`).
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::journal::JOURNAL_SUFFIX;
+use super::writer::PARTIAL_SUFFIX;
+
+/// The shortest expiry honoured: shorter settings are raised to this.
+pub const MIN_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// What a sweep deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// Files deleted (partial files and journals).
+    pub(crate) files: u64,
+    /// Their bytes.
+    pub(crate) bytes: u64,
+}
+
+/// How long to wait between sweeps for an expiry: a leftover is deleted at most this long
+/// after it expired.
+pub(crate) fn interval(expiry: Duration) -> Duration {
+    (expiry / 4).clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
+}
+
+/// Deletes the leftovers under `root` last written before `cutoff`. Stops early (with what it
+/// deleted so far) when `stop` is cancelled. Directories that cannot be read are skipped.
+/// Blocking.
+pub(crate) fn sweep(root: &Path, cutoff: SystemTime, stop: &CancellationToken) -> Swept {
+    let mut swept = Swept::default();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if stop.is_cancelled() {
+            break;
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut partials = Vec::new();
+        let mut journals = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                if let Some(stem) = stem(&name, PARTIAL_SUFFIX) {
+                    partials.push(stem);
+                } else if let Some(stem) = stem(&name, JOURNAL_SUFFIX) {
+                    journals.push(stem);
+                }
+            }
+        }
+        for stem in &journals {
+            swept.add(expire_resumable(&dir, stem, cutoff));
+        }
+        for stem in partials.iter().filter(|s| !journals.contains(s)) {
+            let path = dir.join(with_suffix(stem, PARTIAL_SUFFIX));
+            swept.add(remove_if_old(&path, cutoff));
+        }
+    }
+    swept
+}
+
+impl Swept {
+    fn add(&mut self, other: Swept) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+    }
+}
+
+/// `.<stem>` + `suffix` → `stem` (as the name is: `.<stem>`); `None` for other names.
+fn stem(name: &OsStr, suffix: &str) -> Option<OsString> {
+    let bytes = name.as_bytes();
+    let stem = bytes.strip_suffix(suffix.as_bytes())?;
+    (stem.len() > 1 && stem[0] == b'.').then(|| OsStr::from_bytes(stem).to_os_string())
+}
+
+fn with_suffix(stem: &OsStr, suffix: &str) -> OsString {
+    let mut name = stem.to_os_string();
+    name.push(suffix);
+    name
+}
+
+/// Last written before `cutoff`, and its size; `None` if it is not a regular file (or gone).
+fn old(path: &Path, cutoff: SystemTime) -> Option<(bool, u64)> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let written = meta.modified().ok()?;
+    Some((written < cutoff, meta.len()))
+}
+
+fn remove_if_old(path: &Path, cutoff: SystemTime) -> Swept {
+    match old(path, cutoff) {
+        Some((true, bytes)) if fs::remove_file(path).is_ok() => Swept { files: 1, bytes },
+        _ => Swept::default(),
+    }
+}
+
+/// A journal and its partial file, both old and the journal not locked by a transfer.
+fn expire_resumable(dir: &Path, stem: &OsStr, cutoff: SystemTime) -> Swept {
+    let journal_path = dir.join(with_suffix(stem, JOURNAL_SUFFIX));
+    let partial_path = dir.join(with_suffix(stem, PARTIAL_SUFFIX));
+    let Some((true, journal_bytes)) = old(&journal_path, cutoff) else {
+        return Swept::default();
+    };
+    let partial = old(&partial_path, cutoff);
+    if matches!(partial, Some((false, _))) {
+        return Swept::default(); // written recently: a transfer is on it
+    }
+    let Ok(journal) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&journal_path)
+    else {
+        return Swept::default();
+    };
+    if !try_lock(&journal) {
+        return Swept::default(); // a transfer holds it
+    }
+    let mut swept = Swept::default();
+    if let Some((true, bytes)) = partial {
+        if fs::remove_file(&partial_path).is_ok() {
+            swept.add(Swept { files: 1, bytes });
+        }
+    }
+    // Under the lock: a transfer that opened the journal meanwhile waits for it, and then
+    // finds the partial file gone.
+    if fs::remove_file(&journal_path).is_ok() {
+        swept.add(Swept {
+            files: 1,
+            bytes: journal_bytes,
+        });
+    }
+    swept
+}
+
+/// Takes the journal's `flock` without waiting; released when `file` is closed.
+fn try_lock(file: &File) -> bool {
+    // SAFETY: a valid descriptor for the call; the lock lives as long as the open file.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn age(path: &Path, secs_ago: u64) {
+        let t = SystemTime::now() - Duration::from_secs(secs_ago);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    fn write(path: &Path, len: usize, secs_ago: u64) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, vec![7u8; len]).unwrap();
+        age(path, secs_ago);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    const DAY: u64 = 24 * 3600;
+
+    #[test]
+    fn old_leftovers_go_and_everything_else_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // Old and abandoned: a resumable pair, a small file's tagged partial, deep down.
+        write(&r.join("a/.big.tidegate-partial"), 1000, 8 * DAY);
+        write(&r.join("a/.big.tidegate-journal"), 96, 8 * DAY);
+        write(
+            &r.join("a/b/c/.s.0123456789abcdef.tidegate-partial"),
+            10,
+            9 * DAY,
+        );
+        // A journal without its partial file (deleted by hand).
+        write(&r.join("a/.gone.tidegate-journal"), 48, 8 * DAY);
+        // Recent: a transfer may come back for them.
+        write(&r.join("a/.new.tidegate-partial"), 5, 3600);
+        write(&r.join("a/.new.tidegate-journal"), 48, 3600);
+        // An old journal whose partial file was written recently: in use.
+        write(&r.join("a/.busy.tidegate-partial"), 5, 10);
+        write(&r.join("a/.busy.tidegate-journal"), 48, 8 * DAY);
+        // Not ours, however old.
+        write(&r.join("a/big"), 3, 30 * DAY);
+        write(&r.join("a/tidegate-partial"), 3, 30 * DAY);
+        write(&r.join("a/x.tidegate-partial"), 3, 30 * DAY);
+        write(&r.join("a/..tidegate-partial"), 3, 30 * DAY);
+        std::os::unix::fs::symlink("/etc/passwd", r.join("a/.l.tidegate-partial")).unwrap();
+
+        let cutoff = SystemTime::now() - Duration::from_secs(7 * DAY);
+        let swept = sweep(r, cutoff, &CancellationToken::new());
+        assert_eq!(
+            swept,
+            Swept {
+                files: 4,
+                bytes: 1000 + 96 + 10 + 48
+            }
+        );
+        assert_eq!(
+            names(&r.join("a")),
+            [
+                "..tidegate-partial",
+                ".busy.tidegate-journal",
+                ".busy.tidegate-partial",
+                ".l.tidegate-partial",
+                ".new.tidegate-journal",
+                ".new.tidegate-partial",
+                "b",
+                "big",
+                "tidegate-partial",
+                "x.tidegate-partial",
+            ]
+        );
+        assert!(names(&r.join("a/b/c")).is_empty());
+        assert!(fs::symlink_metadata("/etc/passwd").is_ok());
+    }
+
+    #[test]
+    fn a_locked_journal_is_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        write(&r.join(".f.tidegate-partial"), 100, 8 * DAY);
+        write(&r.join(".f.tidegate-journal"), 48, 8 * DAY);
+        let held = File::open(r.join(".f.tidegate-journal")).unwrap();
+        assert!(try_lock(&held));
+        let cutoff = SystemTime::now() - Duration::from_secs(7 * DAY);
+        assert_eq!(
+            sweep(r, cutoff, &CancellationToken::new()),
+            Swept::default()
+        );
+        drop(held);
+        assert_eq!(sweep(r, cutoff, &CancellationToken::new()).files, 2);
+        assert!(names(r).is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_sweep_stops() {
+        let root = tempfile::tempdir().unwrap();
+        write(&root.path().join(".f.tidegate-partial"), 1, 8 * DAY);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert_eq!(
+            sweep(
+                root.path(),
+                UNIX_EPOCH + Duration::from_secs(u32::MAX.into()),
+                &stop
+            ),
+            Swept::default()
+        );
+    }
+
+    #[test]
+    fn sweeps_are_spaced_by_a_quarter_of_the_expiry() {
+        assert_eq!(
+            interval(Duration::from_secs(7 * DAY)),
+            Duration::from_secs(DAY)
+        );
+        assert_eq!(
+            interval(Duration::from_secs(3600)),
+            Duration::from_secs(900)
+        );
+        assert_eq!(interval(Duration::from_secs(1)), Duration::from_secs(60));
+    }
+}
