@@ -253,64 +253,51 @@ async fn a_second_live_transfer_of_the_same_target_gets_its_own_partial_file() {
     server.stop().await;
 }
 
-/// Sets a file's mtime `days` days back.
-fn age(path: &Path, days: u64) {
-    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 24 * 3600);
-    std::fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
 fn sorted(mut names: Vec<String>) -> Vec<String> {
     names.sort();
     names
 }
 
-/// Partial files and journals that no transfer came back for are deleted once they are older
-/// than `--partial-expiry` (when the server starts, and every quarter of it after); younger
-/// ones stay, and with `never` everything stays.
+/// Partial files and journals that no transfer came back for are deleted by a server whose
+/// `partial_expiry` they outlived, from its start on (which ones are old enough is
+/// `leftovers.rs`'s unit tests); with `None` they stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_no_transfer_came_back_for_expire() {
-    let served = tempfile::tempdir().unwrap();
+    let keep = |o: &mut tidegate::ServerOptions| o.partial_expiry = None;
+    let server = TestServer::start_with(keep).await;
     let bytes = data(4 * CHUNK, 7);
-    let (child, addr) = process::serve(served.path(), &[]);
-    let at = addr.parse().unwrap();
-    interrupted(at, [7; 16], "old.bin", &bytes, 1, 0..2).await;
-    interrupted(at, [8; 16], "new.bin", &bytes, 1, 0..2).await;
-    assert!(process::stop(child).success());
+    interrupted(server.addr, [7; 16], "a.bin", &bytes, 1, 0..2).await;
+    interrupted(server.addr, [8; 16], "b.bin", &bytes, 1, 0..2).await;
+    let dir = server.stop().await;
     let all = [
-        ".new.bin.tidegate-journal",
-        ".new.bin.tidegate-partial",
-        ".old.bin.tidegate-journal",
-        ".old.bin.tidegate-partial",
+        ".a.bin.tidegate-journal",
+        ".a.bin.tidegate-partial",
+        ".b.bin.tidegate-journal",
+        ".b.bin.tidegate-partial",
     ];
-    assert_eq!(sorted(leftovers(served.path())), all, "kept for resuming");
-    for name in &all[2..] {
-        age(&served.path().join(name), 8);
-    }
+    assert_eq!(sorted(leftovers(dir.path())), all, "kept for resuming");
 
-    // With `never`, a whole transfer later they are all still there.
-    let (child, addr) = process::serve(served.path(), &["--partial-expiry", "never"]);
+    // Kept through a whole transfer of something else.
+    let server = TestServer::start_in(dir, keep).await;
     let src = tempfile::tempdir().unwrap();
     let (path, ..) = source(src.path(), "other.bin", 3 * CHUNK, 8);
-    assert!(send(vec![path], addr, options()).await.success());
-    assert!(process::stop(child).success());
-    assert_eq!(sorted(leftovers(served.path())), all);
+    let report = send(vec![path], server.addr.to_string(), options()).await;
+    assert!(report.success(), "{report:?}");
+    let dir = server.stop().await;
+    assert_eq!(sorted(leftovers(dir.path())), all);
 
-    // With 7 days, the 8-day-old pair goes at start; the fresh one stays.
-    let (child, _) = process::serve(served.path(), &["--partial-expiry", "7d"]);
-    let mut left = sorted(leftovers(served.path()));
+    // Expired: gone, swept when the server starts.
+    let server = TestServer::start_in(dir, |o| {
+        o.partial_expiry = Some(std::time::Duration::ZERO);
+    })
+    .await;
     for _ in 0..500 {
-        if left.len() < all.len() {
+        if leftovers(server.root()).is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        left = sorted(leftovers(served.path()));
     }
-    assert!(process::stop(child).success());
-    assert_eq!(left, all[..2], "only the expired pair is deleted");
-    assert_eq!(sorted(leftovers(served.path())), all[..2]);
+    assert_eq!(leftovers(server.root()), Vec::<String>::new());
+    assert!(server.root().join("other.bin").exists());
+    server.stop().await;
 }

@@ -7,27 +7,28 @@
 //! stay forever. A sweep walks the served directory (never following links) and deletes:
 //!
 //! - a journal `.<name>.tidegate-journal` and its partial file `.<name>.tidegate-partial` when
-//!   both were last written before the cutoff and no transfer holds the journal's lock;
-//! - any other `.<…>.tidegate-partial` (no journal beside it) last written before the cutoff.
+//!   both last changed before the cutoff and no transfer holds the journal's lock;
+//! - any other `.<…>.tidegate-partial` (no journal beside it) last changed before the cutoff.
 //!
-//! A transfer keeps writing its files, so their mtimes stay fresh while it lives; the cutoff
-//! is at least an hour ([`MIN_EXPIRY`]) in the past. A transfer that opens a journal while a
+//! "Changed" is the inode's change time (see [`old`]). A live transfer keeps changing its
+//! files; the longest it leaves one untouched is about `idle_timeout` + `session_linger`
+//! (minutes), and the command line's shortest expiry is an hour ([`MIN_EXPIRY`]). A transfer that opens a journal while a
 //! sweep deletes it finds the partial file gone and starts the file over (`journal::open`).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
 use super::journal::JOURNAL_SUFFIX;
 use super::writer::PARTIAL_SUFFIX;
 
-/// The shortest expiry honoured: shorter settings are raised to this.
+/// The shortest expiry the command line accepts.
 pub const MIN_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// What a sweep deleted.
@@ -106,14 +107,21 @@ fn with_suffix(stem: &OsStr, suffix: &str) -> OsString {
     name
 }
 
-/// Last written before `cutoff`, and its size; `None` if it is not a regular file (or gone).
+/// Last changed before `cutoff`, and its size; `None` if it is not a regular file (or gone).
+///
+/// The inode's change time, not its mtime: a partial file is given its source's mtime before
+/// it is renamed into place (and waits so in a small-file batch), and a source's mtime may be
+/// years old. The change time moves with every write and metadata change and cannot be set.
 fn old(path: &Path, cutoff: SystemTime) -> Option<(bool, u64)> {
     let meta = fs::symlink_metadata(path).ok()?;
     if !meta.is_file() {
         return None;
     }
-    let written = meta.modified().ok()?;
-    Some((written < cutoff, meta.len()))
+    let changed = UNIX_EPOCH.checked_add(Duration::new(
+        u64::try_from(meta.ctime()).ok()?,
+        u32::try_from(meta.ctime_nsec()).ok()?,
+    ))?;
+    Some((changed < cutoff, meta.len()))
 }
 
 fn remove_if_old(path: &Path, cutoff: SystemTime) -> Swept {
@@ -170,22 +178,10 @@ fn try_lock(file: &File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
 
-    fn age(path: &Path, secs_ago: u64) {
-        let t = SystemTime::now() - Duration::from_secs(secs_ago);
-        File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
-    }
-
-    fn write(path: &Path, len: usize, secs_ago: u64) {
+    fn write(path: &Path, len: usize) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, vec![7u8; len]).unwrap();
-        age(path, secs_ago);
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -197,36 +193,51 @@ mod tests {
         v
     }
 
-    const DAY: u64 = 24 * 3600;
+    /// A cutoff between what was written before and what is written after it. Change times
+    /// come from the kernel's coarse clock (a few milliseconds per tick).
+    fn cutoff_here() -> SystemTime {
+        std::thread::sleep(Duration::from_millis(30));
+        let cutoff = SystemTime::now();
+        std::thread::sleep(Duration::from_millis(30));
+        cutoff
+    }
+
+    fn far_future() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(3600)
+    }
 
     #[test]
     fn old_leftovers_go_and_everything_else_stays() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         // Old and abandoned: a resumable pair, a small file's tagged partial, deep down.
-        write(&r.join("a/.big.tidegate-partial"), 1000, 8 * DAY);
-        write(&r.join("a/.big.tidegate-journal"), 96, 8 * DAY);
-        write(
-            &r.join("a/b/c/.s.0123456789abcdef.tidegate-partial"),
-            10,
-            9 * DAY,
-        );
+        write(&r.join("a/.big.tidegate-partial"), 1000);
+        write(&r.join("a/.big.tidegate-journal"), 96);
+        write(&r.join("a/b/c/.s.0123456789abcdef.tidegate-partial"), 10);
         // A journal without its partial file (deleted by hand).
-        write(&r.join("a/.gone.tidegate-journal"), 48, 8 * DAY);
-        // Recent: a transfer may come back for them.
-        write(&r.join("a/.new.tidegate-partial"), 5, 3600);
-        write(&r.join("a/.new.tidegate-journal"), 48, 3600);
-        // An old journal whose partial file was written recently: in use.
-        write(&r.join("a/.busy.tidegate-partial"), 5, 10);
-        write(&r.join("a/.busy.tidegate-journal"), 48, 8 * DAY);
+        write(&r.join("a/.gone.tidegate-journal"), 48);
         // Not ours, however old.
-        write(&r.join("a/big"), 3, 30 * DAY);
-        write(&r.join("a/tidegate-partial"), 3, 30 * DAY);
-        write(&r.join("a/x.tidegate-partial"), 3, 30 * DAY);
-        write(&r.join("a/..tidegate-partial"), 3, 30 * DAY);
+        write(&r.join("a/big"), 3);
+        write(&r.join("a/tidegate-partial"), 3);
+        write(&r.join("a/x.tidegate-partial"), 3);
+        write(&r.join("a/..tidegate-partial"), 3);
         std::os::unix::fs::symlink("/etc/passwd", r.join("a/.l.tidegate-partial")).unwrap();
+        // A journal whose partial file is still being written: in use.
+        write(&r.join("a/.busy.tidegate-journal"), 48);
+        write(&r.join("a/.busy.tidegate-partial"), 5);
+        // A partial file given an old mtime (its source's) before its rename.
+        write(&r.join("a/.m.0123456789abcdef.tidegate-partial"), 5);
+        let cutoff = cutoff_here();
+        let m = File::options()
+            .write(true)
+            .open(r.join("a/.m.0123456789abcdef.tidegate-partial"))
+            .unwrap();
+        m.set_modified(UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+        // Recent: a transfer may come back for them.
+        write(&r.join("a/.new.tidegate-partial"), 5);
+        write(&r.join("a/.new.tidegate-journal"), 48);
+        fs::write(r.join("a/.busy.tidegate-partial"), b"more").unwrap();
 
-        let cutoff = SystemTime::now() - Duration::from_secs(7 * DAY);
         let swept = sweep(r, cutoff, &CancellationToken::new());
         assert_eq!(
             swept,
@@ -242,6 +253,7 @@ mod tests {
                 ".busy.tidegate-journal",
                 ".busy.tidegate-partial",
                 ".l.tidegate-partial",
+                ".m.0123456789abcdef.tidegate-partial",
                 ".new.tidegate-journal",
                 ".new.tidegate-partial",
                 "b",
@@ -258,38 +270,32 @@ mod tests {
     fn a_locked_journal_is_left_alone() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        write(&r.join(".f.tidegate-partial"), 100, 8 * DAY);
-        write(&r.join(".f.tidegate-journal"), 48, 8 * DAY);
+        write(&r.join(".f.tidegate-partial"), 100);
+        write(&r.join(".f.tidegate-journal"), 48);
         let held = File::open(r.join(".f.tidegate-journal")).unwrap();
         assert!(try_lock(&held));
-        let cutoff = SystemTime::now() - Duration::from_secs(7 * DAY);
         assert_eq!(
-            sweep(r, cutoff, &CancellationToken::new()),
+            sweep(r, far_future(), &CancellationToken::new()),
             Swept::default()
         );
         drop(held);
-        assert_eq!(sweep(r, cutoff, &CancellationToken::new()).files, 2);
+        assert_eq!(sweep(r, far_future(), &CancellationToken::new()).files, 2);
         assert!(names(r).is_empty());
     }
 
     #[test]
     fn a_cancelled_sweep_stops() {
         let root = tempfile::tempdir().unwrap();
-        write(&root.path().join(".f.tidegate-partial"), 1, 8 * DAY);
+        write(&root.path().join(".f.tidegate-partial"), 1);
         let stop = CancellationToken::new();
         stop.cancel();
-        assert_eq!(
-            sweep(
-                root.path(),
-                UNIX_EPOCH + Duration::from_secs(u32::MAX.into()),
-                &stop
-            ),
-            Swept::default()
-        );
+        assert_eq!(sweep(root.path(), far_future(), &stop), Swept::default());
+        assert_eq!(names(root.path()).len(), 1);
     }
 
     #[test]
     fn sweeps_are_spaced_by_a_quarter_of_the_expiry() {
+        const DAY: u64 = 24 * 3600;
         assert_eq!(
             interval(Duration::from_secs(7 * DAY)),
             Duration::from_secs(DAY)

@@ -133,7 +133,7 @@ impl Server {
         let leftovers = ctx.options.partial_expiry.map(|expiry| {
             tokio::spawn(expire_leftovers(
                 ctx.options.root.clone(),
-                expiry.max(leftovers::MIN_EXPIRY),
+                expiry,
                 shutdown.clone(),
             ))
         });

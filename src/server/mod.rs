@@ -61,10 +61,12 @@ pub struct ServerOptions {
     /// Bytes of small files written but not yet flushed, before a flush is forced.
     /// Default 64 MiB.
     pub batch_bytes: u64,
-    /// Partial files and resume journals not written for this long are deleted: the
-    /// served directory is swept when the server starts and then every quarter of this
-    /// (between a minute and a day). At least [`MIN_PARTIAL_EXPIRY`] (an hour). `None`
-    /// keeps them until a transfer of the same file comes back. Default 7 days.
+    /// Partial files and resume journals unchanged for this long are deleted: the served
+    /// directory is swept when the server starts and then every quarter of this (between a
+    /// minute and a day). `None` keeps them until a transfer of the same file comes back.
+    /// Default 7 days; the command line accepts no less than [`MIN_PARTIAL_EXPIRY`] (an
+    /// hour). Anything shorter than `idle_timeout` + `session_linger` may delete a live
+    /// transfer's unlocked partial file, which then fails (nothing wrong is put in place).
     pub partial_expiry: Option<Duration>,
 }
 

@@ -32,7 +32,11 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServerOptions)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    /// A server on `dir` (say, one an earlier server left).
+    pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServerOptions)) -> Self {
         let mut opts = ServerOptions::new(dir.path());
         tweak(&mut opts);
         let server = Server::bind("127.0.0.1:0".parse().unwrap(), opts)
