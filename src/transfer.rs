@@ -232,19 +232,17 @@ impl Transfer {
         let walk_errors = Arc::new(Mutex::new(Vec::new()));
         let entries = walk::spawn(self.sources.clone(), self.options.links)?;
         let errors = Arc::clone(&walk_errors);
-        let specs = entries
-            .into_iter()
-            .filter_map(move |e: Result<Entry, WalkError>| match e {
-                Ok(entry) => Some(entry),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read");
-                    errors
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((err.path.display().to_string(), err.source.to_string()));
-                    None
-                }
-            });
+        let specs = entries.filter_map(move |e: Result<Entry, WalkError>| match e {
+            Ok(entry) => Some(entry),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read");
+                errors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((err.path.display().to_string(), err.source.to_string()));
+                None
+            }
+        });
         let pipeline = Pipeline::spawn(
             specs,
             &self.options.pipeline,

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -109,11 +110,41 @@ pub(crate) fn read_at(
             pool: Arc::clone(pool),
         }))
     } else {
-        let mut buf = vec![0; len];
-        let n = fill(|b, done| file.read_at(b, offset + done), &mut buf)?;
-        buf.truncate(n);
-        Ok(Bytes::from(buf))
+        Ok(Bytes::from(read_fresh(file, offset, len)?))
     }
+}
+
+/// Reads up to `len` bytes at `offset` into a new buffer that is not zeroed first (for a
+/// small file, zeroing cost as much as a tenth of the reading thread's time).
+fn read_fresh(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the pointer and count name the vector's spare capacity, `len - done` bytes
+        // that it owns and nothing else references; the kernel writes at most that many.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(done).cast(),
+                len - done,
+                at,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(0) => break,
+            // SAFETY: the kernel initialised `n` more bytes, within the capacity.
+            Ok(n) => unsafe { buf.set_len(done + n) },
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 /// Reads up to one pool buffer from a stream. An empty result means end of input.

@@ -61,25 +61,80 @@ pub struct WalkError {
     pub source: std::io::Error,
 }
 
-/// Entries in flight between the walker and the sender.
-const WALK_QUEUE: usize = 1024;
+/// Entries go to the sender in batches of this many: one wake-up of either thread per batch
+/// instead of per entry (the walk is much faster than reading, so it mostly waits for room).
+const BATCH: usize = 64;
+/// Batches in flight between the walker and the sender (1,024 entries).
+const WALK_QUEUE: usize = 16;
 
-/// Starts walking `roots` on a thread; entries (or errors) arrive in order on the receiver.
-pub fn spawn(
-    roots: Vec<PathBuf>,
-    links: bool,
-) -> std::io::Result<Receiver<Result<Entry, WalkError>>> {
+type Item = Result<Entry, WalkError>;
+
+/// The walk's results, in order; an iterator fed by the walking thread.
+#[derive(Debug)]
+pub struct Walk {
+    rx: Receiver<Vec<Item>>,
+    batch: std::vec::IntoIter<Item>,
+}
+
+impl Iterator for Walk {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Some(item);
+            }
+            self.batch = self.rx.recv().ok()?.into_iter();
+        }
+    }
+}
+
+/// The walking thread's end: collects entries into batches.
+struct Out {
+    tx: SyncSender<Vec<Item>>,
+    batch: Vec<Item>,
+}
+
+impl Out {
+    /// Queues one result. Fails when the receiver is gone.
+    fn send(&mut self, item: Item) -> Result<(), ()> {
+        self.batch.push(item);
+        if self.batch.len() < BATCH {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), ()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.tx.send(full).map_err(drop)
+    }
+}
+
+/// Starts walking `roots` on a thread; entries (or errors) arrive in order.
+pub fn spawn(roots: Vec<PathBuf>, links: bool) -> std::io::Result<Walk> {
     let (tx, rx) = sync_channel(WALK_QUEUE);
     std::thread::Builder::new()
         .name("tidegate-walk".into())
         .spawn(move || {
+            let mut out = Out {
+                tx,
+                batch: Vec::with_capacity(BATCH),
+            };
             for root in roots {
-                if !walk_root(&root, links, &tx) {
+                if !walk_root(&root, links, &mut out) {
                     return;
                 }
             }
+            let _ = out.flush();
         })?;
-    Ok(rx)
+    Ok(Walk {
+        rx,
+        batch: Vec::new().into_iter(),
+    })
 }
 
 fn mtime_ns(m: &fs::Metadata) -> i64 {
@@ -99,7 +154,7 @@ fn top_name(root: &Path) -> Option<Vec<u8>> {
 }
 
 /// Returns false when the receiver is gone.
-fn walk_root(root: &Path, links: bool, tx: &SyncSender<Result<Entry, WalkError>>) -> bool {
+fn walk_root(root: &Path, links: bool, tx: &mut Out) -> bool {
     let meta = match fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(source) => {
@@ -165,13 +220,7 @@ fn walk_root(root: &Path, links: bool, tx: &SyncSender<Result<Entry, WalkError>>
 }
 
 /// Sends one entry if it is something we send. Returns false when the receiver is gone.
-fn emit(
-    tx: &SyncSender<Result<Entry, WalkError>>,
-    path: &Path,
-    rel: Vec<u8>,
-    meta: &fs::Metadata,
-    links: bool,
-) -> bool {
+fn emit(tx: &mut Out, path: &Path, rel: Vec<u8>, meta: &fs::Metadata, links: bool) -> bool {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         EntryKind::File
@@ -215,7 +264,6 @@ mod tests {
     fn names(roots: Vec<PathBuf>, links: bool) -> Vec<(String, EntryKind)> {
         spawn(roots, links)
             .unwrap()
-            .into_iter()
             .map(|e| {
                 let e = e.unwrap();
                 (e.rel_display(), e.kind)
