@@ -10,8 +10,17 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::args::Cli::parse();
     cli::logging::init(args.verbose, args.quiet);
+    // `serve` writes small files on its async workers (`server/inline.rs`), all but one at a
+    // time: one worker per core plus one that always stays free. The rest is mostly waiting
+    // on sockets and the hashing threads.
+    let workers = match args.command {
+        cli::args::Command::Serve(_) => {
+            std::thread::available_parallelism().map_or(2, |n| n.get().max(2)) + 1
+        }
+        _ => 2,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .thread_name("tidegate-io")
         .build()

@@ -5,56 +5,51 @@
 //! Creating and writing a small file into the page cache takes tens of microseconds, short
 //! enough to do on an async worker. But a filesystem can also stall (a full journal, a network
 //! filesystem that hangs), and a worker blocked in a write runs nothing else: accepting,
-//! timeouts and shutdown all need one. So at most one piece of such work runs inline at a
-//! time, and only on a runtime with at least two workers; the rest go to the blocking pool.
-//! However the filesystem behaves, the other workers stay free.
+//! timeouts and shutdown all need one. So such work runs inline on at most all workers but
+//! one at a time (none on a runtime with a single worker); the rest goes to the blocking pool.
+//! However the filesystem behaves, one worker stays free. (`tidegate serve` runs one worker
+//! more than there are cores, so that every core can write inline.)
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Decides, per call, where blocking filesystem work runs.
 #[derive(Debug)]
 pub(crate) struct InlineGate {
-    /// The runtime it was made on has a worker to spare.
-    allowed: bool,
-    /// Some work is running inline right now.
-    busy: AtomicBool,
+    /// Pieces of work that may still start inline: workers but one, minus those running.
+    free: AtomicUsize,
 }
 
 impl Default for InlineGate {
     /// A gate for the runtime it is made on (none: never inline).
     fn default() -> Self {
-        let allowed =
-            tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() >= 2);
+        let workers =
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers());
         InlineGate {
-            allowed,
-            busy: AtomicBool::new(false),
+            free: AtomicUsize::new(workers.saturating_sub(1)),
         }
     }
 }
 
-/// Clears `busy` when the inline work ends, even by unwinding.
-struct Release<'a>(&'a AtomicBool);
+/// Gives the slot back when the inline work ends, even by unwinding.
+struct Release<'a>(&'a AtomicUsize);
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
 
 impl InlineGate {
-    /// Runs `work` on this task if no other work is running inline and the runtime has
-    /// another worker; otherwise on the blocking pool.
+    /// Runs `work` on this task if a slot is free; otherwise on the blocking pool.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> std::io::Result<T> {
-        if self.allowed
-            && self
-                .busy
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            let _release = Release(&self.busy);
+        let took = self
+            .free
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| n.checked_sub(1));
+        if took.is_ok() {
+            let _release = Release(&self.free);
             return Ok(work());
         }
         tokio::task::spawn_blocking(work)
@@ -96,7 +91,35 @@ mod tests {
         assert_ne!(ran_on, here, "another one inline: on the blocking pool");
         hold_tx.send(()).unwrap();
         first.await.unwrap();
-        assert!(!gate.busy.load(Ordering::Acquire));
+        assert_eq!(gate.free.load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn all_workers_but_one_may_run_it_inline() {
+        let gate = Arc::new(InlineGate::default());
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.run(move || {
+                    started_tx.send(()).unwrap();
+                    hold_rx.recv().unwrap();
+                })
+                .await
+                .unwrap()
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // One of three workers is busy inline: a second piece still runs inline.
+        let here = std::thread::current().id();
+        let ran_on = gate.run(move || std::thread::current().id()).await.unwrap();
+        assert_eq!(ran_on, here);
+        hold_tx.send(()).unwrap();
+        first.await.unwrap();
+        assert_eq!(gate.free.load(Ordering::Acquire), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]
