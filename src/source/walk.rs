@@ -193,7 +193,8 @@ fn walk_root(root: &Path, links: bool, tx: &mut Out) -> bool {
                     Some(p) => [p.as_slice(), b"/", child.file_name().as_bytes()].concat(),
                     None => child.file_name().as_bytes().to_vec(),
                 };
-                let meta = match fs::symlink_metadata(&path) {
+                // Relative to the open directory (`fstatat`), not a walk of the whole path.
+                let meta = match child.metadata() {
                     Ok(m) => m,
                     Err(source) => {
                         if tx.send(Err(WalkError { path, source })).is_err() {
