@@ -8,7 +8,7 @@
 //! durable too. Only then is `FileDone` sent: a file the client counts as delivered is always
 //! durable under its final name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::writer::{sync_dir, sync_filesystem, Finished};
@@ -17,17 +17,20 @@ use super::writer::{sync_dir, sync_filesystem, Finished};
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     items: Vec<(u64, Finished)>,
+    /// The files in `items`: asked about for every small file that arrives.
+    ids: HashSet<u64>,
     bytes: u64,
 }
 
 impl Batch {
     pub(crate) fn push(&mut self, file: u64, finished: Finished, bytes: u64) {
         self.items.push((file, finished));
+        self.ids.insert(file);
         self.bytes += bytes;
     }
 
     pub(crate) fn contains(&self, file: u64) -> bool {
-        self.items.iter().any(|(f, _)| *f == file)
+        self.ids.contains(&file)
     }
 
     pub(crate) fn is_full(&self, max_files: usize, max_bytes: u64) -> bool {
