@@ -332,6 +332,14 @@ async fn run(
         if redo.is_empty() {
             continue;
         }
+        if let Some(fatal) = &first.fatal {
+            // The destination is gone: no point dialling it again.
+            let why = format!("resumed data did not verify, not sent again: {fatal}");
+            first
+                .files_failed
+                .extend(redo.into_iter().map(|f| (f, why.clone())));
+            continue;
+        }
         let outcome = redo_pass(&redo, &addresses, dest, &shared, &mut state).await;
         first.files_done.extend(outcome.files_done);
         first.files_failed.extend(outcome.files_failed);

@@ -63,21 +63,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_piece_of_work_at_a_time_runs_inline() {
-        let gate = Arc::new(InlineGate::default());
-        let here = std::thread::current().id();
-        let ran_on = gate.run(move || std::thread::current().id()).await.unwrap();
-        assert_eq!(ran_on, here, "nothing else inline: on this task");
-        // While one runs inline (blocked until released), the next goes to the pool.
+    /// Starts a piece of work that holds its slot until the sender is dropped or sent to;
+    /// returns once it runs.
+    async fn hold_one(
+        gate: &Arc<InlineGate>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let gate = Arc::clone(&gate);
+        let held = tokio::spawn({
+            let gate = Arc::clone(gate);
             async move {
                 gate.run(move || {
                     started_tx.send(()).unwrap();
-                    hold_rx.recv().unwrap();
+                    let _ = hold_rx.recv();
                 })
                 .await
                 .unwrap()
@@ -86,47 +84,42 @@ mod tests {
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
             .await
             .unwrap();
+        (hold_tx, held)
+    }
+
+    /// Where `gate` runs a piece of work now: on this task's thread or not.
+    async fn runs_here(gate: &InlineGate) -> bool {
         let here = std::thread::current().id();
-        let ran_on = gate.run(move || std::thread::current().id()).await.unwrap();
-        assert_ne!(ran_on, here, "another one inline: on the blocking pool");
-        hold_tx.send(()).unwrap();
-        first.await.unwrap();
+        gate.run(move || std::thread::current().id()).await.unwrap() == here
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_piece_of_work_at_a_time_runs_inline() {
+        let gate = Arc::new(InlineGate::default());
+        assert!(runs_here(&gate).await, "nothing else inline: on this task");
+        let (release, held) = hold_one(&gate).await;
+        assert!(!runs_here(&gate).await, "another one inline: on the pool");
+        release.send(()).unwrap();
+        held.await.unwrap();
         assert_eq!(gate.free.load(Ordering::Acquire), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
     async fn all_workers_but_one_may_run_it_inline() {
         let gate = Arc::new(InlineGate::default());
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let gate = Arc::clone(&gate);
-            async move {
-                gate.run(move || {
-                    started_tx.send(()).unwrap();
-                    hold_rx.recv().unwrap();
-                })
-                .await
-                .unwrap()
-            }
-        });
-        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
-            .await
-            .unwrap();
-        // One of three workers is busy inline: a second piece still runs inline.
-        let here = std::thread::current().id();
-        let ran_on = gate.run(move || std::thread::current().id()).await.unwrap();
-        assert_eq!(ran_on, here);
-        hold_tx.send(()).unwrap();
-        first.await.unwrap();
+        let (release, held) = hold_one(&gate).await;
+        assert!(runs_here(&gate).await, "one of three busy: still inline");
+        let (release2, held2) = hold_one(&gate).await;
+        assert!(!runs_here(&gate).await, "two of three busy: on the pool");
+        drop((release, release2));
+        held.await.unwrap();
+        held2.await.unwrap();
         assert_eq!(gate.free.load(Ordering::Acquire), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_single_worker_never_runs_it_inline() {
-        let gate = InlineGate::default();
-        let here = std::thread::current().id();
-        let ran_on = gate.run(move || std::thread::current().id()).await.unwrap();
-        assert_ne!(ran_on, here);
+        let gate = Arc::new(InlineGate::default());
+        assert!(!runs_here(&gate).await);
     }
 }
