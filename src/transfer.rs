@@ -398,10 +398,14 @@ async fn redo_pass(
     shared: &Shared,
     state: &mut Tracker,
 ) -> Outcome {
-    let mut files: Vec<(u64, Entry)> = redo
-        .iter()
-        .filter_map(|&f| state.entry(f).map(|e| (f, (*e).clone())))
-        .collect();
+    let mut files = Vec::with_capacity(redo.len());
+    let mut unreadable = Vec::new();
+    for &f in redo {
+        match state.entry(f) {
+            Some(entry) => files.push((f, (*entry).clone())),
+            None => unreadable.push((f, "root hash mismatch; cannot be read again".to_string())),
+        }
+    }
     files.sort_by_key(|(f, _)| *f);
     let fail_all = |why: String| Outcome {
         files_failed: redo.iter().map(|&f| (f, why.clone())).collect(),
@@ -409,6 +413,12 @@ async fn redo_pass(
     };
     if shared.cancel.is_cancelled() {
         return fail_all("cancelled".into());
+    }
+    if files.is_empty() {
+        return Outcome {
+            files_failed: unreadable,
+            ..Outcome::default()
+        };
     }
     tracing::info!(
         addr = %addresses[dest],
@@ -436,6 +446,7 @@ async fn redo_pass(
             .into_iter()
             .map(|f| (f, "root hash mismatch, also when sent again".to_string())),
     );
+    outcome.files_failed.extend(unreadable);
     outcome
 }
 
