@@ -212,7 +212,7 @@ impl Dispatch {
                                 to_send.retain(|j| !job_is_for(j, file));
                                 if let (Some(bytes), true) = (resumed, code == ErrorCode::Hash as u16) {
                                     // Those bytes will be sent after all.
-                                    out.bytes_resumed -= bytes;
+                                    out.bytes_resumed = out.bytes_resumed.saturating_sub(bytes);
                                     tracing::warn!(addr = %self.params.addr, file, %message, "resumed file did not verify; it will be sent again whole");
                                     out.redo.push(file);
                                 } else {
