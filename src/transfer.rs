@@ -252,16 +252,19 @@ impl Transfer {
         )?;
         let session: [u8; 16] = random()?;
         let cancel = self.cancel.clone();
+        let shared = Shared {
+            options: self.options,
+            pool,
+            budget,
+            cancel: self.cancel,
+        };
         let task = tokio::spawn(run(
             pipeline,
             self.destinations,
-            self.options,
-            pool,
-            budget,
+            shared,
             session,
             self.progress,
             walk_errors,
-            self.cancel,
         ));
         Ok(TransferHandle { cancel, task })
     }
@@ -285,25 +288,15 @@ struct Shared {
     cancel: CancellationToken,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     pipeline: Pipeline<Entry>,
     addresses: Vec<String>,
-    options: TransferOptions,
-    pool: HashPool,
-    budget: Budget,
+    shared: Shared,
     session: [u8; 16],
     progress: Option<mpsc::Sender<Progress>>,
     walk_errors: Arc<Mutex<Vec<(String, String)>>>,
-    cancel: CancellationToken,
 ) -> Report {
     let started = Instant::now();
-    let shared = Shared {
-        options,
-        pool,
-        budget,
-        cancel,
-    };
     let mut state = Tracker {
         progress,
         ticker: Ticker::new(shared.options.pipeline.progress_interval),

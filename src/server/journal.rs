@@ -147,6 +147,20 @@ pub(crate) fn open(
     }))
 }
 
+/// Takes a journal's `flock` without waiting: false when a transfer holds it. Released when
+/// `file` is closed.
+pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: a valid descriptor for the call; the lock lives as long as the open file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// Opens (creating) and locks the journal at `path`. `None` when another transfer holds it.
 /// A journal deleted between the open and the lock (its transfer committed, or a sweep of
 /// expired leftovers took it) is opened again, so the lock is always on the file at `path`.
@@ -159,13 +173,8 @@ fn open_locked(path: &Path) -> io::Result<Option<File>> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
-        // SAFETY: a valid descriptor for the call; the lock lives as long as the open file.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => Ok(None),
-                _ => Err(e),
-            };
+        if !try_lock(&file)? {
+            return Ok(None);
         }
         let held = file.metadata()?;
         match std::fs::symlink_metadata(path) {

@@ -12,12 +12,13 @@
 //!
 //! "Changed" is the inode's change time (see [`old`]). A live transfer keeps changing its
 //! files; the longest it leaves one untouched is about `idle_timeout` + `session_linger`
-//! (minutes), and the command line's shortest expiry is an hour ([`MIN_EXPIRY`]). A transfer that opens a journal while a
-//! sweep deletes it finds the partial file gone and starts the file over (`journal::open`).
+//! (minutes), and the command line's shortest expiry is an hour ([`MIN_EXPIRY`]). A journal
+//! is deleted only under its lock, and a transfer opening one checks that the file it locked
+//! is still the one at its path (`journal::open`).
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -25,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
-use super::journal::JOURNAL_SUFFIX;
+use super::journal::{try_lock, JOURNAL_SUFFIX};
 use super::writer::PARTIAL_SUFFIX;
 
 /// The shortest expiry the command line accepts.
@@ -46,7 +47,7 @@ pub(crate) fn interval(expiry: Duration) -> Duration {
     (expiry / 4).clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
 }
 
-/// Deletes the leftovers under `root` last written before `cutoff`. Stops early (with what it
+/// Deletes the leftovers under `root` last changed before `cutoff`. Stops early (with what it
 /// deleted so far) when `stop` is cancelled. Directories that cannot be read are skipped.
 /// Blocking.
 pub(crate) fn sweep(root: &Path, cutoff: SystemTime, stop: &CancellationToken) -> Swept {
@@ -60,7 +61,7 @@ pub(crate) fn sweep(root: &Path, cutoff: SystemTime, stop: &CancellationToken) -
             continue;
         };
         let mut partials = Vec::new();
-        let mut journals = Vec::new();
+        let mut journals = HashSet::new();
         for entry in entries.flatten() {
             let Ok(kind) = entry.file_type() else {
                 continue;
@@ -72,14 +73,14 @@ pub(crate) fn sweep(root: &Path, cutoff: SystemTime, stop: &CancellationToken) -
                 if let Some(stem) = stem(&name, PARTIAL_SUFFIX) {
                     partials.push(stem);
                 } else if let Some(stem) = stem(&name, JOURNAL_SUFFIX) {
-                    journals.push(stem);
+                    journals.insert(stem);
                 }
             }
         }
         for stem in &journals {
             swept.add(expire_resumable(&dir, stem, cutoff));
         }
-        for stem in partials.iter().filter(|s| !journals.contains(s)) {
+        for stem in partials.iter().filter(|s| !journals.contains(*s)) {
             let path = dir.join(with_suffix(stem, PARTIAL_SUFFIX));
             swept.add(remove_if_old(&path, cutoff));
         }
@@ -149,7 +150,7 @@ fn expire_resumable(dir: &Path, stem: &OsStr, cutoff: SystemTime) -> Swept {
     else {
         return Swept::default();
     };
-    if !try_lock(&journal) {
+    if !matches!(try_lock(&journal), Ok(true)) {
         return Swept::default(); // a transfer holds it
     }
     let mut swept = Swept::default();
@@ -169,15 +170,10 @@ fn expire_resumable(dir: &Path, stem: &OsStr, cutoff: SystemTime) -> Swept {
     swept
 }
 
-/// Takes the journal's `flock` without waiting; released when `file` is closed.
-fn try_lock(file: &File) -> bool {
-    // SAFETY: a valid descriptor for the call; the lock lives as long as the open file.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn write(path: &Path, len: usize) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -273,7 +269,7 @@ mod tests {
         write(&r.join(".f.tidegate-partial"), 100);
         write(&r.join(".f.tidegate-journal"), 48);
         let held = File::open(r.join(".f.tidegate-journal")).unwrap();
-        assert!(try_lock(&held));
+        assert!(try_lock(&held).unwrap());
         assert_eq!(
             sweep(r, far_future(), &CancellationToken::new()),
             Swept::default()
