@@ -19,6 +19,12 @@ fn main() -> ExitCode {
         }
         _ => 2,
     };
+    if matches!(
+        args.command,
+        cli::args::Command::Serve(_) | cli::args::Command::Bench(_)
+    ) {
+        raise_descriptor_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -36,6 +42,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tidegate: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: a receiver holds one per small
+/// file waiting for its batch's flush (`server/staging.rs` in the library), and uses half the
+/// soft limit for them. Failure only means fewer of them.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit; setrlimit only reads it.
+    unsafe {
+        // An unlimited hard limit: a million is plenty.
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_max.min(1 << 20) > limit.rlim_cur
+        {
+            limit.rlim_cur = limit.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

@@ -88,6 +88,58 @@ async fn a_received_directory_removed_between_transfers_is_made_again() {
     server.stop().await;
 }
 
+/// Small files wait for their batch's flush unnamed (by default), under partial names (none
+/// allowed), or both (fewer descriptors than files in a batch). Each way, they arrive with
+/// their bytes, mode and mtime, replace the files already there, and leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_unnamed_or_named_replace_what_was_there() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for unnamed in [None, Some(0), Some(7)] {
+        let server = TestServer::start_with(|o| {
+            o.unnamed_files = unnamed;
+            o.batch_files = 40;
+        })
+        .await;
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        for round in 0..2u64 {
+            for i in 0..120u64 {
+                let dir = tree.join(format!("d{}", i % 4));
+                std::fs::create_dir_all(&dir).unwrap();
+                let file = dir.join(format!("f{i}"));
+                std::fs::write(
+                    &file,
+                    data(100 + (i * 37 % 5000) as usize, i + 1000 * round),
+                )
+                .unwrap();
+                let mode = [0o644, 0o666, 0o775, 0o440][((i + round) % 4) as usize];
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            let report = send(vec![tree.clone()], server.addr.to_string(), fast_options()).await;
+            assert!(report.success(), "{unnamed:?} round {round}: {report:#?}");
+            assert_same_tree(&tree, &server.root().join("tree"));
+            for i in 0..120 {
+                let rel = format!("d{}/f{i}", i % 4);
+                let want = std::fs::metadata(tree.join(&rel)).unwrap();
+                let got = std::fs::metadata(server.root().join("tree").join(&rel)).unwrap();
+                let what = format!("{unnamed:?} round {round}: {rel}");
+                assert_eq!(want.mode() & 0o7777, got.mode() & 0o7777, "{what}");
+                assert_eq!(
+                    (want.mtime(), want.mtime_nsec()),
+                    (got.mtime(), got.mtime_nsec()),
+                    "{what}"
+                );
+            }
+            let leftovers: Vec<PathBuf> = walk_names(server.root())
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains("tidegate-partial"))
+                .collect();
+            assert!(leftovers.is_empty(), "{unnamed:?}: {leftovers:?}");
+        }
+        server.stop().await;
+    }
+}
+
 fn walk_names(root: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];

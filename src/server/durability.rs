@@ -1,11 +1,11 @@
 //! Batched durability for small files.
 //!
 //! One `fsync` costs about 0.5 ms here, ten times the cost of writing a 32 KiB file, so small
-//! files are not flushed one by one. They are written to partial files and closed (mode and
-//! mtime applied); when a batch is full (`batch_files` or `batch_bytes`) or the client
-//! finishes, one `syncfs` flushes them all, then each is renamed into place, then their parent
-//! directory is flushed (a second `syncfs` when they are in several), so the renames are
-//! durable too. Only then is `FileDone` sent: a file the client counts as delivered is always
+//! files are not flushed one by one. They are written, unnamed or to partial files
+//! (`staging.rs`), with mode and mtime applied; when a batch is full (`batch_files` or
+//! `batch_bytes`) or the client finishes, one `syncfs` flushes them all, then each is put in
+//! place (linked or renamed), then their parent directory is flushed (a second `syncfs` when
+//! they are in several), so the names are durable too. Only then is `FileDone` sent: a file the client counts as delivered is always
 //! durable under its final name.
 
 use std::collections::{BTreeMap, HashSet};
@@ -74,7 +74,7 @@ impl Batch {
         let mut failed = Vec::new();
         let mut dirs = BTreeMap::<PathBuf, Vec<u64>>::new();
         for (file, partial) in self.items {
-            match partial.rename_into_place() {
+            match partial.put_in_place() {
                 Ok(()) => {
                     let parent = partial.target().parent().unwrap_or(root);
                     dirs.entry(parent.to_path_buf()).or_default().push(file);

@@ -22,6 +22,7 @@ use bytes::{BufMut, BytesMut};
 use super::journal::JOURNAL_SUFFIX;
 use super::paths;
 use super::session::{self, Context, Session};
+use super::staging::Staging;
 use super::writer::PARTIAL_SUFFIX;
 use super::ServerOptions;
 use crate::pipeline::hash::{digest, HashPool};
@@ -242,6 +243,7 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
         sessions: Mutex::new(HashMap::new()),
         layout: Default::default(),
         inline: Default::default(),
+        staging: Staging::probe(&arena.served, 16),
     });
     let session = Arc::new(Session::new([0x5a; 16]));
     let mut buf = BytesMut::from(rest);

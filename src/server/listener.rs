@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::leftovers;
 use super::session::{self, Context};
+use super::staging::{descriptor_limit, Staging};
 use super::ServerOptions;
 use crate::pipeline::hash::HashPool;
 
@@ -83,12 +84,22 @@ impl Server {
         std::fs::create_dir_all(&options.root)?;
         options.root = std::fs::canonicalize(&options.root)?;
         let listener = TcpListener::bind(addr).await?;
+        let slots = options
+            .unnamed_files
+            .unwrap_or_else(|| descriptor_limit() / 2);
+        let staging = Staging::probe(&options.root, slots);
+        tracing::debug!(
+            on = staging.is_on(),
+            slots,
+            "unnamed staging of small files"
+        );
         let ctx = Arc::new(Context {
             options,
             pool: HashPool::default(),
             sessions: Mutex::new(HashMap::new()),
             layout: Default::default(),
             inline: Default::default(),
+            staging,
         });
         Ok(Server {
             listener,

@@ -5,6 +5,7 @@
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
+//! - `staging.rs`: small files written unnamed until their batch is flushed.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
 //! - `leftovers.rs`: deleting partial files and journals no transfer came back for.
@@ -20,6 +21,7 @@ mod leftovers;
 mod listener;
 pub mod paths;
 mod session;
+mod staging;
 mod verified;
 pub mod writer;
 
@@ -68,6 +70,12 @@ pub struct ServerOptions {
     /// hour). Anything shorter than `idle_timeout` + `session_linger` may delete a live
     /// transfer's unlocked partial file, which then fails (nothing wrong is put in place).
     pub partial_expiry: Option<Duration>,
+    /// Small files that may wait for their batch's flush as unnamed files, each holding an
+    /// open descriptor until it is linked into place; the rest wait under partial names,
+    /// which costs more (a directory entry made and removed again). `Some(0)` turns unnamed
+    /// files off. Default `None`: half the process's soft descriptor limit (`RLIMIT_NOFILE`)
+    /// when the server is bound; `tidegate serve` first raises that limit to the hard one.
+    pub unnamed_files: Option<usize>,
 }
 
 impl ServerOptions {
@@ -85,6 +93,7 @@ impl ServerOptions {
             batch_files: 2048,
             batch_bytes: 64 * 1024 * 1024,
             partial_expiry: Some(Duration::from_secs(7 * 24 * 3600)),
+            unnamed_files: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::durability::Batch;
 use super::inline::InlineGate;
 use super::journal::{self, Identity, Journal};
 use super::paths;
+use super::staging::Staging;
 use super::verified::{Recorded, Verified};
 use super::writer::{make_dir, make_symlink, system_time, PartialFile};
 use super::ServerOptions;
@@ -150,6 +151,8 @@ pub(crate) struct Context {
     pub(crate) layout: Layout,
     /// Where small files are written (see `inline.rs`).
     pub(crate) inline: InlineGate,
+    /// How small files wait for their flush (see `staging.rs`).
+    pub(crate) staging: Staging,
 }
 
 /// Serialises changes to the shape of the served tree, and remembers the directories already
@@ -657,7 +660,13 @@ pub(super) async fn handle(
                     }
                     let partial = placing
                         .place(&meta.path, false, |target| {
-                            PartialFile::create(target, None, meta.mode, meta.mtime_ns, &tag)
+                            PartialFile::create_small(
+                                target,
+                                meta.mode,
+                                meta.mtime_ns,
+                                &tag,
+                                &placing.staging,
+                            )
                         })
                         .map_err(Some)?;
                     let written = partial.write_at(0, &payload);
@@ -820,7 +829,7 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<Large>) -> Frame {
         // Committed or failed, the journal has served: a failed file is sent whole again.
         forget_journal();
         let finished = finished?;
-        if let Err(e) = finished.rename_into_place() {
+        if let Err(e) = finished.put_in_place() {
             finished.abandon();
             return Err(e);
         }

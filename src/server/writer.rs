@@ -4,8 +4,10 @@
 //! A partial file is named `.<name>.<tag>.tidegate-partial` in the target's directory
 //! (`.<name>.tidegate-partial` for a resumable large file, with its journal), so
 //! the rename into place is atomic (same filesystem) and nobody ever sees a half-written file
-//! under the final name. Large files are flushed one by one at commit (`fdatasync`); small
-//! files are committed in batches by `durability.rs`, which flushes many at once.
+//! under the final name. A small file is rather written unnamed where the filesystem allows
+//! (`staging.rs`), and linked into place. Large files are flushed one by one at commit
+//! (`fdatasync`); small files are committed in batches by `durability.rs`, which flushes many
+//! at once.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -15,6 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::staging::{Linker, Staging};
 
 /// Largest single write. A 1 MiB `pwrite` makes the page cache allocate large folios, and on
 /// this project's virtual machines (free page reporting) freshly allocated high-order pages are
@@ -34,6 +38,9 @@ pub(crate) struct PartialFile {
     target: PathBuf,
     mode: u32,
     mtime_ns: i64,
+    /// Set for an unnamed file (`staging.rs`): `partial` is then only the name it may take
+    /// on its way to replacing an existing target.
+    unnamed: Option<Linker>,
 }
 
 /// `.<name>[.<tag>]<suffix>` beside `target`: partial files (tagged with their session, so
@@ -88,7 +95,31 @@ impl PartialFile {
             target,
             mode,
             mtime_ns,
+            unnamed: None,
         })
+    }
+
+    /// Creates a small file, to be written in one go: unnamed in its target's directory when
+    /// `staging` can, else as [`PartialFile::create`] does.
+    pub(crate) fn create_small(
+        target: PathBuf,
+        mode: u32,
+        mtime_ns: i64,
+        tag: &str,
+        staging: &Staging,
+    ) -> io::Result<Self> {
+        let dir = target.parent().unwrap_or(Path::new("."));
+        match staging.create(dir, mode)? {
+            Some((file, linker)) => Ok(PartialFile {
+                file,
+                partial: partial_path(&target, tag),
+                target,
+                mode,
+                mtime_ns,
+                unnamed: Some(linker),
+            }),
+            None => Self::create(target, None, mode, mtime_ns, tag),
+        }
     }
 
     /// Opens the untagged partial file of a resumable large file (see `journal.rs`). With
@@ -122,6 +153,7 @@ impl PartialFile {
                 target,
                 mode,
                 mtime_ns,
+                unnamed: None,
             },
             kept,
         ))
@@ -174,15 +206,22 @@ impl PartialFile {
         &self.target
     }
 
-    /// Applies mode and mtime; with `sync`, flushes the data first. Returns the paths for
-    /// [`rename_into_place`], and closes the file. On failure the partial file is deleted.
+    /// Applies mode and mtime; with `sync`, flushes the data first. Returns what
+    /// [`Finished::put_in_place`] needs; a named file is closed, an unnamed one stays open
+    /// until it is linked. On failure the partial file is deleted.
     pub(crate) fn finish(self, sync: bool) -> io::Result<Finished> {
         let applied = (|| {
             if sync {
                 self.file.sync_data()?;
             }
-            self.file
-                .set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))?;
+            let mode = self.mode & 0o7777;
+            // A named partial file is private until now. An unnamed one was created with its
+            // mode, which the umask or a default ACL may have changed.
+            if self.unnamed.is_none() || self.file.metadata()?.permissions().mode() & 0o7777 != mode
+            {
+                self.file
+                    .set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
             self.file.set_modified(system_time(self.mtime_ns))
         })();
         if let Err(e) = applied {
@@ -190,29 +229,55 @@ impl PartialFile {
             return Err(e);
         }
         Ok(Finished {
+            unnamed: self.unnamed.map(|linker| (self.file, linker)),
             partial: self.partial,
             target: self.target,
         })
     }
 
     /// Deletes the partial file. Takes `&self` so a file still shared with a concurrent
-    /// writer can be abandoned: writes to the unlinked file go nowhere.
+    /// writer can be abandoned: writes to the unlinked file go nowhere. An unnamed file has
+    /// nothing to delete: it is freed when closed.
     pub(crate) fn abandon(&self) {
-        let _ = std::fs::remove_file(&self.partial);
+        if self.unnamed.is_none() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
     }
 }
 
-/// A written, closed partial file waiting for its rename.
+/// A written file waiting to be put in place: a closed partial file, or an unnamed file
+/// still open.
 #[derive(Debug)]
 pub(crate) struct Finished {
     partial: PathBuf,
     target: PathBuf,
+    unnamed: Option<(File, Linker)>,
 }
 
 impl Finished {
-    /// Renames the file into place (atomic; replaces what was there).
-    pub(crate) fn rename_into_place(&self) -> io::Result<()> {
-        std::fs::rename(&self.partial, &self.target)
+    /// Puts the file in place, atomically, replacing what was there: renames a partial file;
+    /// links an unnamed one, by way of its partial name and a rename if the target exists.
+    pub(crate) fn put_in_place(&self) -> io::Result<()> {
+        let Some((file, linker)) = &self.unnamed else {
+            return std::fs::rename(&self.partial, &self.target);
+        };
+        match linker.link(file, &self.target) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            linked => return linked,
+        }
+        let named = match linker.link(file, &self.partial) {
+            // Our session's tag: a leftover of this very session (say, a link whose rename
+            // failed). Never somebody else's.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&self.partial)?;
+                linker.link(file, &self.partial)
+            }
+            named => named,
+        };
+        named?;
+        std::fs::rename(&self.partial, &self.target).inspect_err(|_| {
+            let _ = std::fs::remove_file(&self.partial);
+        })
     }
 
     /// The final path.
@@ -220,9 +285,11 @@ impl Finished {
         &self.target
     }
 
-    /// Deletes the partial file.
+    /// Deletes the partial file (an unnamed one is freed when dropped).
     pub(crate) fn abandon(&self) {
-        let _ = std::fs::remove_file(&self.partial);
+        if self.unnamed.is_none() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
     }
 }
 
@@ -310,5 +377,52 @@ impl PrivateMode for OpenOptions {
     fn mode_private(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
         self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unnamed small file replaces an existing target by way of its partial name, even
+    /// when a file of that name was left behind, and leaves only the target.
+    #[test]
+    fn an_unnamed_file_replaces_an_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::probe(dir.path(), 4);
+        assert!(
+            staging.is_on(),
+            "this test needs a filesystem with O_TMPFILE"
+        );
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::write(partial_path(&target, "tag"), b"left behind").unwrap();
+        let file = PartialFile::create_small(target.clone(), 0o640, 0, "tag", &staging).unwrap();
+        file.write_at(0, b"new contents").unwrap();
+        let finished = file.finish(false).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        finished.put_in_place().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["t"]);
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o640);
+    }
+
+    /// Abandoning an unnamed file deletes nothing that has a name.
+    #[test]
+    fn abandoning_an_unnamed_file_leaves_names_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::probe(dir.path(), 4);
+        let target = dir.path().join("t");
+        std::fs::write(partial_path(&target, "tag"), b"someone's").unwrap();
+        let file = PartialFile::create_small(target.clone(), 0o600, 0, "tag", &staging).unwrap();
+        file.write_at(0, b"data").unwrap();
+        file.finish(false).unwrap().abandon();
+        assert!(partial_path(&target, "tag").exists());
+        assert!(!target.exists());
     }
 }

@@ -1,0 +1,343 @@
+//! Unnamed staging of small files: where a small file waits, written and closed, until its
+//! batch is durable and it may take its name.
+//!
+//! Waiting under a partial name costs a directory entry that is made, then looked up and
+//! removed again by the rename into place: with 10,000 small files, the rename alone was a
+//! fifth of the receiver's CPU (README, Figures). So a small file is written instead to an
+//! unnamed file (`O_TMPFILE`) in its target's directory and, once its batch is flushed, gets
+//! its name with one `linkat`. Nothing is ever visible under a temporary name, and a crash
+//! leaves nothing behind: the filesystem frees unnamed files when it is mounted again.
+//!
+//! The price is one open descriptor per waiting file. [`Staging`] counts them against
+//! `ServerOptions::unnamed_files` (by default half the process's descriptor limit); a file
+//! that finds no slot free, or a filesystem without `O_TMPFILE`, waits under a partial name
+//! as before.
+//!
+//! A descriptor is linked with `linkat(fd, "", AT_EMPTY_PATH)` where the kernel allows it
+//! (some ask for `CAP_DAC_READ_SEARCH`), else through `/proc/self/fd/N`. Which one works is
+//! found once, when the server is bound, by a probe in the served directory; when neither
+//! does, staging is off.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::writer::PARTIAL_SUFFIX;
+
+/// How an unnamed file is given a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkVia {
+    /// `linkat(fd, "", …, AT_EMPTY_PATH)`.
+    EmptyPath,
+    /// `linkat(AT_FDCWD, "/proc/self/fd/N", …, AT_SYMLINK_FOLLOW)`.
+    ProcFd,
+}
+
+/// The server's unnamed staging: how files are linked, and the descriptor slots left.
+#[derive(Debug)]
+pub(crate) struct Staging {
+    /// `None`: staging is off, every small file waits under a partial name.
+    via: Option<LinkVia>,
+    free: Arc<AtomicUsize>,
+    /// Set when a filesystem refused `O_TMPFILE`: the served tree (or the part of it on
+    /// another mount) cannot stage, so stop asking.
+    refused: AtomicBool,
+}
+
+/// A slot taken from [`Staging`], given back when the unnamed file is closed.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An unnamed file's link method and slot; dropped with its descriptor.
+#[derive(Debug)]
+pub(crate) struct Linker {
+    via: LinkVia,
+    _slot: Slot,
+}
+
+impl Default for Staging {
+    /// Staging off.
+    fn default() -> Self {
+        Staging::new(None, 0)
+    }
+}
+
+impl Staging {
+    fn new(via: Option<LinkVia>, slots: usize) -> Self {
+        Staging {
+            via,
+            free: Arc::new(AtomicUsize::new(slots)),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Finds out whether unnamed files can be made in `root` and linked, and how; with
+    /// `slots` descriptors for them. Staging is off when `slots` is 0 or nothing works.
+    pub(crate) fn probe(root: &Path, slots: usize) -> Self {
+        if slots == 0 {
+            return Staging::default();
+        }
+        let Ok(Some(file)) = open_unnamed(root, 0o600) else {
+            return Staging::default();
+        };
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        // A name the leftover sweep deletes, should the process die right here.
+        let name = root.join(format!(
+            ".probe-{}-{nanos}{PARTIAL_SUFFIX}",
+            std::process::id()
+        ));
+        let via = [LinkVia::EmptyPath, LinkVia::ProcFd]
+            .into_iter()
+            .find(|&via| match link(&file, via, &name) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&name);
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!("linking an unnamed file with {via:?}: {e}");
+                    false
+                }
+            });
+        Staging::new(via, slots)
+    }
+
+    /// Whether small files can be staged unnamed at all.
+    pub(crate) fn is_on(&self) -> bool {
+        self.via.is_some() && !self.refused.load(Ordering::Relaxed)
+    }
+
+    /// An unnamed file in `dir`, created with `mode`'s permission bits, and its linker.
+    /// `Ok(None)`: staging is off, no slot is free, or the filesystem has no unnamed files;
+    /// the caller stages under a name.
+    ///
+    /// # Errors
+    /// What creating a file in `dir` fails with (`NotFound` if `dir` is gone, …).
+    pub(crate) fn create(&self, dir: &Path, mode: u32) -> io::Result<Option<(File, Linker)>> {
+        let Some(via) = self.via.filter(|_| self.is_on()) else {
+            return Ok(None);
+        };
+        let taken = self
+            .free
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if taken.is_err() {
+            return Ok(None);
+        }
+        let slot = Slot(Arc::clone(&self.free));
+        match open_unnamed(dir, mode & 0o777)? {
+            Some(file) => Ok(Some((file, Linker { via, _slot: slot }))),
+            None => {
+                self.refused.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Descriptor slots free (tests).
+    #[cfg(test)]
+    fn free(&self) -> usize {
+        self.free.load(Ordering::Relaxed)
+    }
+}
+
+impl Linker {
+    /// Gives the unnamed `file` the name `target`, which must not exist (`AlreadyExists`).
+    pub(crate) fn link(&self, file: &File, target: &Path) -> io::Result<()> {
+        link(file, self.via, target)
+    }
+}
+
+/// An unnamed file in `dir`; `Ok(None)` when its filesystem (or kernel) has none. Never
+/// follows a symlink in `dir`'s last component.
+fn open_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_TMPFILE | libc::O_NOFOLLOW)
+        .open(dir);
+    match opened {
+        Ok(file) => Ok(Some(file)),
+        // EOPNOTSUPP: the filesystem has none; EISDIR or EINVAL: a kernel that predates them.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The process's soft limit on open descriptors (1024 if it cannot be read).
+pub(crate) fn descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+fn link(file: &File, via: LinkVia, target: &Path) -> io::Result<()> {
+    let to = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))?;
+    let rc = match via {
+        // SAFETY: a valid descriptor and NUL-terminated strings that outlive the call.
+        LinkVia::EmptyPath => unsafe {
+            libc::linkat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        },
+        LinkVia::ProcFd => {
+            let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map_err(|_| io::Error::other("descriptor path"))?;
+            // SAFETY: NUL-terminated strings that outlive the call.
+            unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            }
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_unnamed_file_is_invisible_until_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::probe(dir.path(), 4);
+        assert!(
+            staging.is_on(),
+            "this test needs a filesystem with O_TMPFILE"
+        );
+        assert!(
+            names(dir.path()).is_empty(),
+            "the probe left {:?}",
+            names(dir.path())
+        );
+        let (mut file, linker) = staging.create(dir.path(), 0o640).unwrap().unwrap();
+        file.write_all(b"contents").unwrap();
+        assert!(names(dir.path()).is_empty());
+        let target = dir.path().join("a");
+        linker.link(&file, &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"contents");
+        assert_eq!(names(dir.path()), ["a"]);
+        // An existing name is never replaced by a link.
+        let (other, linker) = staging.create(dir.path(), 0o600).unwrap().unwrap();
+        let e = linker.link(&other, &target).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&target).unwrap(), b"contents");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077 & !0o640, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn both_link_methods_name_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, via) in [LinkVia::EmptyPath, LinkVia::ProcFd]
+            .into_iter()
+            .enumerate()
+        {
+            let mut file = open_unnamed(dir.path(), 0o600).unwrap().unwrap();
+            file.write_all(format!("file {i}").as_bytes()).unwrap();
+            let target = dir.path().join(format!("f{i}"));
+            match link(&file, via, &target) {
+                Ok(()) => assert_eq!(
+                    std::fs::read(&target).unwrap(),
+                    format!("file {i}").as_bytes()
+                ),
+                // Without CAP_DAC_READ_SEARCH on a kernel that asks for it.
+                Err(e) if via == LinkVia::EmptyPath => eprintln!("AT_EMPTY_PATH: {e}"),
+                Err(e) => panic!("{via:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn slots_run_out_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::probe(dir.path(), 2);
+        let a = staging.create(dir.path(), 0o600).unwrap();
+        let b = staging.create(dir.path(), 0o600).unwrap();
+        assert!(a.is_some() && b.is_some());
+        assert_eq!(staging.free(), 0);
+        assert!(staging.create(dir.path(), 0o600).unwrap().is_none());
+        drop(a);
+        assert_eq!(staging.free(), 1);
+        assert!(staging.create(dir.path(), 0o600).unwrap().is_some());
+        assert_eq!(
+            staging.free(),
+            1,
+            "the file made and dropped gave its slot back"
+        );
+    }
+
+    #[test]
+    fn off_when_asked_and_errors_when_the_directory_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = Staging::probe(dir.path(), 0);
+        assert!(!off.is_on());
+        assert!(off.create(dir.path(), 0o600).unwrap().is_none());
+        let staging = Staging::probe(dir.path(), 2);
+        let e = staging.create(&dir.path().join("gone"), 0o600).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(staging.free(), 2, "a failed create keeps no slot");
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let link_path = dir.path().join("link");
+        std::os::unix::fs::symlink(elsewhere.path(), &link_path).unwrap();
+        let staging = Staging::probe(dir.path(), 2);
+        assert!(staging.create(&link_path, 0o600).is_err());
+    }
+}
