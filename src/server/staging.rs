@@ -152,6 +152,17 @@ impl Staging {
     fn free(&self) -> usize {
         self.free.load(Ordering::Relaxed)
     }
+
+    /// Staging in `dir` with 4 slots, which must be on (tests).
+    #[cfg(test)]
+    pub(crate) fn on_for_test(dir: &Path) -> Self {
+        let staging = Staging::probe(dir, 4);
+        assert!(
+            staging.is_on(),
+            "this test needs a filesystem with O_TMPFILE"
+        );
+        staging
+    }
 }
 
 impl Linker {
@@ -252,11 +263,7 @@ mod tests {
     #[test]
     fn an_unnamed_file_is_invisible_until_linked() {
         let dir = tempfile::tempdir().unwrap();
-        let staging = Staging::probe(dir.path(), 4);
-        assert!(
-            staging.is_on(),
-            "this test needs a filesystem with O_TMPFILE"
-        );
+        let staging = Staging::on_for_test(dir.path());
         assert!(
             names(dir.path()).is_empty(),
             "the probe left {:?}",
