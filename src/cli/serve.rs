@@ -29,6 +29,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("serving {} on {}", args.dir.display(), args.listen))?;
     let addr = server.local_addr()?;
+    // Both handlers are in place before the server says it is ready: a SIGTERM sent as soon
+    // as the line appears stops it gracefully, not by the default action.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Messages to stderr must never fail the server (stderr may be closed when detached).
     let _ = writeln!(
         std::io::stderr(),
@@ -36,10 +40,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.dir.display()
     );
     let stop = server.shutdown_token();
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::spawn(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         stop.cancel();
