@@ -56,12 +56,13 @@ fn raise_descriptor_limit() {
     };
     // SAFETY: `limit` is a valid, writable rlimit; setrlimit only reads it.
     unsafe {
-        // An unlimited hard limit: a million is plenty.
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-            && limit.rlim_max.min(1 << 20) > limit.rlim_cur
-        {
-            limit.rlim_cur = limit.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            // An unlimited hard limit: a million is plenty.
+            let want = limit.rlim_max.min(1 << 20);
+            if want > limit.rlim_cur {
+                limit.rlim_cur = want;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
         }
     }
 }

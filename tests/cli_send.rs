@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{serve, stop, tidegate};
+use common::process::{serve, serve_from, stop, tidegate};
 
 #[test]
 fn send_to_serve_with_json_report_and_graceful_stop() {
@@ -98,4 +98,57 @@ fn unreachable_receiver_and_usage_errors() {
         let out = tidegate().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
+}
+
+/// `serve` raises its soft descriptor limit to the hard one (small files waiting for their
+/// flush hold a descriptor each; see the library's `ServerOptions::unnamed_files`).
+#[test]
+fn serve_raises_its_descriptor_limit() {
+    use std::os::unix::process::CommandExt;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid, writable rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let low = 64;
+    assert!(
+        limit.rlim_max > low,
+        "hard limit {} too low to test",
+        limit.rlim_max
+    );
+    let hard = limit.rlim_max;
+    let mut cmd = tidegate();
+    // SAFETY: only setrlimit, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lowered = libc::rlimit {
+                rlim_cur: low,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = serve_from(cmd, dir.path(), &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no open files limit in {limits}"));
+    assert!(stop(server).success());
+    assert_eq!(
+        soft,
+        hard.min(1 << 20),
+        "started with a soft limit of {low}"
+    );
 }

@@ -5,8 +5,8 @@
 //! (`staging.rs`), with mode and mtime applied; when a batch is full (`batch_files` or
 //! `batch_bytes`) or the client finishes, one `syncfs` flushes them all, then each is put in
 //! place (linked or renamed), then their parent directory is flushed (a second `syncfs` when
-//! they are in several), so the names are durable too. Only then is `FileDone` sent: a file the client counts as delivered is always
-//! durable under its final name.
+//! they are in several), so the names are durable too. Only then is `FileDone` sent: a file
+//! the client counts as delivered is always durable under its final name.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -10,13 +10,13 @@
 //! However the filesystem behaves, one worker stays free. (`tidegate serve` runs one worker
 //! more than there are cores, so that every core can write inline.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Semaphore;
 
 /// Decides, per call, where blocking filesystem work runs.
 #[derive(Debug)]
 pub(crate) struct InlineGate {
-    /// Pieces of work that may still start inline: workers but one, minus those running.
-    free: AtomicUsize,
+    /// One permit per piece of work that may run inline at once: workers but one.
+    free: Semaphore,
 }
 
 impl Default for InlineGate {
@@ -25,31 +25,19 @@ impl Default for InlineGate {
         let workers =
             tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers());
         InlineGate {
-            free: AtomicUsize::new(workers.saturating_sub(1)),
+            free: Semaphore::new(workers.saturating_sub(1)),
         }
     }
 }
 
-/// Gives the slot back when the inline work ends, even by unwinding.
-struct Release<'a>(&'a AtomicUsize);
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Release);
-    }
-}
-
 impl InlineGate {
-    /// Runs `work` on this task if a slot is free; otherwise on the blocking pool.
+    /// Runs `work` on this task if a permit is free (given back when it ends, even by
+    /// unwinding); otherwise on the blocking pool.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> std::io::Result<T> {
-        let took = self
-            .free
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| n.checked_sub(1));
-        if took.is_ok() {
-            let _release = Release(&self.free);
+        if let Ok(_permit) = self.free.try_acquire() {
             return Ok(work());
         }
         tokio::task::spawn_blocking(work)
@@ -101,7 +89,7 @@ mod tests {
         assert!(!runs_here(&gate).await, "another one inline: on the pool");
         release.send(()).unwrap();
         held.await.unwrap();
-        assert_eq!(gate.free.load(Ordering::Acquire), 1);
+        assert_eq!(gate.free.available_permits(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
@@ -114,7 +102,7 @@ mod tests {
         drop((release, release2));
         held.await.unwrap();
         held2.await.unwrap();
-        assert_eq!(gate.free.load(Ordering::Acquire), 2);
+        assert_eq!(gate.free.available_permits(), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -25,9 +25,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::writer::PARTIAL_SUFFIX;
 
@@ -45,27 +47,19 @@ pub(crate) enum LinkVia {
 pub(crate) struct Staging {
     /// `None`: staging is off, every small file waits under a partial name.
     via: Option<LinkVia>,
-    free: Arc<AtomicUsize>,
+    /// One permit per descriptor an unnamed file may hold.
+    free: Arc<Semaphore>,
     /// Set when a filesystem refused `O_TMPFILE`: the served tree (or the part of it on
     /// another mount) cannot stage, so stop asking.
     refused: AtomicBool,
 }
 
-/// A slot taken from [`Staging`], given back when the unnamed file is closed.
-#[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// An unnamed file's link method and slot; dropped with its descriptor.
+/// An unnamed file's link method and descriptor permit, given back when it is dropped with
+/// its file.
 #[derive(Debug)]
 pub(crate) struct Linker {
     via: LinkVia,
-    _slot: Slot,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Default for Staging {
@@ -79,7 +73,7 @@ impl Staging {
     fn new(via: Option<LinkVia>, slots: usize) -> Self {
         Staging {
             via,
-            free: Arc::new(AtomicUsize::new(slots)),
+            free: Arc::new(Semaphore::new(slots.min(Semaphore::MAX_PERMITS))),
             refused: AtomicBool::new(false),
         }
     }
@@ -128,16 +122,15 @@ impl Staging {
     /// # Errors
     /// What creating a file in `dir` fails with (`NotFound` if `dir` is gone, …).
     pub(crate) fn create(&self, dir: &Path, mode: u32) -> io::Result<Option<(File, Linker)>> {
-        let Some(via) = self.via.filter(|_| self.is_on()) else {
+        let Some(via) = self.via else {
             return Ok(None);
         };
-        let taken = self
-            .free
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if taken.is_err() {
+        if self.refused.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let slot = Slot(Arc::clone(&self.free));
+        let Ok(slot) = Arc::clone(&self.free).try_acquire_owned() else {
+            return Ok(None);
+        };
         match open_unnamed(dir, mode & 0o777)? {
             Some(file) => Ok(Some((file, Linker { via, _slot: slot }))),
             None => {
@@ -150,7 +143,7 @@ impl Staging {
     /// Descriptor slots free (tests).
     #[cfg(test)]
     fn free(&self) -> usize {
-        self.free.load(Ordering::Relaxed)
+        self.free.available_permits()
     }
 
     /// Staging in `dir` with 4 slots, which must be on (tests).
@@ -336,6 +329,24 @@ mod tests {
         let e = staging.create(&dir.path().join("gone"), 0o600).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert_eq!(staging.free(), 2, "a failed create keeps no slot");
+    }
+
+    /// A filesystem without unnamed files (procfs here) turns staging off for the server,
+    /// and the file is staged under a name instead of failing.
+    #[test]
+    fn a_filesystem_without_unnamed_files_turns_staging_off() {
+        // SAFETY: reads the calling process's effective user id.
+        if unsafe { libc::geteuid() } != 0 {
+            // Unprivileged, /proc refuses the write permission before anything else.
+            eprintln!("skipped: needs root to reach procfs's missing O_TMPFILE");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::on_for_test(dir.path());
+        assert!(staging.create(Path::new("/proc"), 0o600).unwrap().is_none());
+        assert!(!staging.is_on());
+        assert!(staging.create(dir.path(), 0o600).unwrap().is_none());
+        assert_eq!(staging.free(), 4, "no slot kept");
     }
 
     #[test]

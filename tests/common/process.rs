@@ -16,7 +16,12 @@ pub fn tidegate() -> Command {
 
 /// Starts `serve` on a free loopback port and returns it with its address.
 pub fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = tidegate()
+    serve_from(tidegate(), dir, extra)
+}
+
+/// [`serve`] from a prepared command (say, with a `pre_exec`).
+pub fn serve_from(mut cmd: Command, dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir)
         .args(extra)
