@@ -185,6 +185,10 @@ impl Spec for Entry {
             _ => None,
         }
     }
+
+    fn walked_len(&self) -> Option<u64> {
+        (self.kind == EntryKind::File).then_some(self.size)
+    }
 }
 
 impl Transfer {
@@ -461,15 +465,6 @@ async fn pass(
     let mut destinations = Vec::new();
     for &index in targets {
         let (tx, input) = mpsc::channel(DEST_QUEUE);
-        let (dest_notes, mut rx) = mpsc::channel(64);
-        let forward = note_tx.clone();
-        tokio::spawn(async move {
-            while let Some(n) = rx.recv().await {
-                if forward.send((index, n)).await.is_err() {
-                    break;
-                }
-            }
-        });
         let dispatch = Dispatch {
             params: Params {
                 addr: addresses[index].clone(),
@@ -483,7 +478,8 @@ async fn pass(
             streams: options.streams,
             chunk_len,
             input,
-            notes: dest_notes,
+            notes: note_tx.clone(),
+            dest: index,
             cancel: cancel.child_token(),
         };
         destinations.push(Destination {

@@ -91,7 +91,10 @@ pub(crate) struct Dispatch {
     pub(crate) streams: usize,
     pub(crate) chunk_len: u32,
     pub(crate) input: mpsc::Receiver<DestEvent>,
-    pub(crate) notes: mpsc::Sender<Note>,
+    /// Where notes go, tagged with `dest`: one queue for all destinations, read by the
+    /// transfer.
+    pub(crate) notes: mpsc::Sender<(usize, Note)>,
+    pub(crate) dest: usize,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -111,6 +114,11 @@ fn meta_of(entry: &Entry, size: u64) -> Meta {
 }
 
 impl Dispatch {
+    /// Tells the transfer; if it is gone, the transfer is ending and nobody needs to know.
+    async fn note(&self, note: Note) {
+        let _ = self.notes.send((self.dest, note)).await;
+    }
+
     pub(crate) async fn run(mut self) -> Outcome {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(JOBS_PER_STREAM * self.streams.max(1));
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
@@ -160,7 +168,7 @@ impl Dispatch {
                     match reply {
                         Reply::Ack { file, bytes, .. } => {
                             out.bytes_acked += bytes;
-                            let _ = self.notes.send(Note::Acked { bytes }).await;
+                            self.note(Note::Acked { bytes }).await;
                             if let Some(FileState::SmallSent { root }) = files.get(&file) {
                                 let root = *root;
                                 files.insert(file, FileState::Sent { root, batched: true });
@@ -184,7 +192,7 @@ impl Dispatch {
                                             let bytes = chunk.data.len() as u64;
                                             out.bytes_resumed += bytes;
                                             *resumed_files.entry(file).or_default() += bytes;
-                                            let _ = self.notes.send(Note::Acked { bytes }).await;
+                                            self.note(Note::Acked { bytes }).await;
                                         } else {
                                             *outstanding += 1;
                                             to_send.push_back(data_job(chunk));
@@ -203,7 +211,7 @@ impl Dispatch {
                             resumed_files.remove(&file);
                             if files.remove(&file).is_some() {
                                 out.files_done.push(file);
-                                let _ = self.notes.send(Note::Done { file }).await;
+                                self.note(Note::Done { file }).await;
                             }
                         }
                         Reply::Failed { file, code, message } => {
@@ -216,7 +224,7 @@ impl Dispatch {
                                     tracing::warn!(addr = %self.params.addr, file, %message, "resumed file did not verify; it will be sent again whole");
                                     out.redo.push(file);
                                 } else {
-                                    let _ = self.notes.send(Note::Failed { file, message: message.clone() }).await;
+                                    self.note(Note::Failed { file, message: message.clone() }).await;
                                     out.files_failed.push((file, message));
                                 }
                             }
@@ -244,7 +252,7 @@ impl Dispatch {
                         Reply::Down { mut unacked, error } => {
                             if !unacked.is_empty() || !error.is_empty() {
                                 out.reconnects += 1;
-                                let _ = self.notes.send(Note::Retrying { error }).await;
+                                self.note(Note::Retrying { error }).await;
                             }
                             // Resend first, in their original order.
                             while let Some(job) = unacked.pop() {
@@ -273,7 +281,7 @@ impl Dispatch {
                     if let Some((file, bytes)) = self.on_event(event, &mut files, &mut to_send) {
                         out.bytes_resumed += bytes;
                         *resumed_files.entry(file).or_default() += bytes;
-                        let _ = self.notes.send(Note::Acked { bytes }).await;
+                        self.note(Note::Acked { bytes }).await;
                     }
                 }
             }
