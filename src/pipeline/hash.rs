@@ -47,6 +47,16 @@ pub fn digest(offset: u64, data: &[u8]) -> ChunkDigest {
     }
 }
 
+/// The digest of a chunk that is a whole input: its root only, hashed in one call (cheaper
+/// than [`digest`], which keeps the last 1 KiB block-chunk aside in case more follows and
+/// then finalizes twice). A file of one chunk, as every small file is, needs nothing else.
+pub fn digest_whole(data: &[u8]) -> ChunkDigest {
+    ChunkDigest {
+        chaining_value: None,
+        solo_root: Some(blake3::hash(data)),
+    }
+}
+
 /// Where chunk hashing runs: the global rayon pool, or a dedicated one (`--threads`).
 #[derive(Debug, Clone, Default)]
 pub struct HashPool {
@@ -245,6 +255,30 @@ mod tests {
         for c in [32 * 1024, 256 * 1024, 1024 * 1024] {
             assert_eq!(chunked_root(&all, c), blake3::hash(&all), "chunk {c}");
         }
+    }
+
+    #[test]
+    fn a_whole_input_digest_gives_the_same_root_and_cannot_be_followed() {
+        let all = data(64 * 1024 + 1);
+        for len in [0, 1, 1024, 1025, 16 * 1024, 40_000, 64 * 1024 + 1] {
+            let mut root = RootBuilder::new();
+            root.push(digest_whole(&all[..len])).unwrap();
+            assert_eq!(
+                root.finish().unwrap(),
+                blake3::hash(&all[..len]),
+                "length {len}"
+            );
+            assert_eq!(
+                digest_whole(&all[..len]).solo_root,
+                digest(0, &all[..len]).solo_root
+            );
+        }
+        // Used for a first chunk that is not the whole file, it would be caught, not merged
+        // into a wrong root.
+        let mut root = RootBuilder::new();
+        root.push(digest_whole(&all[..16384])).unwrap();
+        let err = root.push(digest(16384, &all[16384..32768])).unwrap_err();
+        assert_eq!(err, RootError::MissingChainingValue { index: 0 });
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::chunk::Chunk;
-use super::hash::{digest, HashPool, RootBuilder};
+use super::hash::{digest, digest_whole, HashPool, RootBuilder};
 use super::options::PipelineOptions;
 use crate::source::read::BufPool;
 use crate::source::{FileSource, Input, RawChunk, SourceError};
@@ -27,6 +27,12 @@ use crate::source::{FileSource, Input, RawChunk, SourceError};
 pub(crate) trait Spec: Send + 'static {
     /// What to open, if anything.
     fn input(&self) -> Option<&Input>;
+
+    /// The length a directory walk just saw, when it saw a regular file (see
+    /// [`FileSource::open`]).
+    fn walked_len(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Spec for Input {
@@ -321,6 +327,7 @@ impl<S: Spec> Producer<S> {
             };
             let opened = FileSource::open(
                 input,
+                spec.walked_len(),
                 self.chunk_len,
                 self.window_len,
                 Arc::clone(&self.bufs),
@@ -448,7 +455,11 @@ impl<S: Spec> Producer<S> {
                     data,
                     watch,
                 } = raw;
-                let digest = digest(offset, &data);
+                let digest = if offset == 0 && expected_len == Some(data.len() as u64) {
+                    digest_whole(&data)
+                } else {
+                    digest(offset, &data)
+                };
                 let mapped = watch.is_some();
                 let result = if watch.is_some_and(|w| w.poisoned()) {
                     Err(SourceError::Truncated {
