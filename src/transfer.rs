@@ -25,7 +25,7 @@ use crate::pipeline::run::Spec;
 use crate::pipeline::{Event, Pipeline};
 use crate::progress::{Progress, Ticker};
 use crate::protocol::handshake::{random, Key};
-use crate::source::walk::{self, Entry, EntryKind, WalkError};
+use crate::source::walk::{self, Entry, EntryKind, Tally, WalkError};
 use crate::source::Input;
 
 /// Sending options. `Default` gives the documented defaults.
@@ -49,6 +49,10 @@ pub struct TransferOptions {
     pub reply_timeout: Duration,
     /// Send symlinks as links. Default `false`: skip them with a warning.
     pub links: bool,
+    /// Count the sources' files and bytes on a thread of their own while sending, so that
+    /// [`Progress::Bytes`] can carry a total (and a progress bar an ETA) once the count is
+    /// done. It costs one more `stat` per file. Default `true`.
+    pub count_total: bool,
 }
 
 impl Default for TransferOptions {
@@ -61,6 +65,7 @@ impl Default for TransferOptions {
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(60),
             links: false,
+            count_total: true,
         }
     }
 }
@@ -234,6 +239,11 @@ impl Transfer {
         let budget =
             Budget::new(usize::try_from(self.options.pipeline.memory_bytes).unwrap_or(usize::MAX));
         let walk_errors = Arc::new(Mutex::new(Vec::new()));
+        let tally = if self.options.count_total {
+            Some(walk::count(self.sources.clone(), self.options.links)?)
+        } else {
+            None
+        };
         let entries = walk::spawn(self.sources.clone(), self.options.links)?;
         let errors = Arc::clone(&walk_errors);
         let specs = entries.filter_map(move |e: Result<Entry, WalkError>| match e {
@@ -268,6 +278,7 @@ impl Transfer {
             shared,
             session,
             self.progress,
+            tally,
             walk_errors,
         ));
         Ok(TransferHandle { cancel, task })
@@ -298,11 +309,13 @@ async fn run(
     shared: Shared,
     session: [u8; 16],
     progress: Option<mpsc::Sender<Progress>>,
+    tally: Option<Tally>,
     walk_errors: Arc<Mutex<Vec<(String, String)>>>,
 ) -> Report {
     let started = Instant::now();
     let mut state = Tracker {
         progress,
+        tally,
         ticker: Ticker::new(shared.options.pipeline.progress_interval),
         started,
         files: Vec::new(),
@@ -313,6 +326,7 @@ async fn run(
         n_dest: addresses.len() as u64,
         done_count: HashMap::new(),
         chunk_len: shared.options.pipeline.chunk_size.bytes() as u64,
+        addresses: addresses.clone(),
     };
     let everyone: Vec<usize> = (0..addresses.len()).collect();
     let mut outcomes = pass(
@@ -558,6 +572,8 @@ struct Tracked {
 
 struct Tracker {
     progress: Option<mpsc::Sender<Progress>>,
+    /// The sources' total, counted alongside (`TransferOptions::count_total`).
+    tally: Option<Tally>,
     ticker: Ticker,
     started: Instant,
     files: Vec<Tracked>,
@@ -570,6 +586,8 @@ struct Tracker {
     done_count: HashMap<u64, u64>,
     /// Files larger than this are sent in chunks and may be resumed.
     chunk_len: u64,
+    /// The destinations, for messages.
+    addresses: Vec<String>,
 }
 
 impl Tracker {
@@ -683,7 +701,21 @@ impl Tracker {
                 }
             }
             Note::Failed { file, message } => self.emit_failed(file, message).await,
-            Note::Retrying { error } => tracing::warn!(%error, "connection dropped; resending"),
+            Note::Retrying { error } => tracing::warn!(
+                addr = %self.addresses[dest],
+                %error,
+                "connection dropped; redialling and resending what it had not confirmed"
+            ),
+            Note::Unreachable { error } => tracing::warn!(
+                addr = %self.addresses[dest],
+                %error,
+                "cannot connect; retrying with backoff until the retry deadline"
+            ),
+            Note::Reachable { failed_dials } => tracing::warn!(
+                addr = %self.addresses[dest],
+                failed_dials,
+                "connected"
+            ),
         }
     }
 
@@ -698,7 +730,7 @@ impl Tracker {
         let done = self.acked.iter().sum::<u64>() / self.n_dest.max(1);
         self.emit(Progress::Bytes {
             done_bytes: done,
-            total_bytes: None,
+            total_bytes: self.tally.as_ref().and_then(Tally::total).map(|(_, b)| b),
             files_done: self.files_done,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
         })

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{serve, serve_from, stop, tidegate};
+use common::process::{serve, serve_from, stop, tidegate, Owned};
 
 #[test]
 fn send_to_serve_with_json_report_and_graceful_stop() {
@@ -41,6 +41,11 @@ fn send_to_serve_with_json_report_and_graceful_stop() {
     let report = &lines.last().unwrap()["report"];
     assert_eq!(report["destinations"][0]["error"], serde_json::Value::Null);
     assert!(lines.iter().any(|l| l["event"] == "file_done"));
+    // The sources were counted alongside: the last byte count carries the total.
+    let bytes = lines.iter().rev().find(|l| l["event"] == "bytes").unwrap();
+    let total = 5 + (3u64 << 20);
+    assert_eq!(bytes["total_bytes"], total, "{bytes}");
+    assert_eq!(bytes["done_bytes"], total, "{bytes}");
     assert_eq!(
         std::fs::read(dst.path().join("docs/a.txt")).unwrap(),
         b"alpha"
@@ -85,6 +90,13 @@ fn unreachable_receiver_and_usage_errors() {
         stderr.contains(&addr) && stderr.contains("FAILED"),
         "{stderr}"
     );
+    // Said once, not once per attempt of each of the four streams; and nothing dropped,
+    // since nothing was ever connected.
+    assert_eq!(stderr.matches("cannot connect").count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("dropped") && stderr.contains("0 reconnects"),
+        "{stderr}"
+    );
 
     for args in [
         &["send", "x"][..],
@@ -98,6 +110,59 @@ fn unreachable_receiver_and_usage_errors() {
         let out = tidegate().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
+}
+
+/// A receiver that comes up while the sender retries: one warning that it cannot connect,
+/// one that it did, everything delivered, and no reconnect counted (no connection dropped).
+#[test]
+fn a_receiver_coming_up_late_is_reported_once_each_way() {
+    use std::io::{BufRead, BufReader};
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), b"late but whole").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut send = Owned::new(
+        tidegate()
+            .args(["send", "--retry-for", "60s", "--to", &addr])
+            .arg(src.path().join("f"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(send.stderr.take().unwrap());
+    let mut seen = String::new();
+    // The receiver starts only once the sender said it cannot connect.
+    while !seen.contains("cannot connect") {
+        assert_ne!(stderr.read_line(&mut seen).unwrap(), 0, "{seen}");
+    }
+    let server = Owned::new(
+        tidegate()
+            .args(["serve", "--listen", &addr, "--dir"])
+            .arg(dst.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+    let status = send.wait().unwrap();
+    assert!(stop(server).success());
+    assert!(status.success(), "{seen}");
+    assert_eq!(
+        std::fs::read(dst.path().join("f")).unwrap(),
+        b"late but whole"
+    );
+    assert_eq!(seen.matches("cannot connect").count(), 1, "{seen}");
+    assert_eq!(seen.matches("connected").count(), 1, "{seen}");
+    assert!(seen.contains("0 reconnects"), "{seen}");
+    assert!(
+        !seen.contains('\x1b'),
+        "no colour codes into a pipe: {seen:?}"
+    );
 }
 
 /// `serve` raises its soft descriptor limit to the hard one (small files waiting for their

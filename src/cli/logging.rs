@@ -1,6 +1,8 @@
 //! Logging set-up for the binary: tracing to stderr, `-v` for more, `-q` for errors only,
 //! `RUST_LOG` overrides both.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub(crate) fn init(verbose: u8, quiet: bool) {
@@ -16,6 +18,8 @@ pub(crate) fn init(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not into a log file or a CI log.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -21,30 +21,47 @@ pub(crate) fn wanted(disabled: bool, total_bytes: Option<u64>) -> bool {
         && total_bytes.is_none_or(|t| t >= SHOW_ABOVE_BYTES)
 }
 
-/// Draws a bytes bar (with rate and ETA) and the current file until the events end.
+const WITH_TOTAL: &str =
+    "{wide_msg}\n[{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
+const WITHOUT_TOTAL: &str = "{wide_msg}\n[{elapsed_precise}] {spinner} {bytes} {bytes_per_sec}";
+
+fn style(bar: &ProgressBar, template: &str) {
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+}
+
+/// Draws a bytes bar (with rate and ETA) and the current file until the events end. Without
+/// a total, a spinner with bytes and rate, which becomes a bar when an event brings one
+/// (a transfer's total comes once its sources are counted).
 pub(crate) fn spawn_bar(
     mut events: mpsc::Receiver<Progress>,
     total_bytes: Option<u64>,
 ) -> JoinHandle<()> {
-    let bar = match total_bytes {
-        Some(total) => {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(10))
-        }
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10)),
-    };
-    let template = if total_bytes.is_some() {
-        "{wide_msg}\n[{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
-    } else {
-        "{wide_msg}\n[{elapsed_precise}] {spinner} {bytes} {bytes_per_sec}"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
+    let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr_with_hz(10));
+    style(
+        &bar,
+        if total_bytes.is_some() {
+            WITH_TOTAL
+        } else {
+            WITHOUT_TOTAL
+        },
+    );
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
                 Progress::FileStarted { path, .. } => bar.set_message(path),
-                Progress::Bytes { done_bytes, .. } => bar.set_position(done_bytes),
+                Progress::Bytes {
+                    done_bytes,
+                    total_bytes,
+                    ..
+                } => {
+                    if let (Some(total), None) = (total_bytes, bar.length()) {
+                        bar.set_length(total);
+                        style(&bar, WITH_TOTAL);
+                    }
+                    bar.set_position(done_bytes);
+                }
                 _ => {}
             }
         }

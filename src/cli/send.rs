@@ -27,6 +27,9 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     options.retry_for = args.retry_for;
     options.links = args.links;
     options.key = load_key(&args.key)?;
+    let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
+    // The total (one more `stat` per file, on a thread of its own) only for someone watching.
+    options.count_total = bar || args.json;
     let mut transfer = Transfer::new(args.paths.clone(), args.to.clone()).options(options);
     let events = transfer.subscribe();
     let handle = transfer.start().context("starting the transfer")?;
@@ -38,7 +41,7 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     });
     let viewer = if args.json {
         tokio::spawn(print_json(events))
-    } else if progress::wanted(args.no_progress || quiet, None) {
+    } else if bar {
         progress::spawn_bar(events, None)
     } else {
         tokio::spawn(drain(events))

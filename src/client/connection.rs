@@ -67,10 +67,14 @@ pub(crate) enum Reply {
         message: String,
     },
     Finished,
-    /// The connection dropped; these jobs were not answered and must be resent.
+    /// The connection is up (handshake done) and takes jobs.
+    Up,
+    /// The connection dropped (`was_up`), or an attempt to make it failed; these jobs were
+    /// not answered and must be resent.
     Down {
         unacked: Vec<Job>,
         error: String,
+        was_up: bool,
     },
     /// The connection gave up for good.
     Dead {
@@ -119,10 +123,11 @@ pub(crate) async fn run(
     );
     let mut unacked: VecDeque<Job> = VecDeque::new();
     loop {
-        let failure = match connect(&params).await {
+        let (failure, was_up) = match connect(&params).await {
             Ok((mut reader, mut writer)) => {
                 backoff.reset();
-                match pump(
+                let _ = replies.send(Reply::Up).await;
+                let pumped = pump(
                     &params,
                     &mut reader,
                     &mut writer,
@@ -131,24 +136,24 @@ pub(crate) async fn run(
                     &mut unacked,
                     &cancel,
                 )
-                .await
-                {
+                .await;
+                match pumped {
                     Ok(()) => return,
-                    Err(f) => f,
+                    Err(f) => (f, true),
                 }
             }
-            Err(f) => f,
+            Err(f) => (f, false),
         };
         let error = match failure {
             Failure::Fatal(error) => {
-                give_back(&replies, &mut unacked, error.clone()).await;
+                give_back(&replies, &mut unacked, error.clone(), was_up).await;
                 let _ = replies.send(Reply::Dead { error }).await;
                 return;
             }
             Failure::Retry(error) => error,
         };
-        tracing::debug!(addr = %params.addr, %error, "connection failed");
-        give_back(&replies, &mut unacked, error.clone()).await;
+        tracing::debug!(addr = %params.addr, %error, was_up, "connection failed");
+        give_back(&replies, &mut unacked, error.clone(), was_up).await;
         let unit = random::<2>().map_or(0.5, |b| f64::from(u16::from_le_bytes(b)) / 65536.0);
         let Some(wait) = backoff.fail(Instant::now(), unit) else {
             let _ = replies.send(Reply::Dead { error }).await;
@@ -161,9 +166,20 @@ pub(crate) async fn run(
     }
 }
 
-async fn give_back(replies: &mpsc::Sender<Reply>, unacked: &mut VecDeque<Job>, error: String) {
+async fn give_back(
+    replies: &mpsc::Sender<Reply>,
+    unacked: &mut VecDeque<Job>,
+    error: String,
+    was_up: bool,
+) {
     let unacked: Vec<Job> = unacked.drain(..).collect();
-    let _ = replies.send(Reply::Down { unacked, error }).await;
+    let _ = replies
+        .send(Reply::Down {
+            unacked,
+            error,
+            was_up,
+        })
+        .await;
 }
 
 async fn connect(params: &Params) -> Result<(Reader, Writer), Failure> {

@@ -80,10 +80,39 @@ enum FileState {
 /// Progress a destination reports to the transfer.
 #[derive(Debug)]
 pub(crate) enum Note {
-    Acked { bytes: u64 },
-    Done { file: u64 },
-    Failed { file: u64, message: String },
-    Retrying { error: String },
+    Acked {
+        bytes: u64,
+    },
+    Done {
+        file: u64,
+    },
+    Failed {
+        file: u64,
+        message: String,
+    },
+    /// A live connection dropped; what it had not confirmed is sent again.
+    Retrying {
+        error: String,
+    },
+    /// No connection is up and an attempt to make one failed (said once, until one is up).
+    Unreachable {
+        error: String,
+    },
+    /// A connection is up again after `Unreachable`, and this many failed attempts.
+    Reachable {
+        failed_dials: u64,
+    },
+}
+
+/// Whether the destination can be reached, for telling the user once, not per attempt.
+#[derive(Debug, Default)]
+struct Reach {
+    /// Connections up now.
+    up: usize,
+    /// `Unreachable` was said and not yet answered by `Reachable`.
+    warned: bool,
+    /// Failed attempts since it was said.
+    failed_dials: u64,
 }
 
 pub(crate) struct Dispatch {
@@ -135,6 +164,7 @@ impl Dispatch {
         }
         drop(reply_tx);
         let mut live = self.streams.max(1);
+        let mut reach = Reach::default();
         let mut out = Outcome::default();
         let mut files: HashMap<u64, FileState> = HashMap::new();
         // Files whose `FileReady` said some chunks were already there, with the bytes not
@@ -249,10 +279,27 @@ impl Dispatch {
                             }
                             finish_queued = false;
                         }
-                        Reply::Down { mut unacked, error } => {
-                            if !unacked.is_empty() || !error.is_empty() {
+                        Reply::Up => {
+                            reach.up += 1;
+                            if reach.warned {
+                                reach.warned = false;
+                                let failed = std::mem::take(&mut reach.failed_dials);
+                                self.note(Note::Reachable { failed_dials: failed }).await;
+                            }
+                        }
+                        Reply::Down { mut unacked, error, was_up } => {
+                            if was_up {
+                                reach.up = reach.up.saturating_sub(1);
                                 out.reconnects += 1;
                                 self.note(Note::Retrying { error }).await;
+                            } else {
+                                // One warning while nothing gets through, not one per attempt
+                                // of every stream.
+                                reach.failed_dials += 1;
+                                if reach.up == 0 && !reach.warned {
+                                    reach.warned = true;
+                                    self.note(Note::Unreachable { error }).await;
+                                }
                             }
                             // Resend first, in their original order.
                             while let Some(job) = unacked.pop() {

@@ -7,12 +7,19 @@
 //! their contents, and entries within a directory are sorted by name. Symlinks are skipped
 //! with a warning unless links are wanted; sockets, FIFOs and devices inside trees are
 //! skipped with a warning.
+//!
+//! Because the walk only runs ahead of sending by a bounded queue, it cannot tell the total
+//! size until it is nearly done. [`count`] walks the same roots by the same rules on a thread
+//! of its own, keeping nothing but sums, so a progress bar can show a total and an ETA (as
+//! rsync counts its file list).
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 
 use super::Input;
 
@@ -114,6 +121,99 @@ impl Out {
     }
 }
 
+/// What the walk does with what it finds.
+trait Visit {
+    /// Whether entries need their paths and name order. Without, the walk makes neither
+    /// (only directories get a path, to be walked): a count allocates little.
+    const DETAILED: bool;
+    /// An entry; false stops the walk.
+    fn entry(&mut self, path: &Path, rel: Vec<u8>, meta: &fs::Metadata, links: bool) -> bool;
+    /// A path that could not be read; false stops the walk.
+    fn error(&mut self, error: WalkError) -> bool;
+}
+
+impl Visit for Out {
+    const DETAILED: bool = true;
+
+    fn entry(&mut self, path: &Path, rel: Vec<u8>, meta: &fs::Metadata, links: bool) -> bool {
+        emit(self, path, rel, meta, links)
+    }
+
+    fn error(&mut self, error: WalkError) -> bool {
+        self.send(Err(error)).is_ok()
+    }
+}
+
+/// The running sums of a [`count`].
+#[derive(Debug, Default)]
+struct Sums {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    done: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Visit for &Sums {
+    const DETAILED: bool = false;
+
+    fn entry(&mut self, _: &Path, _: Vec<u8>, meta: &fs::Metadata, _: bool) -> bool {
+        if meta.is_file() {
+            self.files.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(meta.len(), Ordering::Relaxed);
+        }
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    fn error(&mut self, _: WalkError) -> bool {
+        // The walk that sends reports it.
+        !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A count of the regular files under some roots and their bytes, running on its own
+/// thread. Dropping it stops the count.
+#[derive(Debug)]
+pub struct Tally {
+    sums: Arc<Sums>,
+}
+
+impl Tally {
+    /// Files and bytes, once every root was walked; `None` before.
+    pub fn total(&self) -> Option<(u64, u64)> {
+        self.sums.done.load(Ordering::Acquire).then(|| {
+            (
+                self.sums.files.load(Ordering::Relaxed),
+                self.sums.bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.sums.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts counting what [`spawn`] with the same arguments would yield: regular files and
+/// their sizes as the walk sees them (files that change meanwhile make it approximate).
+pub fn count(roots: Vec<PathBuf>, links: bool) -> std::io::Result<Tally> {
+    let sums = Arc::new(Sums::default());
+    let counting = Arc::clone(&sums);
+    std::thread::Builder::new()
+        .name("tidegate-count".into())
+        .spawn(move || {
+            let mut visit = &*counting;
+            for root in roots {
+                if !walk_root(&root, links, &mut visit) {
+                    return;
+                }
+            }
+            counting.done.store(true, Ordering::Release);
+        })?;
+    Ok(Tally { sums })
+}
+
 /// Starts walking `roots` on a thread; entries (or errors) arrive in order.
 pub fn spawn(roots: Vec<PathBuf>, links: bool) -> std::io::Result<Walk> {
     let (tx, rx) = sync_channel(WALK_QUEUE);
@@ -153,24 +253,22 @@ fn top_name(root: &Path) -> Option<Vec<u8>> {
     root.file_name().map(|name| name.as_bytes().to_vec())
 }
 
-/// Returns false when the receiver is gone.
-fn walk_root(root: &Path, links: bool, tx: &mut Out) -> bool {
+/// Returns false when the visitor stopped the walk.
+fn walk_root<V: Visit>(root: &Path, links: bool, tx: &mut V) -> bool {
     let meta = match fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(source) => {
-            return tx
-                .send(Err(WalkError {
-                    path: root.to_path_buf(),
-                    source,
-                }))
-                .is_ok()
+            return tx.error(WalkError {
+                path: root.to_path_buf(),
+                source,
+            })
         }
     };
     let name = top_name(root);
     if meta.is_dir() {
         let mut stack = vec![(root.to_path_buf(), name.clone())];
         if let Some(n) = &name {
-            if !emit(tx, root, n.clone(), &meta, links) {
+            if !tx.entry(root, n.clone(), &meta, links) {
                 return false;
             }
         }
@@ -179,35 +277,48 @@ fn walk_root(root: &Path, links: bool, tx: &mut Out) -> bool {
                 match fs::read_dir(&dir).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
                     Ok(c) => c,
                     Err(source) => {
-                        if tx.send(Err(WalkError { path: dir, source })).is_err() {
+                        if !tx.error(WalkError { path: dir, source }) {
                             return false;
                         }
                         continue;
                     }
                 };
-            children.sort_by_key(|c| c.file_name());
+            if V::DETAILED {
+                // One name allocated per entry, not one per comparison.
+                children.sort_by_cached_key(fs::DirEntry::file_name);
+            }
             let mut subdirs = Vec::new();
             for child in children {
+                // Relative to the open directory (`fstatat`), not a walk of the whole path.
+                let meta = match child.metadata() {
+                    Ok(m) => m,
+                    Err(source) => {
+                        let path = child.path();
+                        if !tx.error(WalkError { path, source }) {
+                            return false;
+                        }
+                        continue;
+                    }
+                };
+                if !V::DETAILED {
+                    if meta.is_dir() {
+                        subdirs.push((child.path(), None));
+                    }
+                    if !tx.entry(Path::new(""), Vec::new(), &meta, links) {
+                        return false;
+                    }
+                    continue;
+                }
                 let path = child.path();
                 let rel = match &prefix {
                     Some(p) => [p.as_slice(), b"/", child.file_name().as_bytes()].concat(),
                     None => child.file_name().as_bytes().to_vec(),
                 };
-                // Relative to the open directory (`fstatat`), not a walk of the whole path.
-                let meta = match child.metadata() {
-                    Ok(m) => m,
-                    Err(source) => {
-                        if tx.send(Err(WalkError { path, source })).is_err() {
-                            return false;
-                        }
-                        continue;
-                    }
-                };
-                if !emit(tx, &path, rel.clone(), &meta, links) {
-                    return false;
-                }
                 if meta.is_dir() {
-                    subdirs.push((path, Some(rel)));
+                    subdirs.push((path.clone(), Some(rel.clone())));
+                }
+                if !tx.entry(&path, rel, &meta, links) {
+                    return false;
                 }
             }
             // Depth-first, in name order: push in reverse so the first name pops first.
@@ -216,7 +327,7 @@ fn walk_root(root: &Path, links: bool, tx: &mut Out) -> bool {
         true
     } else {
         let name = name.unwrap_or_else(|| root.as_os_str().as_bytes().to_vec());
-        emit(tx, root, name, &meta, links)
+        tx.entry(root, name, &meta, links)
     }
 }
 
@@ -305,5 +416,49 @@ mod tests {
         let contents = names(vec![PathBuf::from(slash)], false);
         assert_eq!(contents[0].0, "a");
         assert!(contents.iter().all(|(r, _)| !r.starts_with("top")));
+    }
+
+    /// The count sees what the walk sends: regular files and their sizes, by the same rules
+    /// (links, skipped special files, trailing slashes, files given directly).
+    #[test]
+    fn count_sums_what_the_walk_yields() {
+        let d = tempfile::tempdir().unwrap();
+        let top = d.path().join("top");
+        fs::create_dir_all(top.join("a/b")).unwrap();
+        fs::create_dir_all(top.join("empty")).unwrap();
+        fs::write(top.join("a/one"), vec![1u8; 1000]).unwrap();
+        fs::write(top.join("a/b/two"), vec![2u8; 70_000]).unwrap();
+        fs::write(top.join("zero"), b"").unwrap();
+        std::os::unix::fs::symlink("a/one", top.join("link")).unwrap();
+        let c = std::ffi::CString::new(top.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let single = d.path().join("single");
+        fs::write(&single, vec![3u8; 5]).unwrap();
+        let mut slash = top.join("a").into_os_string();
+        slash.push("/");
+        let roots = vec![top.clone(), PathBuf::from(slash), single];
+        for links in [false, true] {
+            let walked: Vec<Entry> = spawn(roots.clone(), links)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let files: Vec<&Entry> = walked
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .collect();
+            let bytes: u64 = files.iter().map(|e| e.size).sum();
+            assert_eq!((files.len(), bytes), (6, 2 * 71_000 + 5));
+            let tally = count(roots.clone(), links).unwrap();
+            let mut total = tally.total();
+            for _ in 0..10_000 {
+                if total.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                total = tally.total();
+            }
+            assert_eq!(total, Some((files.len() as u64, bytes)), "links {links}");
+        }
     }
 }

@@ -14,20 +14,53 @@ pub fn tidegate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidegate"))
 }
 
+/// A child process that is killed if it is still running when dropped: a test that fails
+/// half-way leaves no `serve` behind (holding the test's output pipes open).
+pub struct Owned(Child);
+
+impl Owned {
+    pub fn new(child: Child) -> Self {
+        Owned(child)
+    }
+}
+
+impl std::ops::Deref for Owned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `serve` on a free loopback port and returns it with its address.
-pub fn serve(dir: &Path, extra: &[&str]) -> (Child, String) {
+pub fn serve(dir: &Path, extra: &[&str]) -> (Owned, String) {
     serve_from(tidegate(), dir, extra)
 }
 
 /// [`serve`] from a prepared command (say, with a `pre_exec`).
-pub fn serve_from(mut cmd: Command, dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+pub fn serve_from(mut cmd: Command, dir: &Path, extra: &[&str]) -> (Owned, String) {
+    let mut child = Owned::new(
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     stderr.read_line(&mut line).unwrap();
@@ -39,7 +72,7 @@ pub fn serve_from(mut cmd: Command, dir: &Path, extra: &[&str]) -> (Child, Strin
 }
 
 /// Stops a `serve` child with SIGTERM and waits for it.
-pub fn stop(mut child: Child) -> ExitStatus {
+pub fn stop(mut child: Owned) -> ExitStatus {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap()
