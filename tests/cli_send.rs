@@ -90,6 +90,11 @@ fn unreachable_receiver_and_usage_errors() {
         stderr.contains(&addr) && stderr.contains("FAILED"),
         "{stderr}"
     );
+    // The file is counted as not delivered, not listed with the receiver's error again.
+    assert!(
+        stderr.contains("not delivered: 1 entry") && !stderr.contains("failed: f:"),
+        "{stderr}"
+    );
     // Said once, not once per attempt of each of the four streams; and nothing dropped,
     // since nothing was ever connected.
     assert_eq!(stderr.matches("cannot connect").count(), 1, "{stderr}");

@@ -111,8 +111,22 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
                 .map(|e| format!(", FAILED: {e}"))
                 .unwrap_or_default()
         )?;
+        // When the receiver failed as a whole, every entry not yet delivered fails with its
+        // error: one line says so (each is listed with -v, and always in the JSON report).
+        let mut undelivered = 0u64;
         for (path, why) in &d.failed {
+            if verbose == 0 && d.error.as_deref() == Some(why.as_str()) {
+                undelivered += 1;
+                continue;
+            }
             writeln!(err, "  failed: {path}: {why}")?;
+        }
+        if undelivered > 0 {
+            writeln!(
+                err,
+                "  not delivered: {undelivered} {} (-v lists them)",
+                if undelivered == 1 { "entry" } else { "entries" }
+            )?;
         }
     }
     for (path, why) in &report.source_errors {
