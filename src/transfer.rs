@@ -505,10 +505,13 @@ async fn pass(
     drop(note_tx);
 
     let mut pipeline_open = true;
+    // One waiter on the token for the whole loop, not one made and dropped per event.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => break,
+            () = &mut cancelled => break,
             note = notes.recv() => match note {
                 Some((dest, note)) => state.on_note(dest, note).await,
                 None => break,
@@ -531,7 +534,7 @@ async fn pass(
                         let sent = loop {
                             tokio::select! {
                                 biased;
-                                () = cancel.cancelled() => break false,
+                                () = &mut cancelled => break false,
                                 note = notes.recv() => match note {
                                     Some((dest, note)) => state.on_note(dest, note).await,
                                     None => break false,

@@ -243,6 +243,9 @@ async fn pump(
 ) -> Result<(), Failure> {
     let link = |e: LinkError| Failure::Retry(e.to_string());
     let mut queue_closed = false;
+    // One waiter on the token for the connection's life, not one per frame.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if queue_closed && unacked.is_empty() {
             let _ = writer.shutdown().await;
@@ -252,7 +255,7 @@ async fn pump(
         let waiting = !unacked.is_empty();
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(()),
+            () = &mut cancelled => return Ok(()),
             // With requests outstanding, silence means a dead link; otherwise just listen, to
             // notice a server that closes or errors.
             frame = async {

@@ -165,6 +165,11 @@ impl Dispatch {
         drop(reply_tx);
         let mut live = self.streams.max(1);
         let mut reach = Reach::default();
+        // One waiter on the token for the whole run, not one per event (an owned clone: the
+        // loop borrows `self` mutably).
+        let cancel = self.cancel.clone();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         let mut out = Outcome::default();
         let mut files: HashMap<u64, FileState> = HashMap::new();
         // Files whose `FileReady` said some chunks were already there, with the bytes not
@@ -189,7 +194,7 @@ impl Dispatch {
             }
             tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => {
+                () = &mut cancelled => {
                     out.fatal = Some("cancelled".into());
                     break;
                 }

@@ -49,6 +49,16 @@ impl Budget {
         self.total_bytes - self.semaphore.available_permits()
     }
 
+    /// Reserves `bytes` (clamped as in [`Budget::acquire`]) if they are free now and nobody
+    /// is waiting ahead; `None` otherwise.
+    pub fn try_acquire(&self, bytes: usize) -> Option<Permit> {
+        let want = u32::try_from(bytes.min(self.total_bytes)).unwrap_or(u32::MAX);
+        Arc::clone(&self.semaphore)
+            .try_acquire_many_owned(want)
+            .ok()
+            .map(|inner| Permit { inner })
+    }
+
     /// Waits until `bytes` are free and reserves them. Requests larger than the whole budget
     /// are clamped to it, so they wait for an empty budget rather than forever. Waiters are
     /// served in order.
@@ -79,6 +89,24 @@ mod tests {
         let b = budget.acquire(50).await;
         assert_eq!(budget.in_flight_bytes(), 50);
         drop(b);
+        assert_eq!(budget.in_flight_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn try_acquire_takes_only_what_is_free() {
+        let budget = Budget::new(100);
+        let a = budget.try_acquire(60).unwrap();
+        assert!(
+            budget.try_acquire(50).is_none(),
+            "60 + 50 exceeds the budget"
+        );
+        let b = budget.try_acquire(1000);
+        assert!(
+            b.is_none(),
+            "clamped to the whole budget, which is not free"
+        );
+        drop(a);
+        assert_eq!(budget.try_acquire(1000).unwrap().bytes(), 100);
         assert_eq!(budget.in_flight_bytes(), 0);
     }
 

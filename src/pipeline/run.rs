@@ -429,11 +429,21 @@ impl<S: Spec> Producer<S> {
         let expected_len = source.len_hint();
         let mut index = 0;
         while let Some(want) = source.next_request() {
-            let permit = self.runtime.block_on(async {
-                tokio::select! {
-                    permit = self.budget.acquire(want) => Some(permit),
-                    () = self.cancel.cancelled() => None,
-                }
+            // A file's first chunk follows the check in `run`.
+            if index > 0 && self.cancel.is_cancelled() {
+                return Err(SourceError::Cancelled {
+                    path: path.to_path_buf(),
+                });
+            }
+            // Entering the runtime to wait costs more than reading a small file: only when
+            // the budget is full.
+            let permit = self.budget.try_acquire(want).or_else(|| {
+                self.runtime.block_on(async {
+                    tokio::select! {
+                        permit = self.budget.acquire(want) => Some(permit),
+                        () = self.cancel.cancelled() => None,
+                    }
+                })
             });
             let Some(permit) = permit else {
                 return Err(SourceError::Cancelled {
