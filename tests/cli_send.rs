@@ -73,12 +73,7 @@ fn unreachable_receiver_and_usage_errors() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("f");
     std::fs::write(&file, b"x").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::unused_addr();
     let out = tidegate()
         .args(["send", "--retry-for", "1s", "--to", &addr])
         .arg(&file)
@@ -125,12 +120,7 @@ fn a_receiver_coming_up_late_is_reported_once_each_way() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("f"), b"late but whole").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::unused_addr();
     let mut send = Owned::new(
         tidegate()
             .args(["send", "--retry-for", "60s", "--to", &addr])

@@ -41,12 +41,7 @@ async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
     // Reserve a free port, release it, and start the server there a little later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr: std::net::SocketAddr = common::unused_addr().parse().unwrap();
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("late.bin");
     std::fs::write(&file, data(3 << 20, 8)).unwrap();
@@ -70,12 +65,7 @@ async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_comes_up_fails_with_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = common::unused_addr();
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("f");
     std::fs::write(&file, b"nobody home").unwrap();

@@ -17,6 +17,16 @@ pub use proxy::Proxy;
 use tidegate::{Server, ServerOptions, ServerStatus, TransferOptions};
 use tokio_util::sync::CancellationToken;
 
+/// A loopback address nothing listens on (a port the kernel just handed out and took back).
+pub fn unused_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// A running server; stops (and is awaited) on `stop`.
 pub struct TestServer {
     pub addr: SocketAddr,
