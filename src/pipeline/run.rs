@@ -19,7 +19,7 @@ use super::chunk::Chunk;
 use super::hash::{digest, digest_whole, HashPool, RootBuilder};
 use super::options::PipelineOptions;
 use crate::source::read::BufPool;
-use crate::source::{FileSource, Input, RawChunk, SourceError};
+use crate::source::{FileSource, Input, LastDir, RawChunk, SourceError};
 
 /// Anything the pipeline can read: it only needs the [`Input`]; the rest (a relative path,
 /// metadata) rides along and comes back in [`Event::FileStarted`]. A spec without an input
@@ -315,6 +315,7 @@ const INLINE_HASH_MAX: usize = 64 * 1024;
 
 impl<S: Spec> Producer<S> {
     fn run(self, specs: impl Iterator<Item = (u64, S)>) {
+        let mut dirs = LastDir::default();
         for (file, spec) in specs {
             if self.cancel.is_cancelled() {
                 break;
@@ -327,7 +328,7 @@ impl<S: Spec> Producer<S> {
             };
             let opened = FileSource::open(
                 input,
-                spec.walked_len(),
+                spec.walked_len().map(|len| (len, &mut dirs)),
                 self.chunk_len,
                 self.window_len,
                 Arc::clone(&self.bufs),

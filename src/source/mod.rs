@@ -162,6 +162,60 @@ enum Route {
     },
 }
 
+/// The directory of the last walked file opened, kept open so that the next file in it is
+/// opened relative to it. Owned by the one thread that reads.
+#[derive(Debug, Default)]
+pub(crate) struct LastDir {
+    dir: Option<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl LastDir {
+    /// Opens `path` for reading, non-blocking (a pipe put in a file's place must not block
+    /// the reader), relative to its directory.
+    fn open_nonblocking(&mut self, path: &Path) -> io::Result<File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path);
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let same = matches!(&self.dir, Some((p, _)) if p.as_os_str() == parent.as_os_str());
+        if !same {
+            let dir = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(parent)?;
+            self.dir = Some((parent.to_path_buf(), dir.into()));
+        }
+        let Some((_, dir)) = &self.dir else {
+            unreachable!("set above");
+        };
+        let name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated string, both alive
+        // for the call.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+}
+
 /// An opened input that hands out its bytes chunk by chunk, in order.
 pub(crate) struct FileSource {
     path: PathBuf,
@@ -183,9 +237,13 @@ impl FileSource {
     /// pipe put in its place since cannot block the reader, and read with positioned reads,
     /// which fail on anything but a file or a device. A file that shrank since is reported
     /// truncated; one that grew is sent as long as the walk saw it.
+    ///
+    /// Such files are opened relative to their directory, kept open in `dirs` while files of
+    /// the same directory follow (one name to look up instead of every component of the
+    /// path, another measurable share of a tree of small files).
     pub(crate) fn open(
         input: &Input,
-        walked: Option<u64>,
+        walked: Option<(u64, &mut LastDir)>,
         chunk_len: usize,
         window_len: u64,
         pool: Arc<BufPool>,
@@ -196,12 +254,8 @@ impl FileSource {
             source,
         };
         let (route, len) = match (input, walked) {
-            (Input::Path(p), Some(len)) if len > 0 && len <= SMALL_FILE_BYTES => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(p)
-                    .map_err(open_err)?;
+            (Input::Path(p), Some((len, dirs))) if len > 0 && len <= SMALL_FILE_BYTES => {
+                let file = dirs.open_nonblocking(p).map_err(open_err)?;
                 (Route::Positioned(file), Some(len))
             }
             _ => Self::open_asking(input, &path, window_len)?,
@@ -527,7 +581,7 @@ mod tests {
     fn open_walked(path: &Path, walked: u64) -> Result<FileSource, SourceError> {
         FileSource::open(
             &Input::Path(path.to_path_buf()),
-            Some(walked),
+            Some((walked, &mut LastDir::default())),
             16384,
             65536,
             BufPool::new(16384, 1),
@@ -544,6 +598,31 @@ mod tests {
         }
         src.finish()?;
         Ok(out)
+    }
+
+    /// Files are opened relative to the last directory, which is switched when they move on.
+    #[test]
+    fn last_dir_opens_in_the_right_directory() {
+        let d = tempfile::tempdir().unwrap();
+        for (dir, body) in [("a", "in a"), ("b", "in b")] {
+            std::fs::create_dir(d.path().join(dir)).unwrap();
+            std::fs::write(d.path().join(dir).join("f"), body).unwrap();
+        }
+        let mut dirs = LastDir::default();
+        for (dir, body) in [("a", "in a"), ("a", "in a"), ("b", "in b"), ("a", "in a")] {
+            let mut got = String::new();
+            dirs.open_nonblocking(&d.path().join(dir).join("f"))
+                .unwrap()
+                .read_to_string(&mut got)
+                .unwrap();
+            assert_eq!(got, body);
+        }
+        let err = dirs
+            .open_nonblocking(&d.path().join("a/missing"))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = dirs.open_nonblocking(&d.path().join("c/f")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     /// A small file the walk just saw is opened without asking again what it is; whatever
