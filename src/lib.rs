@@ -38,7 +38,7 @@ pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};
 pub use pipeline::budget::Budget;
 pub use pipeline::chunk::ChunkSize;
 pub use pipeline::options::{OptionsError, PipelineOptions};
-pub use progress::Progress;
+pub use progress::{ConnectionState, Progress};
 pub use server::{Server, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
 pub use source::{Input, SourceError};
 pub use transfer::{Report, Transfer, TransferHandle, TransferOptions};

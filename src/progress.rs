@@ -48,6 +48,31 @@ pub enum Progress {
         /// What went wrong.
         error: String,
     },
+    /// A receiver became unreachable, reachable again, or lost a connection (transfers only).
+    Connection {
+        /// The receiver, as given.
+        address: String,
+        /// What happened.
+        state: ConnectionState,
+        /// Why, for `unreachable` and `dropped`.
+        error: Option<String>,
+        /// For `connected`: attempts that failed since `unreachable`.
+        failed_attempts: u64,
+    },
+}
+
+/// What [`Progress::Connection`] reports. Serialises in snake case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// No connection to the receiver is up and an attempt failed; retrying with backoff until
+    /// the retry deadline (said once, until it is reachable again).
+    Unreachable,
+    /// A connection is up again after `Unreachable`.
+    Connected,
+    /// A live connection dropped; it is redialled and what it had not confirmed is resent.
+    Dropped,
 }
 
 /// Rate limit for byte-count events: due at most once per interval, and always at the end.

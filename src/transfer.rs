@@ -23,7 +23,7 @@ use crate::pipeline::hash::HashPool;
 use crate::pipeline::options::{OptionsError, PipelineOptions};
 use crate::pipeline::run::Spec;
 use crate::pipeline::{Event, Pipeline};
-use crate::progress::{Progress, Ticker};
+use crate::progress::{ConnectionState, Progress, Ticker};
 use crate::protocol::handshake::{random, Key};
 use crate::source::walk::{self, Entry, EntryKind, Tally, WalkError};
 use crate::source::Input;
@@ -704,22 +704,46 @@ impl Tracker {
                 }
             }
             Note::Failed { file, message } => self.emit_failed(file, message).await,
-            Note::Retrying { error } => tracing::warn!(
-                addr = %self.addresses[dest],
-                %error,
-                "connection dropped; redialling and resending what it had not confirmed"
-            ),
-            Note::Unreachable { error } => tracing::warn!(
-                addr = %self.addresses[dest],
-                %error,
-                "cannot connect; retrying with backoff until the retry deadline"
-            ),
-            Note::Reachable { failed_dials } => tracing::warn!(
-                addr = %self.addresses[dest],
-                failed_dials,
-                "connected"
-            ),
+            Note::Retrying { error } => {
+                tracing::warn!(
+                    addr = %self.addresses[dest],
+                    %error,
+                    "connection dropped; redialling and resending what it had not confirmed"
+                );
+                self.connection(dest, ConnectionState::Dropped, Some(error), 0)
+                    .await;
+            }
+            Note::Unreachable { error } => {
+                tracing::warn!(
+                    addr = %self.addresses[dest],
+                    %error,
+                    "cannot connect; retrying with backoff until the retry deadline"
+                );
+                self.connection(dest, ConnectionState::Unreachable, Some(error), 0)
+                    .await;
+            }
+            Note::Reachable { failed_dials } => {
+                tracing::warn!(addr = %self.addresses[dest], failed_dials, "connected");
+                self.connection(dest, ConnectionState::Connected, None, failed_dials)
+                    .await;
+            }
         }
+    }
+
+    async fn connection(
+        &self,
+        dest: usize,
+        state: ConnectionState,
+        error: Option<String>,
+        failed_attempts: u64,
+    ) {
+        self.emit(Progress::Connection {
+            address: self.addresses[dest].clone(),
+            state,
+            error,
+            failed_attempts,
+        })
+        .await;
     }
 
     /// Bytes every destination acknowledged, on average.

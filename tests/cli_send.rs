@@ -113,7 +113,8 @@ fn unreachable_receiver_and_usage_errors() {
 }
 
 /// A receiver that comes up while the sender retries: one warning that it cannot connect,
-/// one that it did, everything delivered, and no reconnect counted (no connection dropped).
+/// one that it did (and the same as `--json` events), everything delivered, and no reconnect
+/// counted (no connection dropped).
 #[test]
 fn a_receiver_coming_up_late_is_reported_once_each_way() {
     use std::io::{BufRead, BufReader};
@@ -123,8 +124,9 @@ fn a_receiver_coming_up_late_is_reported_once_each_way() {
     let addr = common::unused_addr();
     let mut send = Owned::new(
         tidegate()
-            .args(["send", "--retry-for", "60s", "--to", &addr])
+            .args(["send", "--json", "--retry-for", "60s", "--to", &addr])
             .arg(src.path().join("f"))
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
@@ -144,6 +146,8 @@ fn a_receiver_coming_up_late_is_reported_once_each_way() {
             .unwrap(),
     );
     std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut send.stdout.take().unwrap(), &mut json).unwrap();
     let status = send.wait().unwrap();
     assert!(stop(server).success());
     assert!(status.success(), "{seen}");
@@ -153,11 +157,26 @@ fn a_receiver_coming_up_late_is_reported_once_each_way() {
     );
     assert_eq!(seen.matches("cannot connect").count(), 1, "{seen}");
     assert_eq!(seen.matches("connected").count(), 1, "{seen}");
-    assert!(seen.contains("0 reconnects"), "{seen}");
     assert!(
         !seen.contains('\x1b'),
         "no colour codes into a pipe: {seen:?}"
     );
+    // The same, as events an app can show; and no reconnect counted.
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "connection")
+        .map(|e| {
+            assert_eq!(e["address"], addr.as_str());
+            e["state"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(states, ["unreachable", "connected"], "{json}");
+    let report = &events.last().unwrap()["report"]["destinations"][0];
+    assert_eq!(report["reconnects"], 0, "{json}");
 }
 
 /// `serve` raises its soft descriptor limit to the hard one (small files waiting for their

@@ -22,10 +22,28 @@ async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
     let budget = 8 << 20;
     options.pipeline.memory_bytes = budget;
     options.pipeline.chunk_size = tidegate::ChunkSize::new(256 << 10).unwrap();
-    let report = send(vec![file], proxy.addr.to_string(), options).await;
+    let mut transfer = Transfer::new(vec![file], vec![proxy.addr.to_string()]).options(options);
+    let mut events = transfer.subscribe();
+    let handle = transfer.start().unwrap();
+    let mut dropped = 0;
+    while let Some(event) = events.recv().await {
+        // (A redial cut during its handshake may also show as unreachable, then connected.)
+        if let tidegate::Progress::Connection {
+            state: tidegate::ConnectionState::Dropped,
+            error,
+            ..
+        } = event
+        {
+            assert!(error.is_some());
+            dropped += 1;
+        }
+    }
+    let report = handle.wait().await.unwrap();
     assert!(report.success(), "{report:#?}");
     assert_eq!(proxy.cuts(), 3);
     assert!(report.destinations[0].reconnects >= 3, "{report:#?}");
+    // Each drop an app can show, counted as the report counts them.
+    assert_eq!(dropped, report.destinations[0].reconnects, "{report:#?}");
     let got = std::fs::read(server.root().join("big.bin")).unwrap();
     assert!(got == content, "received bytes differ");
     // At most the in-flight window (the budget) is sent again per cut, plus frame headers.

@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tidegate::Progress;
+use tidegate::{ConnectionState, Progress};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -62,6 +62,15 @@ pub(crate) fn spawn_bar(
                     }
                     bar.set_position(done_bytes);
                 }
+                Progress::Connection {
+                    address,
+                    state: ConnectionState::Unreachable,
+                    error,
+                    ..
+                } => bar.set_message(format!(
+                    "waiting for {address}: {}",
+                    error.unwrap_or_default()
+                )),
                 _ => {}
             }
         }
