@@ -197,14 +197,22 @@ impl LastDir {
         let Some((_, dir)) = &self.dir else {
             unreachable!("set above");
         };
-        let name = std::ffi::CString::new(name.as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated string, both alive
-        // for the call.
+        // The name, NUL-terminated, on the stack (a name is at most 255 bytes on Linux).
+        let name = name.as_bytes();
+        let mut buf = [0u8; 256];
+        if name.len() >= buf.len() || name.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "file name too long or with a NUL byte",
+            ));
+        }
+        buf[..name.len()].copy_from_slice(name);
+        // SAFETY: `dir` is an open descriptor and `buf` a NUL-terminated string (zeroed past
+        // the name, which has no NUL of its own), both alive for the call.
         let fd = unsafe {
             libc::openat(
                 dir.as_raw_fd(),
-                name.as_ptr(),
+                buf.as_ptr().cast(),
                 libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
             )
         };
@@ -623,6 +631,9 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         let err = dirs.open_nonblocking(&d.path().join("c/f")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let long = d.path().join("a").join("x".repeat(300));
+        let err = dirs.open_nonblocking(&long).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     /// A small file the walk just saw is opened without asking again what it is; whatever
