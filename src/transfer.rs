@@ -49,7 +49,7 @@ pub struct TransferOptions {
     pub reply_timeout: Duration,
     /// Send symlinks as links. Default `false`: skip them with a warning.
     pub links: bool,
-    /// Count the sources' files and bytes on a thread of their own while sending, so that
+    /// Count the sources' bytes on a thread of their own while sending, so that
     /// [`Progress::Bytes`] can carry a total (and a progress bar an ETA) once the count is
     /// done. It costs one more `stat` per file. Default `true`.
     pub count_total: bool,
@@ -704,46 +704,37 @@ impl Tracker {
                 }
             }
             Note::Failed { file, message } => self.emit_failed(file, message).await,
-            Note::Retrying { error } => {
-                tracing::warn!(
-                    addr = %self.addresses[dest],
-                    %error,
-                    "connection dropped; redialling and resending what it had not confirmed"
-                );
-                self.connection(dest, ConnectionState::Dropped, Some(error), 0)
-                    .await;
-            }
-            Note::Unreachable { error } => {
-                tracing::warn!(
-                    addr = %self.addresses[dest],
-                    %error,
-                    "cannot connect; retrying with backoff until the retry deadline"
-                );
-                self.connection(dest, ConnectionState::Unreachable, Some(error), 0)
-                    .await;
-            }
-            Note::Reachable { failed_dials } => {
-                tracing::warn!(addr = %self.addresses[dest], failed_dials, "connected");
-                self.connection(dest, ConnectionState::Connected, None, failed_dials)
-                    .await;
+            Note::Connection {
+                state,
+                error,
+                failed_dials,
+            } => {
+                let addr = &self.addresses[dest];
+                let why = error.as_deref().unwrap_or_default();
+                match state {
+                    ConnectionState::Dropped => tracing::warn!(
+                        %addr,
+                        error = %why,
+                        "connection dropped; redialling and resending what it had not confirmed"
+                    ),
+                    ConnectionState::Unreachable => tracing::warn!(
+                        %addr,
+                        error = %why,
+                        "cannot connect; retrying with backoff until the retry deadline"
+                    ),
+                    ConnectionState::Connected => {
+                        tracing::warn!(%addr, failed_dials, "connected");
+                    }
+                }
+                self.emit(Progress::Connection {
+                    address: addr.clone(),
+                    state,
+                    error,
+                    failed_attempts: failed_dials,
+                })
+                .await;
             }
         }
-    }
-
-    async fn connection(
-        &self,
-        dest: usize,
-        state: ConnectionState,
-        error: Option<String>,
-        failed_attempts: u64,
-    ) {
-        self.emit(Progress::Connection {
-            address: self.addresses[dest].clone(),
-            state,
-            error,
-            failed_attempts,
-        })
-        .await;
     }
 
     /// Bytes every destination acknowledged, on average.
@@ -757,7 +748,7 @@ impl Tracker {
         let done = self.acked.iter().sum::<u64>() / self.n_dest.max(1);
         self.emit(Progress::Bytes {
             done_bytes: done,
-            total_bytes: self.tally.as_ref().and_then(Tally::total).map(|(_, b)| b),
+            total_bytes: self.tally.as_ref().and_then(Tally::total),
             files_done: self.files_done,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
         })

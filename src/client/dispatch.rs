@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, Expect, Job, Params, Reply};
 use crate::pipeline::chunk::Chunk;
+use crate::progress::ConnectionState;
 use crate::protocol::{ErrorCode, Frame, Meta};
 use crate::source::walk::{Entry, EntryKind};
 
@@ -90,16 +91,13 @@ pub(crate) enum Note {
         file: u64,
         message: String,
     },
-    /// A live connection dropped; what it had not confirmed is sent again.
-    Retrying {
-        error: String,
-    },
-    /// No connection is up and an attempt to make one failed (said once, until one is up).
-    Unreachable {
-        error: String,
-    },
-    /// A connection is up again after `Unreachable`, and this many failed attempts.
-    Reachable {
+    /// The destination became unreachable, reachable again, or dropped a connection (what
+    /// that connection had not confirmed is sent again); see [`ConnectionState`].
+    Connection {
+        state: ConnectionState,
+        /// Why, for `Unreachable` and `Dropped`.
+        error: Option<String>,
+        /// For `Connected`: attempts that failed since `Unreachable`.
         failed_dials: u64,
     },
 }
@@ -109,7 +107,7 @@ pub(crate) enum Note {
 struct Reach {
     /// Connections up now.
     up: usize,
-    /// `Unreachable` was said and not yet answered by `Reachable`.
+    /// `Unreachable` was said and not yet answered by `Connected`.
     warned: bool,
     /// Failed attempts since it was said.
     failed_dials: u64,
@@ -288,22 +286,22 @@ impl Dispatch {
                             reach.up += 1;
                             if reach.warned {
                                 reach.warned = false;
-                                let failed = std::mem::take(&mut reach.failed_dials);
-                                self.note(Note::Reachable { failed_dials: failed }).await;
+                                let failed_dials = std::mem::take(&mut reach.failed_dials);
+                                self.note(Note::Connection { state: ConnectionState::Connected, error: None, failed_dials }).await;
                             }
                         }
                         Reply::Down { mut unacked, error, was_up } => {
                             if was_up {
                                 reach.up = reach.up.saturating_sub(1);
                                 out.reconnects += 1;
-                                self.note(Note::Retrying { error }).await;
+                                self.note(Note::Connection { state: ConnectionState::Dropped, error: Some(error), failed_dials: 0 }).await;
                             } else {
                                 // One warning while nothing gets through, not one per attempt
                                 // of every stream.
                                 reach.failed_dials += 1;
                                 if reach.up == 0 && !reach.warned {
                                     reach.warned = true;
-                                    self.note(Note::Unreachable { error }).await;
+                                    self.note(Note::Connection { state: ConnectionState::Unreachable, error: Some(error), failed_dials: 0 }).await;
                                 }
                             }
                             // Resend first, in their original order.

@@ -186,16 +186,15 @@ impl LastDir {
         } else {
             parent
         };
-        let same = matches!(&self.dir, Some((p, _)) if p.as_os_str() == parent.as_os_str());
-        if !same {
-            let dir = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(parent)?;
-            self.dir = Some((parent.to_path_buf(), dir.into()));
-        }
-        let Some((_, dir)) = &self.dir else {
-            unreachable!("set above");
+        let dir = match &mut self.dir {
+            Some((p, dir)) if p.as_os_str() == parent.as_os_str() => dir,
+            last => {
+                let dir = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(parent)?;
+                &mut last.insert((parent.to_path_buf(), dir.into())).1
+            }
         };
         // The name, NUL-terminated, on the stack (a name is at most 255 bytes on Linux).
         let name = name.as_bytes();

@@ -144,10 +144,9 @@ impl Visit for Out {
     }
 }
 
-/// The running sums of a [`count`].
+/// The running sum of a [`count`].
 #[derive(Debug, Default)]
 struct Sums {
-    files: AtomicU64,
     bytes: AtomicU64,
     done: AtomicBool,
     stop: AtomicBool,
@@ -158,7 +157,6 @@ impl Visit for &Sums {
 
     fn entry(&mut self, _: &Path, _: Vec<u8>, meta: &fs::Metadata, _: bool) -> bool {
         if meta.is_file() {
-            self.files.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(meta.len(), Ordering::Relaxed);
         }
         !self.stop.load(Ordering::Relaxed)
@@ -170,22 +168,20 @@ impl Visit for &Sums {
     }
 }
 
-/// A count of the regular files under some roots and their bytes, running on its own
-/// thread. Dropping it stops the count.
+/// A count of the bytes of the regular files under some roots, running on its own thread.
+/// Dropping it stops the count.
 #[derive(Debug)]
 pub struct Tally {
     sums: Arc<Sums>,
 }
 
 impl Tally {
-    /// Files and bytes, once every root was walked; `None` before.
-    pub fn total(&self) -> Option<(u64, u64)> {
-        self.sums.done.load(Ordering::Acquire).then(|| {
-            (
-                self.sums.files.load(Ordering::Relaxed),
-                self.sums.bytes.load(Ordering::Relaxed),
-            )
-        })
+    /// The bytes, once every root was walked; `None` before.
+    pub fn total(&self) -> Option<u64> {
+        self.sums
+            .done
+            .load(Ordering::Acquire)
+            .then(|| self.sums.bytes.load(Ordering::Relaxed))
     }
 }
 
@@ -195,8 +191,8 @@ impl Drop for Tally {
     }
 }
 
-/// Starts counting what [`spawn`] with the same arguments would yield: regular files and
-/// their sizes as the walk sees them (files that change meanwhile make it approximate).
+/// Starts counting what [`spawn`] with the same arguments would yield: the sizes of regular
+/// files as the walk sees them (files that change meanwhile make it approximate).
 pub fn count(roots: Vec<PathBuf>, links: bool) -> std::io::Result<Tally> {
     let sums = Arc::new(Sums::default());
     let counting = Arc::clone(&sums);
@@ -458,7 +454,7 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(1));
                 total = tally.total();
             }
-            assert_eq!(total, Some((files.len() as u64, bytes)), "links {links}");
+            assert_eq!(total, Some(bytes), "links {links}");
         }
     }
 }
