@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -22,7 +23,7 @@ use tracing::Instrument;
 
 use super::leftovers;
 use super::session::{self, Context};
-use super::staging::{descriptor_limit, Staging};
+use super::staging::{descriptor_limit, reserve_descriptors, Staging};
 use super::ServerOptions;
 use crate::pipeline::hash::HashPool;
 
@@ -88,6 +89,11 @@ impl Server {
             .unnamed_files
             .unwrap_or_else(|| descriptor_limit() / 2);
         let staging = Staging::probe(&options.root, slots);
+        if staging.is_on() {
+            // A batch filling while the one before waits for its flush, and the sockets.
+            let held = slots.min(2 * options.batch_files);
+            reserve_descriptors(listener.as_fd(), held + options.max_connections + 256);
+        }
         tracing::debug!(
             on = staging.is_on(),
             slots,

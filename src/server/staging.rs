@@ -21,7 +21,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -202,6 +202,32 @@ pub(crate) fn descriptor_limit() -> usize {
     usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
+/// Grows the process's descriptor table now, while the server is idle, so that descriptors
+/// numbered up to `upto` (capped by the limit) need no growth later; returns the descriptor
+/// number that did it, already closed again.
+///
+/// Waiting small files hold a descriptor each, thousands in a batch. The kernel grows the
+/// table by doubling, and in a process of several threads each growth waits for an RCU
+/// grace period (`synchronize_rcu` in `expand_fdtable`): met while receiving, that put the
+/// worker writing a file to sleep each time the waiting files doubled, in every new
+/// `serve` process (README, Figures). Nothing already open is touched: `beside` is copied to
+/// the lowest free number at or above the target, and closed.
+pub(crate) fn reserve_descriptors(beside: BorrowedFd<'_>, upto: usize) -> Option<i32> {
+    let top = libc::c_int::try_from(upto.min(descriptor_limit().saturating_sub(1))).ok()?;
+    // SAFETY: duplicating a descriptor the caller keeps open; the copy is closed below.
+    let copy = unsafe { libc::fcntl(beside.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if copy < 0 {
+        tracing::debug!(
+            "reserving {top} descriptors: {}",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: `copy` was just made here and nothing else knows it.
+    drop(unsafe { OwnedFd::from_raw_fd(copy) });
+    Some(copy)
+}
+
 fn link(file: &File, via: LinkVia, target: &Path) -> io::Result<()> {
     let to = CString::new(target.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))?;
@@ -242,6 +268,7 @@ fn link(file: &File, via: LinkVia, target: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::PermissionsExt;
 
     fn names(dir: &Path) -> Vec<String> {
@@ -347,6 +374,44 @@ mod tests {
         assert!(!staging.is_on());
         assert!(staging.create(dir.path(), 0o600).unwrap().is_none());
         assert_eq!(staging.free(), 4, "no slot kept");
+    }
+
+    /// Descriptor slots in this process's table.
+    fn table_size() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+        line["FDSize:".len()..].trim().parse().unwrap()
+    }
+
+    fn is_open(fd: i32) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn reserving_descriptors_grows_the_table_and_replaces_none() {
+        let file = tempfile::tempfile().unwrap();
+        let before = table_size();
+        let upto = (before * 2).min(descriptor_limit() - 1);
+        if upto < before {
+            eprintln!("skipped: the descriptor limit leaves no room to grow the table");
+            return;
+        }
+        let used = reserve_descriptors(file.as_fd(), upto).unwrap();
+        let used = usize::try_from(used).unwrap();
+        assert!(used >= upto, "copied to {used}, asked for {upto}");
+        assert!(table_size() > upto, "table of {} slots", table_size());
+        assert!(!is_open(used as i32), "the copy was left open");
+
+        // A descriptor open at the target is stepped over, not replaced.
+        // SAFETY: a copy of `file`, closed below.
+        let held = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+        assert!(held >= 64);
+        let used = reserve_descriptors(file.as_fd(), held as usize).unwrap();
+        assert!(used > held);
+        assert!(is_open(held), "the descriptor in use was closed");
+        // SAFETY: `held` was made above and is closed only here.
+        drop(unsafe { OwnedFd::from_raw_fd(held) });
     }
 
     #[test]
