@@ -1,7 +1,8 @@
 //! Frames over a byte stream: the thin I/O layer between the sans-IO codec and TCP.
 //!
 //! [`FrameReader`] reads into a buffer that never grows past one frame of the allowed size
-//! (the codec rejects longer lengths from the header). [`FrameWriter`] writes a frame's head
+//! plus its read-ahead (the codec rejects longer lengths from the header, and grows the
+//! buffer exactly, see `codec::reserve_exact`). [`FrameWriter`] writes a frame's head
 //! and its payload with one vectored write, straight from the payload's `Bytes`.
 
 use std::io;
@@ -72,7 +73,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(frame));
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(self.read_ahead);
+                codec::reserve_exact(&mut self.buf, self.read_ahead);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
