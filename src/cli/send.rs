@@ -28,10 +28,12 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     options.links = args.links;
     options.key = load_key(&args.key)?;
     let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
-    // The total (one more `stat` per file, on a thread of its own) only for someone watching.
-    options.count_total = bar || args.json;
+    // Progress events, and the total (one more `stat` per file, on a thread of its own), only
+    // for someone watching: otherwise two events per file were made and thrown away.
+    let watching = bar || args.json;
+    options.count_total = watching;
     let mut transfer = Transfer::new(args.paths.clone(), args.to.clone()).options(options);
-    let events = transfer.subscribe();
+    let events = watching.then(|| transfer.subscribe());
     let handle = transfer.start().context("starting the transfer")?;
     let cancel = handle.cancel_token();
     let ctrl_c = tokio::spawn(async move {
@@ -39,29 +41,27 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
             cancel.cancel();
         }
     });
-    let viewer = if args.json {
-        tokio::spawn(print_json(events))
-    } else if bar {
-        progress::spawn_bar(events, None)
-    } else {
-        tokio::spawn(drain(events))
-    };
+    let viewer = events.map(|events| {
+        if args.json {
+            tokio::spawn(print_json(events))
+        } else {
+            progress::spawn_bar(events, None)
+        }
+    });
     let report = handle
         .wait()
         .await
         .context("the transfer stopped unexpectedly")?;
     ctrl_c.abort();
-    let _ = viewer.await;
+    if let Some(viewer) = viewer {
+        let _ = viewer.await;
+    }
     print_report(&report, args.json, verbose)?;
     Ok(if report.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-async fn drain(mut events: tokio::sync::mpsc::Receiver<Progress>) {
-    while events.recv().await.is_some() {}
 }
 
 async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {
