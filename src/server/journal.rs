@@ -13,7 +13,7 @@
 //! the header or record. The header names the source file's identity as the sender announced
 //! it (size, chunk size, mtime): a transfer of anything else starts the file over.
 //!
-//! Crash safety without a flush per chunk: records wait in memory until [`FLUSH_EVERY`] bytes
+//! Crash safety without a flush per chunk: records wait in memory until `FLUSH_EVERY` bytes
 //! of chunks are behind them, then the partial file is flushed (`fdatasync`) and only then are
 //! the records appended. A record on disk therefore always names data on disk, whatever dies
 //! when; a torn or damaged record ends the replay, and the chunks after it are sent again. The
