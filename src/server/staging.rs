@@ -399,16 +399,18 @@ mod tests {
             return;
         }
         let used = reserve_descriptors(file.as_fd(), upto).unwrap();
-        let used = usize::try_from(used).unwrap();
-        assert!(used >= upto, "copied to {used}, asked for {upto}");
+        assert!(
+            usize::try_from(used).unwrap() >= upto,
+            "copied to {used}, asked for {upto}"
+        );
         assert!(table_size() > upto, "table of {} slots", table_size());
-        assert!(!is_open(used as i32), "the copy was left open");
+        assert!(!is_open(used), "the copy was left open");
 
         // A descriptor open at the target is stepped over, not replaced.
         // SAFETY: a copy of `file`, closed below.
         let held = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
         assert!(held >= 64);
-        let used = reserve_descriptors(file.as_fd(), held as usize).unwrap();
+        let used = reserve_descriptors(file.as_fd(), usize::try_from(held).unwrap()).unwrap();
         assert!(used > held);
         assert!(is_open(held), "the descriptor in use was closed");
         // SAFETY: `held` was made above and is closed only here.

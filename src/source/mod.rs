@@ -245,8 +245,8 @@ impl FileSource {
     /// which fail on anything but a file or a device. A file that shrank since is reported
     /// truncated; one that grew is sent as long as the walk saw it.
     ///
-    /// Such files are opened relative to their directory, kept open in `dirs` while files of
-    /// the same directory follow (one name to look up instead of every component of the
+    /// Such files are opened relative to their directory, kept open in the [`LastDir`] that
+    /// comes with `walked` while files of the same directory follow (one name to look up instead of every component of the
     /// path, another measurable share of a tree of small files).
     pub(crate) fn open(
         input: &Input,
