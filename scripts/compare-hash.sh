@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares `tidegate hash` with `b3sum` on the same page-cached file, in the same run.
-# Prints throughput, CPU time and peak RSS of each, and the ratios.
+# Prints throughput, CPU time and peak RSS (GNU time's, see measure.py) of each, and the ratios.
 #
 #   scripts/compare-hash.sh [SIZE] [ROUNDS]      (defaults: 4G, 3)
 #
@@ -17,6 +17,7 @@ mkdir -p "$dir"
 file="$dir/hash-$size.bin"
 
 command -v b3sum >/dev/null || cargo install --locked b3sum
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
 (cd "$root" && cargo build --release --quiet)
 tidegate="$root/target/release/tidegate"
 [ -f "$file" ] || python3 "$here/make-data.py" "$file" "$size"

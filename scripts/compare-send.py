@@ -7,32 +7,38 @@ Usage: scripts/compare-send.py [--size 4G] [--files 10000] [--rounds 1] [--only 
        [--rss-sizes 1G,8G]
 
 Prints MiB/s (wall time from the sender's start to the receiver's end plus the sync), CPU
-seconds and peak RSS of each end, and ratios against the peers. For the tree, a local copy of it
+seconds and peak RSS of each end (from GNU time: see `Measured`), and ratios against the peers. For the tree, a local copy of it
 by two `cp -r` at once (no network, no hashing) is timed too, as the floor of what any receiver
 could do on that filesystem. Tools take turns going first.
 Trees are received on a fresh ext4 filesystem per scenario, on a loop device with direct I/O
 (see `FreshFs`: the host's own filesystem here has no journal, which makes file creation
-depend on what was deleted in the last minutes); a single large file on the host's. Installs nc and rsync with
-apt-get when they are missing. Data lives in $TIDEGATE_BENCH_DIR (default /tmp/tidegate-bench).
+depend on what was deleted in the last minutes); a single large file on the host's. Installs nc, rsync and
+GNU time with apt-get when they are missing. With --only rss, --rounds runs each size that many
+times. Data lives in $TIDEGATE_BENCH_DIR (default /tmp/tidegate-bench).
 """
 import argparse
 import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCH = os.environ.get("TIDEGATE_BENCH_DIR", "/tmp/tidegate-bench")
 TIDEGATE = os.environ.get("TIDEGATE_BIN", os.path.join(ROOT, "target", "release", "tidegate"))
+GNU_TIME = "/usr/bin/time"
 
 
 def ensure_tools():
     missing = [p for p, b in (("netcat-openbsd", "nc"), ("rsync", "rsync")) if not shutil.which(b)]
+    if not os.access(GNU_TIME, os.X_OK):
+        missing.append("time")
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
@@ -57,16 +63,40 @@ def wait_port(port, timeout=10):
 
 
 class Measured:
-    """A child process whose CPU time and peak RSS come from wait4."""
+    """A child process run under GNU time: CPU time from wait4 (time's own is negligible), peak
+    RSS from time's `%M`, the largest of the command and its children (for a pipeline run with
+    `shell`, of every stage). Not wait4's `ru_maxrss` of our own child: Linux carries a
+    process's maximum over `fork` and `exec`, so anything this script started directly would
+    show at least the script's own RSS, about 16 MiB. time is a small process, and what it
+    reports for its child starts from time's few MiB."""
 
     def __init__(self, args, stdin=None, stdout=None, shell=False):
-        self.proc = subprocess.Popen(args, stdin=stdin, stdout=stdout, shell=shell,
-                                     stderr=subprocess.DEVNULL)
+        fd, self.report = tempfile.mkstemp(prefix="tidegate-rss-")
+        os.close(fd)
+        cmd = ["sh", "-c", args] if shell else list(args)
+        self.proc = subprocess.Popen([GNU_TIME, "-f", "%M", "-o", self.report, *cmd],
+                                     stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL)
+
+    def terminate(self):
+        """SIGTERM to the measured command itself: time does not pass signals on."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+        if not children:
+            raise RuntimeError(f"{self.proc.args[6:]} is not running")
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
 
     def wait(self):
         _, status, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024,
+        with open(self.report) as f:
+            # time writes "Command exited with non-zero status N" first when it did.
+            lines = f.read().split("\n")
+        os.unlink(self.report)
+        kib = [int(l) for l in lines if l.strip().isdigit()]
+        if not kib:
+            raise RuntimeError(f"no peak RSS from time for {self.proc.args[6:]}: {lines}")
+        return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mib": kib[-1] / 1024,
                 "rc": self.proc.returncode}
 
 
@@ -213,7 +243,7 @@ def run_rsync(src, tree):
     s = send.wait()
     subprocess.run(["sync", "-f", dst], check=True)
     elapsed = time.time() - start
-    recv.proc.terminate()
+    recv.terminate()
     r = recv.wait()
     return elapsed, s, r, dst
 
@@ -228,7 +258,7 @@ def run_tidegate(src, tree):
     s = send.wait()
     subprocess.run(["sync", "-f", dst], check=True)
     elapsed = time.time() - start
-    recv.proc.terminate()
+    recv.terminate()
     r = recv.wait()
     return elapsed, s, r, dst
 
@@ -313,21 +343,28 @@ def scenario(name, src, tree, rounds):
     return best
 
 
-def rss_scenario(sizes):
+def rss_scenario(sizes, rounds):
     """Peak RSS of each tidegate end, as separate processes, for files of each size (received on
-    the host's filesystem, deleted after each run)."""
+    the host's filesystem, deleted after each run). A receiver of about 10 MiB moves by up to
+    1.5 MiB between runs of the same file, so each size is sent `rounds` times and the ratio is
+    of the highest peaks."""
     print(f"\npeak RSS of each end, tidegate serve + tidegate send, default options")
     print(f"{'file':>6} {'MiB/s':>8} {'RSS send':>9} {'RSS recv':>9}")
     peaks = []
     for size in sizes:
         src = make_big(size)
         total = os.path.getsize(src)
-        warm(src)
-        elapsed, s, r, dst = run_tidegate(src, False)
-        check(src, dst, False)
-        shutil.rmtree(dst, ignore_errors=True)
-        peaks.append((s["rss_mib"], r["rss_mib"]))
-        print(f"{size:>6} {total / 2**20 / elapsed:8.0f} {s['rss_mib']:8.1f}M {r['rss_mib']:8.1f}M")
+        highest = (0.0, 0.0)
+        for _ in range(rounds):
+            warm(src)
+            elapsed, s, r, dst = run_tidegate(src, False)
+            check(src, dst, False)
+            shutil.rmtree(dst, ignore_errors=True)
+            highest = (max(highest[0], s["rss_mib"]), max(highest[1], r["rss_mib"]))
+            print(f"{size:>6} {total / 2**20 / elapsed:8.0f} {s['rss_mib']:8.1f}M {r['rss_mib']:8.1f}M")
+        if rounds > 1:
+            print(f"{size:>6} {'highest':>8} {highest[0]:8.1f}M {highest[1]:8.1f}M")
+        peaks.append(highest)
     for (s0, r0), (s1, r1), size in zip(peaks, peaks[1:], sizes[1:]):
         print(f"ratio {size} / {sizes[0]}: sender {s1 / s0:.3f}, receiver {r1 / r0:.3f}")
 
@@ -343,7 +380,7 @@ def main():
     os.makedirs(BENCH, exist_ok=True)
     ensure_tools()
     if a.only == "rss":
-        rss_scenario(a.rss_sizes.split(","))
+        rss_scenario(a.rss_sizes.split(","), a.rounds)
         return
     if a.only != "small":
         scenario(f"one {a.size} file", make_big(a.size), False, a.rounds)

@@ -78,8 +78,10 @@ pub fn stop(mut child: Owned) -> ExitStatus {
     child.wait().unwrap()
 }
 
-/// Runs the command and returns (exit status, stdout, peak RSS in bytes) from wait4's rusage,
-/// which is the child's VmHWM when it exited.
+/// Runs the command and returns (exit status, stdout, peak RSS in bytes) from wait4's rusage:
+/// the larger of the child's VmHWM and this test process's RSS when it spawned the child
+/// (Linux carries a process's maximum over `fork` and `exec`). An upper bound of the child's
+/// peak, which is what the tests assert on.
 #[allow(clippy::zombie_processes)] // reaped by wait4 below, which Child cannot do
 pub fn run_measured(cmd: &mut Command) -> (ExitStatus, String, u64) {
     let child = cmd
