@@ -80,6 +80,9 @@ pub enum TransferError {
     /// Nothing to send, or nowhere to send it.
     #[error("{0}")]
     Usage(&'static str),
+    /// A destination that is not `HOST:PORT`.
+    #[error(transparent)]
+    Destination(#[from] crate::client::address::AddressError),
     /// A thread could not be started, or randomness was unavailable.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
@@ -225,7 +228,8 @@ impl Transfer {
     /// Starts on the current tokio runtime.
     ///
     /// # Errors
-    /// [`TransferError`] for bad options or an empty source or destination list.
+    /// [`TransferError`] for bad options, an empty source or destination list, or a
+    /// destination that is not `HOST:PORT`.
     pub fn start(self) -> Result<TransferHandle, TransferError> {
         self.options.pipeline.validate()?;
         if self.sources.is_empty() {
@@ -233,6 +237,9 @@ impl Transfer {
         }
         if self.destinations.is_empty() {
             return Err(TransferError::Usage("no destination"));
+        }
+        for addr in &self.destinations {
+            crate::client::address::check(addr)?;
         }
         let pool = HashPool::new(self.options.pipeline.threads)
             .map_err(|e| OptionsError::ThreadPool(e.to_string()))?;

@@ -102,6 +102,10 @@ fn unreachable_receiver_and_usage_errors() {
         &["send", "x"][..],
         &["send", "--to", "127.0.0.1:1"][..],
         &["send", "--streams", "0", "--to", "127.0.0.1:1", "x"][..],
+        // Destinations that are not HOST:PORT fail at once instead of being retried.
+        &["send", "--to", "receiver", "x"][..],
+        &["send", "--to", "::1:9000", "x"][..],
+        &["send", "--to", "127.0.0.1:0", "x"][..],
         &["serve"][..],
         &["serve", "--dir", "/tmp", "--max-chunk", "3KiB"][..],
         &["serve", "--dir", "/tmp", "--partial-expiry", "30m"][..],
@@ -110,6 +114,15 @@ fn unreachable_receiver_and_usage_errors() {
         let out = tidegate().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
+    let out = tidegate()
+        .args(["send", "--to", "receiver", "x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'receiver'") && stderr.contains("the port is missing"),
+        "{stderr}"
+    );
 }
 
 /// A receiver that comes up while the sender retries: one warning that it cannot connect,

@@ -154,3 +154,20 @@ fn walk_names(root: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A destination that is not `HOST:PORT` is refused before anything starts, naming it.
+#[tokio::test]
+async fn a_malformed_destination_is_refused_at_start() {
+    let src = tempfile::tempdir().unwrap();
+    let transfer = tidegate::Transfer::new(
+        vec![src.path().to_path_buf()],
+        vec!["127.0.0.1:9".into(), "receiver".into()],
+    );
+    match transfer.start() {
+        Err(tidegate::transfer::TransferError::Destination(e)) => {
+            assert_eq!(e.addr, "receiver");
+            assert!(e.to_string().contains("port is missing"), "{e}");
+        }
+        other => panic!("expected a destination error, got {other:?}"),
+    }
+}

@@ -34,6 +34,13 @@ pub(crate) enum Command {
     Bench(BenchArgs),
 }
 
+/// Checks a `--to` destination (`HOST:PORT`), so a mistyped one is a usage error at once.
+fn parse_destination(s: &str) -> Result<String, String> {
+    tidegate::client::address::check(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.why.to_owned())
+}
+
 /// Parses `500ms`, `30s`, `2m`, `1h`, `7d`, or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -84,7 +91,7 @@ pub(crate) struct SendArgs {
     #[arg(value_name = "PATH", required = true)]
     pub(crate) paths: Vec<PathBuf>,
     /// A receiver, as HOST:PORT. Repeat to send everything to several receivers at once.
-    #[arg(long = "to", value_name = "HOST:PORT", required = true)]
+    #[arg(long = "to", value_name = "HOST:PORT", required = true, value_parser = parse_destination)]
     pub(crate) to: Vec<String>,
     /// TCP connections per receiver.
     #[arg(long, default_value_t = 4, value_name = "N")]

@@ -1,7 +1,8 @@
-//! The sending side's network half: per-destination dispatch (`dispatch.rs`), pooled
-//! connections that survive drops (`connection.rs`), and the reconnection policy
-//! ([`backoff`]). The pipeline feeds it; [`crate::transfer`] wires them together.
+//! The sending side's network half: what a destination address may be ([`address`]),
+//! per-destination dispatch (`dispatch.rs`), pooled connections that survive drops
+//! (`connection.rs`), and the reconnection policy ([`backoff`]). The pipeline feeds it; [`crate::transfer`] wires them together.
 
+pub mod address;
 pub mod backoff;
 pub(crate) mod connection;
 pub(crate) mod dispatch;
