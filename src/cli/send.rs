@@ -93,9 +93,14 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
     for d in &report.destinations {
         writeln!(
             err,
-            "{}: {} entries, {} in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}{}",
+            "{}: {} {} delivered, {} sent in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}{}",
             d.address,
             d.files_done,
+            if d.files_done == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
             tidegate::progress::human_bytes(d.bytes),
             d.reconnects,
             if d.resumed > 0 {
