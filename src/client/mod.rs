@@ -1,6 +1,7 @@
 //! The sending side's network half: what a destination address may be ([`address`]),
 //! per-destination dispatch (`dispatch.rs`), pooled connections that survive drops
-//! (`connection.rs`), and the reconnection policy ([`backoff`]). The pipeline feeds it; [`crate::transfer`] wires them together.
+//! (`connection.rs`), and the reconnection policy ([`backoff`]). The pipeline feeds it;
+//! [`crate::transfer`] wires them together.
 
 pub mod address;
 pub mod backoff;
