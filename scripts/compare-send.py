@@ -82,7 +82,7 @@ class Measured:
         with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
             children = [int(p) for p in f.read().split()]
         if not children:
-            raise RuntimeError(f"{self.proc.args[6:]} is not running")
+            raise RuntimeError(f"{self.proc.args[5:]} is not running")
         for pid in children:
             os.kill(pid, signal.SIGTERM)
 
@@ -95,7 +95,7 @@ class Measured:
         os.unlink(self.report)
         kib = [int(l) for l in lines if l.strip().isdigit()]
         if not kib:
-            raise RuntimeError(f"no peak RSS from time for {self.proc.args[6:]}: {lines}")
+            raise RuntimeError(f"no peak RSS from time for {self.proc.args[5:]}: {lines}")
         return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mib": kib[-1] / 1024,
                 "rc": self.proc.returncode}
 
