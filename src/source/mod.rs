@@ -246,8 +246,9 @@ impl FileSource {
     /// truncated; one that grew is sent as long as the walk saw it.
     ///
     /// Such files are opened relative to their directory, kept open in the [`LastDir`] that
-    /// comes with `walked` while files of the same directory follow (one name to look up instead of every component of the
-    /// path, another measurable share of a tree of small files).
+    /// comes with `walked` while files of the same directory follow (one name to look up
+    /// instead of every component of the path, another measurable share of a tree of small
+    /// files).
     pub(crate) fn open(
         input: &Input,
         walked: Option<(u64, &mut LastDir)>,
