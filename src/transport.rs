@@ -72,7 +72,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = codec::decode(&mut self.buf, self.max_frame_len)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
+            // Once `decode` has seen a frame's length it makes room for exactly the rest of
+            // that frame. With little room left, growing the buffer by a read-ahead copies
+            // what is buffered and saves reads: for small frames, a copy costs less than the
+            // extra read (reading only the rest of each frame doubled the receiver's reads of
+            // a tree of small files). But when more than a read-ahead is buffered (most of a
+            // chunk), the rest is read in place: a copy would move nearly a whole chunk and,
+            // for a moment, hold it twice.
+            let spare = self.buf.capacity() - self.buf.len();
+            if spare == 0 || (spare < 4096 && self.buf.len() <= self.read_ahead) {
                 codec::reserve_exact(&mut self.buf, self.read_ahead);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
@@ -197,5 +205,94 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Socket errors.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// Hands out its pieces one read at a time (each read gets at most one piece) and records,
+    /// for each read, where the room it is offered ends (the end of the reader's buffer) and
+    /// how much room that is.
+    struct Pieces {
+        pieces: VecDeque<Vec<u8>>,
+        reads: Vec<(usize, usize)>,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            // `read_buf` offers the buffer's spare capacity: its end is the allocation's.
+            let end = buf.filled().as_ptr() as usize + buf.remaining();
+            self.reads.push((end, buf.remaining()));
+            if let Some(mut piece) = self.pieces.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.pieces.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_bytes_of_a_large_frame_are_read_in_place() {
+        let frame = Frame::Data {
+            file: 1,
+            index: 0,
+            cv: [7; 32],
+            payload: Bytes::from(vec![5u8; 1 << 20]),
+        };
+        let mut wire = BytesMut::new();
+        codec::encode(&frame, &mut wire);
+        // Everything but the last 100 bytes, then those.
+        let tail = wire.split_off(wire.len() - 100);
+        let source = Pieces {
+            pieces: VecDeque::from([wire.to_vec(), tail.to_vec()]),
+            reads: Vec::new(),
+        };
+        let mut reader = FrameReader::new(source, codec::MAX_FRAME_LEN);
+        assert_eq!(reader.next().await.unwrap(), Some(frame));
+
+        let reads = reader.into_inner().reads;
+        // 64 KiB into the first buffer; the rest of the first piece into a buffer sized for
+        // the frame by `decode`; the 100 bytes into the same buffer, which has just that room.
+        assert_eq!(reads.len(), 3, "{reads:?}");
+        assert_eq!(reads[1].0, reads[2].0, "the buffer moved: {reads:?}");
+        assert_eq!(reads[2].1, 100, "{reads:?}");
+    }
+
+    #[tokio::test]
+    async fn small_frames_are_read_ahead() {
+        let mut wire = BytesMut::new();
+        for file in 0..100 {
+            codec::encode(&Frame::Ack { file, index: 0 }, &mut wire);
+        }
+        let source = Pieces {
+            pieces: VecDeque::from([wire.to_vec()]),
+            reads: Vec::new(),
+        };
+        let mut reader = FrameReader::new(source, codec::MAX_FRAME_LEN);
+        for file in 0..100 {
+            assert_eq!(
+                reader.next().await.unwrap(),
+                Some(Frame::Ack { file, index: 0 })
+            );
+        }
+        assert_eq!(reader.next().await.unwrap(), None);
+        // One read for all of them, one that finds the end.
+        assert_eq!(reader.into_inner().reads.len(), 2);
     }
 }
