@@ -275,6 +275,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_bytes_of_a_small_frame_come_with_a_read_ahead() {
+        let frames: Vec<Frame> = (0..5)
+            .map(|file| Frame::Data {
+                file,
+                index: 0,
+                cv: [1; 32],
+                payload: Bytes::from(vec![2u8; 20_000]),
+            })
+            .collect();
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            codec::encode(f, &mut wire);
+        }
+        let each = codec::encoded_len(&frames[0]);
+        // The first read fills the initial 64 KiB: three frames and part of the fourth. The
+        // second brings all of the fourth but 100 bytes, into room made for exactly that
+        // frame (the frames already read are still held, so the buffer cannot be reused).
+        // The last piece is those 100 bytes and the fifth frame.
+        let first = wire.split_to(INITIAL_READ_BUF);
+        let second = wire.split_to(4 * each - INITIAL_READ_BUF - 100);
+        let source = Pieces {
+            pieces: VecDeque::from([first.to_vec(), second.to_vec(), wire.to_vec()]),
+            reads: Vec::new(),
+        };
+        let mut reader = FrameReader::new(source, codec::MAX_FRAME_LEN);
+        let mut got = Vec::new();
+        while let Some(frame) = reader.next().await.unwrap() {
+            got.push(frame);
+        }
+        assert_eq!(got, frames);
+        let reads = reader.into_inner().reads;
+        // The buffer grew by a read-ahead for the fourth frame's last bytes, so they and the
+        // fifth frame came in one read; then one read found the end.
+        assert_eq!(reads.len(), 4, "{reads:?}");
+        assert!(reads[2].1 >= 100 + each, "{reads:?}");
+    }
+
+    #[tokio::test]
     async fn small_frames_are_read_ahead() {
         let mut wire = BytesMut::new();
         for file in 0..100 {
