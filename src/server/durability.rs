@@ -3,15 +3,107 @@
 //! One `fsync` costs about 0.5 ms here, ten times the cost of writing a 32 KiB file, so small
 //! files are not flushed one by one. They are written, unnamed or to partial files
 //! (`staging.rs`), with mode and mtime applied; when a batch is full (`batch_files` or
-//! `batch_bytes`) or the client finishes, one `syncfs` flushes them all, then each is put in
-//! place (linked or renamed), then their parent directory is flushed (a second `syncfs` when
-//! they are in several), so the names are durable too. Only then is `FileDone` sent: a file
+//! `batch_bytes`) or the client finishes, one `syncfs` flushes them all (through the server's
+//! [`Flusher`], so that no write error goes unnoticed), then each is put in place (linked or
+//! renamed), then their parent directory is flushed (a second `syncfs` when they are in
+//! several), so the names are durable too. Only then is `FileDone` sent: a file
 //! the client counts as delivered is always durable under its final name.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use super::writer::{sync_dir, sync_filesystem, Finished};
+use super::writer::{sync_dir, Finished};
+
+/// Flushes the served filesystem for batches of small files, and keeps track of whether a
+/// write to it has ever failed since the server started.
+///
+/// `syncfs` reports a writeback error once per descriptor, to the first call on it after the
+/// error, and a descriptor opened after an error somebody was already told of never hears of
+/// it. A flush through a fresh descriptor could therefore succeed although a file of its batch
+/// never reached the disk: the error had gone to another session's flush, or to this
+/// session's previous one, which also wrote this batch's first files. So every flush goes
+/// through one descriptor opened when the server was bound, before any file was written: each
+/// error is told to exactly one flush, which fails its batch and notes it. After that, every
+/// batch also asks each of its files (`Finished::check_written`), which only that file's own
+/// descriptor can be told of; until then, that costs nothing.
+///
+/// Flushes run side by side, but a flush that succeeds decides whether to ask its files only
+/// once every flush that was running when it returned has noted its outcome: any of them may
+/// have been told of the error first.
+#[derive(Debug)]
+pub(crate) struct Flusher {
+    root: File,
+    state: Mutex<FlushState>,
+    /// Signalled whenever a flush notes its outcome.
+    noted: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    /// Tickets of the flushes running, in the order they started.
+    running: BTreeSet<u64>,
+    next: u64,
+    /// Whether any flush was told of an error.
+    failed_once: bool,
+}
+
+impl Flusher {
+    /// A flusher for the filesystem holding `root`.
+    ///
+    /// # Errors
+    /// When `root` cannot be opened.
+    pub(crate) fn open(root: &Path) -> io::Result<Self> {
+        Ok(Flusher {
+            root: File::open(root)?,
+            state: Mutex::default(),
+            noted: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Flushes every dirty page of the filesystem. `Ok(true)`: a write failed since the server
+    /// started, so each file must be asked whether its data was written.
+    ///
+    /// # Errors
+    /// The error this flush was told of.
+    pub(crate) fn flush(&self) -> io::Result<bool> {
+        let ticket = {
+            let mut state = self.lock();
+            let ticket = state.next;
+            state.next += 1;
+            state.running.insert(ticket);
+            ticket
+        };
+        // SAFETY: a descriptor this flusher keeps open.
+        let flushed = if unsafe { libc::syncfs(self.root.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        let mut state = self.lock();
+        state.running.remove(&ticket);
+        state.failed_once |= flushed.is_err();
+        self.noted.notify_all();
+        flushed?;
+        // Flushes started after this one returned are not waited for: none of them can have
+        // been told of an error before this one would have been.
+        let horizon = state.next;
+        while state.running.first().is_some_and(|&t| t < horizon) {
+            state = self
+                .noted
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Ok(state.failed_once)
+    }
+}
 
 /// Small files waiting for a flush.
 #[derive(Debug, Default)]
@@ -54,27 +146,39 @@ impl Batch {
 
     /// Flushes, renames and syncs directories. Blocking. Returns the files now durable in
     /// place, and those that failed with why.
-    pub(crate) fn commit(self, root: &Path) -> (Vec<u64>, Vec<(u64, std::io::Error)>) {
+    pub(crate) fn commit(
+        self,
+        root: &Path,
+        flusher: &Flusher,
+    ) -> (Vec<u64>, Vec<(u64, std::io::Error)>) {
         if self.items.is_empty() {
             return (Vec::new(), Vec::new());
         }
-        if let Err(e) = sync_filesystem(root) {
-            let kind = e.kind();
-            let failed = self
-                .items
-                .into_iter()
-                .map(|(f, partial)| {
-                    partial.abandon();
-                    (f, std::io::Error::new(kind, format!("flush failed: {e}")))
-                })
-                .collect();
-            return (Vec::new(), failed);
-        }
+        let check_each = match flusher.flush() {
+            Ok(check_each) => check_each,
+            Err(e) => {
+                let kind = e.kind();
+                let failed = self
+                    .items
+                    .into_iter()
+                    .map(|(f, partial)| {
+                        partial.abandon();
+                        (f, std::io::Error::new(kind, format!("flush failed: {e}")))
+                    })
+                    .collect();
+                return (Vec::new(), failed);
+            }
+        };
         let mut done = Vec::with_capacity(self.items.len());
         let mut failed = Vec::new();
         let mut dirs = BTreeMap::<PathBuf, Vec<u64>>::new();
         for (file, partial) in self.items {
-            match partial.put_in_place() {
+            let written = if check_each {
+                partial.check_written()
+            } else {
+                Ok(())
+            };
+            match written.and_then(|()| partial.put_in_place()) {
                 Ok(()) => {
                     let parent = partial.target().parent().unwrap_or(root);
                     dirs.entry(parent.to_path_buf()).or_default().push(file);
@@ -91,7 +195,7 @@ impl Batch {
         let synced = match dirs.len() {
             0 => Ok(()),
             1 => dirs.keys().next().map_or(Ok(()), |d| sync_dir(d)),
-            _ => sync_filesystem(root),
+            _ => flusher.flush().map(|_| ()),
         };
         match synced {
             Ok(()) => done.extend(dirs.into_values().flatten()),
@@ -105,5 +209,213 @@ impl Batch {
             }
         }
         (done, failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::staging::Staging;
+    use crate::server::writer::PartialFile;
+    use std::process::Command;
+
+    /// An ext4 filesystem whose new data cannot reach its disk: a loop device over a sparse
+    /// image on a small tmpfs that is then filled, so that writing back any block the image
+    /// has not stored yet fails. It has no journal and is mounted `errors=continue`, so that
+    /// it stays writable (a journal that fails to commit turns it read-only, and then no
+    /// file could be put in place anyway). `None` where it cannot be made: not root, or no
+    /// loop devices, `mkfs.ext4` or tmpfs.
+    struct FailingFs {
+        base: tempfile::TempDir,
+        dev: Option<String>,
+        mounted: Vec<PathBuf>,
+    }
+
+    /// `syncfs` through a descriptor opened for the call, as another process would flush.
+    fn syncfs_fresh(path: &Path) -> io::Result<()> {
+        let f = File::open(path)?;
+        // SAFETY: `f` is an open descriptor for the duration of the call.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn run(cmd: &[&str]) -> Option<String> {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output().ok()?;
+        if !out.status.success() {
+            eprintln!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    impl FailingFs {
+        fn new() -> Option<Self> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return None;
+            }
+            let mut fs = FailingFs {
+                base: tempfile::tempdir().ok()?,
+                dev: None,
+                mounted: Vec::new(),
+            };
+            let (store, mnt) = (fs.base.path().join("store"), fs.base.path().join("mnt"));
+            std::fs::create_dir(&store).ok()?;
+            std::fs::create_dir(&mnt).ok()?;
+            let s = store.to_str()?;
+            run(&["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", s])?;
+            fs.mounted.push(store.clone());
+            let img = store.join("img");
+            let i = img.to_str()?;
+            run(&["truncate", "-s", "64M", i])?;
+            run(&[
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-O",
+                "^has_journal",
+                "-E",
+                "nodiscard,lazy_itable_init=0",
+                i,
+            ])?;
+            fs.dev = Some(run(&["losetup", "--find", "--show", i])?);
+            let m = mnt.to_str()?;
+            run(&["mount", "-o", "errors=continue", fs.dev.as_deref()?, m])?;
+            fs.mounted.push(mnt.clone());
+            std::fs::create_dir(mnt.join("d")).ok()?;
+            syncfs_fresh(&mnt).ok()?;
+            // Fill the store: from now on, only blocks the image already holds can be written.
+            let mut fill = std::fs::File::create(store.join("fill")).ok()?;
+            let block = vec![0u8; 1 << 16];
+            while std::io::Write::write_all(&mut fill, &block).is_ok() {}
+            Some(fs)
+        }
+
+        fn root(&self) -> PathBuf {
+            self.base.path().join("mnt")
+        }
+    }
+
+    impl Drop for FailingFs {
+        fn drop(&mut self) {
+            let mounted = std::mem::take(&mut self.mounted);
+            // Lazily: the loop device lets go of its image a moment after it is detached.
+            let umount = |p: &PathBuf| p.to_str().map(|p| run(&["umount", "--lazy", p]));
+            if let Some(mnt) = mounted.get(1) {
+                umount(mnt);
+            }
+            if let Some(dev) = self.dev.take() {
+                run(&["losetup", "-d", &dev]);
+            }
+            if let Some(store) = mounted.first() {
+                umount(store);
+            }
+        }
+    }
+
+    /// Stages two small files in a filesystem that cannot store them (one unnamed, one under
+    /// a partial name), lets `before` flush before the batch does, and checks that the batch
+    /// fails both and puts neither in place.
+    fn lost_files_are_failed(before: impl FnOnce(&Path, &Flusher)) {
+        let Some(fs) = FailingFs::new() else {
+            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
+            return;
+        };
+        let root = fs.root();
+        let flusher = Flusher::open(&root).unwrap();
+        let dir = root.join("d");
+        let data = vec![7u8; 256 << 10];
+        let mut batch = Batch::default();
+        let on = Staging::on_for_test(&dir);
+        let off = Staging::default();
+        for (id, name, staging) in [(1, "unnamed", &on), (2, "named", &off)] {
+            let file = PartialFile::create_small(dir.join(name), 0o644, 0, "tag", staging)
+                .expect("create");
+            file.write_at(0, &data).expect("write");
+            batch.push(id, file.finish(false).expect("finish"), data.len() as u64);
+        }
+        before(&root, &flusher);
+
+        let (done, failed) = batch.commit(&root, &flusher);
+        assert!(done.is_empty(), "put in place: {done:?}");
+        let mut ids: Vec<u64> = failed.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2], "{failed:?}");
+        for name in ["unnamed", "named"] {
+            assert!(!dir.join(name).exists(), "{name} was put in place");
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        // Every later batch asks its files (or fails, if more writes were lost since).
+        assert!(!matches!(flusher.flush(), Ok(false)));
+    }
+
+    /// Another process flushed first, through its own descriptor, and was told of the error:
+    /// the server's flusher is told too.
+    #[test]
+    fn a_write_error_another_process_was_told_of_fails_the_batch() {
+        lost_files_are_failed(|root, _| {
+            let told = syncfs_fresh(root);
+            assert!(told.is_err(), "the data was written after all: {told:?}");
+            // A descriptor opened now is not told again: what the server did before.
+            assert!(syncfs_fresh(root).is_ok());
+        });
+    }
+
+    /// Another batch's flush through the server's flusher (another session's, or this
+    /// session's previous one, which also wrote out this batch's first files) was told of
+    /// the error: this batch asks each of its files.
+    #[test]
+    fn a_write_error_another_batch_was_told_of_fails_the_files_it_hit() {
+        lost_files_are_failed(|_, flusher| {
+            let told = flusher.flush();
+            assert!(told.is_err(), "the data was written after all: {told:?}");
+        });
+    }
+
+    /// Flushes side by side all return, and none was told of an error.
+    #[test]
+    fn flushes_side_by_side_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let flusher = Flusher::open(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            let running: Vec<_> = (0..8)
+                .map(|i| {
+                    let (flusher, dir) = (&flusher, dir.path());
+                    s.spawn(move || {
+                        std::fs::write(dir.join(i.to_string()), b"x").unwrap();
+                        let asks: Vec<bool> = (0..4).map(|_| flusher.flush().unwrap()).collect();
+                        asks.contains(&true)
+                    })
+                })
+                .collect();
+            for r in running {
+                assert!(!r.join().unwrap());
+            }
+        });
+        assert!(flusher.lock().running.is_empty());
+    }
+
+    /// With no write error, nothing is asked of each file, and the files are put in place.
+    #[test]
+    fn files_are_put_in_place_when_nothing_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let flusher = Flusher::open(dir.path()).unwrap();
+        let staging = Staging::on_for_test(dir.path());
+        let mut batch = Batch::default();
+        for (id, name) in [(1, "a"), (2, "b")] {
+            let file = PartialFile::create_small(dir.path().join(name), 0o644, 0, "tag", &staging)
+                .unwrap();
+            file.write_at(0, name.as_bytes()).unwrap();
+            batch.push(id, file.finish(false).unwrap(), 1);
+        }
+        let (done, failed) = batch.commit(dir.path(), &flusher);
+        assert_eq!(done, [1, 2]);
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"b");
+        assert!(matches!(flusher.flush(), Ok(false)));
     }
 }

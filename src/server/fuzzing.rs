@@ -19,6 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 
+use super::durability::Flusher;
 use super::journal::JOURNAL_SUFFIX;
 use super::paths;
 use super::session::{self, Context, Session};
@@ -244,6 +245,7 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
         layout: Default::default(),
         inline: Default::default(),
         staging: Staging::probe(&arena.served, 16),
+        flusher: Flusher::open(&arena.served).expect("the served directory"),
     });
     let session = Arc::new(Session::new([0x5a; 16]));
     let mut buf = BytesMut::from(rest);

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::durability::Flusher;
 use super::leftovers;
 use super::session::{self, Context};
 use super::staging::{descriptor_limit, reserve_descriptors, Staging};
@@ -88,6 +89,7 @@ impl Server {
         let slots = options
             .unnamed_files
             .unwrap_or_else(|| descriptor_limit() / 2);
+        let flusher = Flusher::open(&options.root)?;
         let staging = Staging::probe(&options.root, slots);
         if staging.is_on() {
             // A batch filling while the one before waits for its flush, and the sockets.
@@ -106,6 +108,7 @@ impl Server {
             layout: Default::default(),
             inline: Default::default(),
             staging,
+            flusher,
         });
         Ok(Server {
             listener,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::durability::Batch;
+use super::durability::{Batch, Flusher};
 use super::inline::InlineGate;
 use super::journal::{self, Identity, Journal};
 use super::paths;
@@ -153,6 +153,8 @@ pub(crate) struct Context {
     pub(crate) inline: InlineGate,
     /// How small files wait for their flush (see `staging.rs`).
     pub(crate) staging: Staging,
+    /// Flushes small files' batches (see `durability.rs`).
+    pub(crate) flusher: Flusher,
 }
 
 /// Serialises changes to the shape of the served tree, and remembers the directories already
@@ -745,7 +747,7 @@ pub(super) async fn handle(
             let mut replies = flush(ctx, session).await;
             let dirs = std::mem::take(&mut session.lock().dirs);
             // Deepest first, so stamping a parent is not undone by work in a child.
-            let root = ctx.options.root.clone();
+            let stamping = Arc::clone(ctx);
             let stamped = tokio::task::spawn_blocking(move || {
                 let mut dirs = dirs;
                 dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
@@ -762,7 +764,7 @@ pub(super) async fn handle(
                 }
                 // One flush for all of them (one journal commit on ext4), not one each.
                 if any {
-                    super::writer::sync_filesystem(&root)
+                    stamping.flusher.flush().map(|_| ())
                 } else {
                     Ok(())
                 }
@@ -1030,8 +1032,12 @@ async fn flush(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Frame> {
     if batch.is_empty() {
         return Vec::new();
     }
-    let root = ctx.options.root.clone();
-    let Ok((done, failed)) = tokio::task::spawn_blocking(move || batch.commit(&root)).await else {
+    let committing = Arc::clone(ctx);
+    let committed = tokio::task::spawn_blocking(move || {
+        batch.commit(&committing.options.root, &committing.flusher)
+    })
+    .await;
+    let Ok((done, failed)) = committed else {
         return vec![error_frame(
             u64::MAX,
             ErrorCode::Io,

@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -280,6 +280,48 @@ impl Finished {
         })
     }
 
+    /// Whether the kernel wrote this file's data to the disk without error, once a flush of
+    /// the whole filesystem has returned: writes out and waits for anything still dirty, then
+    /// asks the file itself. Used once a write on the filesystem has failed (`Flusher`): the
+    /// flush's own answer then no longer says which files were hit.
+    ///
+    /// A file's error is told to each descriptor opened before it happened (an unnamed file's,
+    /// open since before its data was written) or, if nobody was told yet, to the first one
+    /// opened after (a partial file's, opened here): no other file's caller can take it.
+    pub(crate) fn check_written(&self) -> io::Result<()> {
+        let opened;
+        let file = match &self.unnamed {
+            Some((file, _)) => file,
+            None => {
+                opened = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&self.partial)?;
+                &opened
+            }
+        };
+        // SAFETY: a valid descriptor; offset 0 and length 0 mean the whole file.
+        let rc = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(
+                e.kind(),
+                format!("writing to the disk failed: {e}"),
+            ))
+        }
+    }
+
     /// The final path.
     pub(crate) fn target(&self) -> &Path {
         &self.target
@@ -296,18 +338,6 @@ impl Finished {
 /// Makes a directory entry durable (after renames into it).
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Flushes every dirty page of the filesystem holding `path`: one call for a whole batch of
-/// small files, instead of one `fsync` each.
-pub(crate) fn sync_filesystem(path: &Path) -> io::Result<()> {
-    let f = File::open(path)?;
-    // SAFETY: `f` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn preallocate(file: &File, size: u64) -> io::Result<()> {
