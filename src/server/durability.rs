@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -37,6 +38,8 @@ use super::writer::{sync_dir, Finished};
 #[derive(Debug)]
 pub(crate) struct Flusher {
     root: File,
+    /// The device of the served directory's filesystem, the one `root` flushes.
+    root_dev: u64,
     state: Mutex<FlushState>,
     /// Signalled whenever a flush notes its outcome.
     noted: Condvar,
@@ -57,8 +60,10 @@ impl Flusher {
     /// # Errors
     /// When `root` cannot be opened.
     pub(crate) fn open(root: &Path) -> io::Result<Self> {
+        let root = File::open(root)?;
         Ok(Flusher {
-            root: File::open(root)?,
+            root_dev: root.metadata()?.dev(),
+            root,
             state: Mutex::default(),
             noted: Condvar::new(),
         })
@@ -154,6 +159,19 @@ impl Batch {
         if self.items.is_empty() {
             return (Vec::new(), Vec::new());
         }
+        // The flusher reaches only the served directory's own filesystem. A directory on
+        // another one (a mount inside the served directory) has its filesystem flushed on
+        // its own, and its files always asked: nothing here was opened there before they
+        // were written. `None`: the directory could not be looked at; treated likewise.
+        let mut dev_of = BTreeMap::<PathBuf, Option<u64>>::new();
+        for (_, partial) in &self.items {
+            let parent = partial.target().parent().unwrap_or(root);
+            if !dev_of.contains_key(parent) {
+                let dev = std::fs::metadata(parent).ok().map(|m| m.dev());
+                dev_of.insert(parent.to_path_buf(), dev);
+            }
+        }
+        let home = |dev: Option<u64>| dev == Some(flusher.root_dev);
         let check_each = match flusher.flush() {
             Ok(check_each) => check_each,
             Err(e) => {
@@ -169,20 +187,27 @@ impl Batch {
                 return (Vec::new(), failed);
             }
         };
+        let mut elsewhere = BTreeMap::<u64, Option<std::io::Error>>::new();
+        for (dir, dev) in &dev_of {
+            if let Some(dev) = dev.filter(|&d| !home(Some(d))) {
+                if let std::collections::btree_map::Entry::Vacant(v) = elsewhere.entry(dev) {
+                    v.insert(syncfs_at(dir).err());
+                }
+            }
+        }
         let mut done = Vec::with_capacity(self.items.len());
         let mut failed = Vec::new();
         let mut dirs = BTreeMap::<PathBuf, Vec<u64>>::new();
         for (file, partial) in self.items {
-            let written = if check_each {
-                partial.check_written()
-            } else {
-                Ok(())
+            let parent = partial.target().parent().unwrap_or(root);
+            let dev = dev_of.get(parent).copied().flatten();
+            let written = match dev.and_then(|d| elsewhere.get(&d)) {
+                Some(Some(e)) => Err(std::io::Error::new(e.kind(), format!("flush failed: {e}"))),
+                _ if check_each || !home(dev) => partial.check_written(),
+                _ => Ok(()),
             };
             match written.and_then(|()| partial.put_in_place()) {
-                Ok(()) => {
-                    let parent = partial.target().parent().unwrap_or(root);
-                    dirs.entry(parent.to_path_buf()).or_default().push(file);
-                }
+                Ok(()) => dirs.entry(parent.to_path_buf()).or_default().push(file),
                 Err(e) => {
                     partial.abandon();
                     failed.push((file, e));
@@ -191,24 +216,48 @@ impl Batch {
         }
         // The renames are durable once their directories are: one directory is flushed on
         // its own; several at once with a second `syncfs` (one journal commit on ext4, where
-        // each directory's `fsync` would be one commit of its own).
-        let synced = match dirs.len() {
-            0 => Ok(()),
-            1 => dirs.keys().next().map_or(Ok(()), |d| sync_dir(d)),
+        // each directory's `fsync` would be one commit of its own). Directories on other
+        // filesystems are flushed one by one.
+        let (here, away): (Vec<_>, Vec<_>) = dirs
+            .into_iter()
+            .partition(|(dir, _)| home(dev_of.get(dir).copied().flatten()));
+        let synced_here = match here.as_slice() {
+            [] => Ok(()),
+            [(dir, _)] => sync_dir(dir),
             _ => flusher.flush().map(|_| ()),
         };
-        match synced {
-            Ok(()) => done.extend(dirs.into_values().flatten()),
-            Err(e) => {
-                for (dir, files) in dirs {
-                    failed.extend(files.into_iter().map(|f| {
-                        let why = format!("flushing {}: {e}", dir.display());
-                        (f, std::io::Error::new(e.kind(), why))
-                    }));
-                }
+        let synced = here
+            .into_iter()
+            .map(|group| (group, synced_here.as_ref().copied().map_err(clone_error)))
+            .chain(away.into_iter().map(|group| {
+                let synced = sync_dir(&group.0);
+                (group, synced)
+            }));
+        for ((dir, files), synced) in synced {
+            match synced {
+                Ok(()) => done.extend(files),
+                Err(e) => failed.extend(files.into_iter().map(|f| {
+                    let why = format!("flushing {}: {e}", dir.display());
+                    (f, std::io::Error::new(e.kind(), why))
+                })),
             }
         }
         (done, failed)
+    }
+}
+
+fn clone_error(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), e.to_string())
+}
+
+/// `syncfs` on the filesystem holding `dir`, through a descriptor opened for the call.
+fn syncfs_at(dir: &Path) -> io::Result<()> {
+    let f = File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -229,17 +278,6 @@ mod tests {
         base: tempfile::TempDir,
         dev: Option<String>,
         mounted: Vec<PathBuf>,
-    }
-
-    /// `syncfs` through a descriptor opened for the call, as another process would flush.
-    fn syncfs_fresh(path: &Path) -> io::Result<()> {
-        let f = File::open(path)?;
-        // SAFETY: `f` is an open descriptor for the duration of the call.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
     }
 
     fn run(cmd: &[&str]) -> Option<String> {
@@ -286,7 +324,7 @@ mod tests {
             run(&["mount", "-o", "errors=continue", fs.dev.as_deref()?, m])?;
             fs.mounted.push(mnt.clone());
             std::fs::create_dir(mnt.join("d")).ok()?;
-            syncfs_fresh(&mnt).ok()?;
+            syncfs_at(&mnt).ok()?;
             // Fill the store: from now on, only blocks the image already holds can be written.
             let mut fill = std::fs::File::create(store.join("fill")).ok()?;
             let block = vec![0u8; 1 << 16];
@@ -358,10 +396,10 @@ mod tests {
     #[test]
     fn a_write_error_another_process_was_told_of_fails_the_batch() {
         lost_files_are_failed(|root, _| {
-            let told = syncfs_fresh(root);
+            let told = syncfs_at(root);
             assert!(told.is_err(), "the data was written after all: {told:?}");
             // A descriptor opened now is not told again: what the server did before.
-            assert!(syncfs_fresh(root).is_ok());
+            assert!(syncfs_at(root).is_ok());
         });
     }
 
@@ -374,6 +412,35 @@ mod tests {
             let told = flusher.flush();
             assert!(told.is_err(), "the data was written after all: {told:?}");
         });
+    }
+
+    /// A file in a directory on another filesystem, mounted inside the served one, is
+    /// flushed with its own filesystem: the served directory's flush does not reach it.
+    #[test]
+    fn a_file_on_a_mount_inside_the_served_directory_is_flushed_there() {
+        let Some(fs) = FailingFs::new() else {
+            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
+            return;
+        };
+        // Served: the directory the failing filesystem is mounted in.
+        let served = fs.base.path();
+        let flusher = Flusher::open(served).unwrap();
+        let staging = Staging::on_for_test(served);
+        let mut batch = Batch::default();
+        let here = served.join("here");
+        let lost = fs.root().join("d").join("lost");
+        for (id, target) in [(1, &here), (2, &lost)] {
+            let file = PartialFile::create_small(target.clone(), 0o644, 0, "tag", &staging)
+                .expect("create");
+            file.write_at(0, &vec![1u8; 256 << 10]).expect("write");
+            batch.push(id, file.finish(false).expect("finish"), 256 << 10);
+        }
+        let (done, failed) = batch.commit(served, &flusher);
+        assert_eq!(done, [1], "{failed:?}");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, 2);
+        assert!(here.exists());
+        assert!(!lost.exists());
     }
 
     /// Flushes side by side all return, and none was told of an error.
