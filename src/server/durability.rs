@@ -246,6 +246,25 @@ impl Batch {
     }
 }
 
+impl Flusher {
+    /// Makes the metadata of `dirs` durable: flushes the served directory's filesystem, and
+    /// once each other filesystem among them (mounts inside the served directory).
+    ///
+    /// # Errors
+    /// The first flush that fails.
+    pub(crate) fn flush_dirs<'a>(&self, dirs: impl Iterator<Item = &'a Path>) -> io::Result<()> {
+        self.flush()?;
+        let mut seen = BTreeSet::from([self.root_dev]);
+        for dir in dirs {
+            let dev = std::fs::symlink_metadata(dir)?.dev();
+            if seen.insert(dev) {
+                syncfs_at(dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn clone_error(e: &std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), e.to_string())
 }
@@ -441,6 +460,23 @@ mod tests {
         assert_eq!(failed[0].0, 2);
         assert!(here.exists());
         assert!(!lost.exists());
+    }
+
+    /// Directories' metadata is flushed on every filesystem they are on: an error on a
+    /// mount inside the served directory is reported.
+    #[test]
+    fn directories_on_a_mount_inside_the_served_directory_are_flushed_there() {
+        let Some(fs) = FailingFs::new() else {
+            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
+            return;
+        };
+        let served = fs.base.path();
+        let flusher = Flusher::open(served).unwrap();
+        let inside = fs.root().join("d");
+        let both = [served, inside.as_path()];
+        flusher.flush_dirs(both.into_iter()).unwrap();
+        std::fs::write(inside.join("lost"), vec![1u8; 256 << 10]).unwrap();
+        assert!(flusher.flush_dirs(both.into_iter()).is_err());
     }
 
     /// Flushes side by side all return, and none was told of an error.

@@ -751,22 +751,23 @@ pub(super) async fn handle(
             let stamped = tokio::task::spawn_blocking(move || {
                 let mut dirs = dirs;
                 dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
-                let any = !dirs.is_empty();
-                for (dir, mode, mtime) in dirs {
+                for (dir, mode, mtime) in &dirs {
                     // Checked to be a real directory when made; never follow a symlink
                     // that may have replaced it since.
-                    if let Ok(f) = super::writer::open_dir_nofollow(&dir) {
-                        let _ = f.set_modified(system_time(mtime));
+                    if let Ok(f) = super::writer::open_dir_nofollow(dir) {
+                        let _ = f.set_modified(system_time(*mtime));
                         let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
                             mode & 0o7777,
                         ));
                     }
                 }
                 // One flush for all of them (one journal commit on ext4), not one each.
-                if any {
-                    stamping.flusher.flush().map(|_| ())
-                } else {
+                if dirs.is_empty() {
                     Ok(())
+                } else {
+                    stamping
+                        .flusher
+                        .flush_dirs(dirs.iter().map(|(dir, _, _)| dir.as_path()))
                 }
             })
             .await;
