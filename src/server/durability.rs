@@ -284,94 +284,8 @@ fn syncfs_at(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::server::staging::Staging;
+    use crate::server::testfs::FailingFs;
     use crate::server::writer::PartialFile;
-    use std::process::Command;
-
-    /// An ext4 filesystem whose new data cannot reach its disk: a loop device over a sparse
-    /// image on a small tmpfs that is then filled, so that writing back any block the image
-    /// has not stored yet fails. It has no journal and is mounted `errors=continue`, so that
-    /// it stays writable (a journal that fails to commit turns it read-only, and then no
-    /// file could be put in place anyway). `None` where it cannot be made: not root, or no
-    /// loop devices, `mkfs.ext4` or tmpfs.
-    struct FailingFs {
-        base: tempfile::TempDir,
-        dev: Option<String>,
-        mounted: Vec<PathBuf>,
-    }
-
-    fn run(cmd: &[&str]) -> Option<String> {
-        let out = Command::new(cmd[0]).args(&cmd[1..]).output().ok()?;
-        if !out.status.success() {
-            eprintln!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-            return None;
-        }
-        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
-    impl FailingFs {
-        fn new() -> Option<Self> {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                return None;
-            }
-            let mut fs = FailingFs {
-                base: tempfile::tempdir().ok()?,
-                dev: None,
-                mounted: Vec::new(),
-            };
-            let (store, mnt) = (fs.base.path().join("store"), fs.base.path().join("mnt"));
-            std::fs::create_dir(&store).ok()?;
-            std::fs::create_dir(&mnt).ok()?;
-            let s = store.to_str()?;
-            run(&["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", s])?;
-            fs.mounted.push(store.clone());
-            let img = store.join("img");
-            let i = img.to_str()?;
-            run(&["truncate", "-s", "64M", i])?;
-            run(&[
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-O",
-                "^has_journal",
-                "-E",
-                "nodiscard,lazy_itable_init=0",
-                i,
-            ])?;
-            fs.dev = Some(run(&["losetup", "--find", "--show", i])?);
-            let m = mnt.to_str()?;
-            run(&["mount", "-o", "errors=continue", fs.dev.as_deref()?, m])?;
-            fs.mounted.push(mnt.clone());
-            std::fs::create_dir(mnt.join("d")).ok()?;
-            syncfs_at(&mnt).ok()?;
-            // Fill the store: from now on, only blocks the image already holds can be written.
-            let mut fill = std::fs::File::create(store.join("fill")).ok()?;
-            let block = vec![0u8; 1 << 16];
-            while std::io::Write::write_all(&mut fill, &block).is_ok() {}
-            Some(fs)
-        }
-
-        fn root(&self) -> PathBuf {
-            self.base.path().join("mnt")
-        }
-    }
-
-    impl Drop for FailingFs {
-        fn drop(&mut self) {
-            let mounted = std::mem::take(&mut self.mounted);
-            // Lazily: the loop device lets go of its image a moment after it is detached.
-            let umount = |p: &PathBuf| p.to_str().map(|p| run(&["umount", "--lazy", p]));
-            if let Some(mnt) = mounted.get(1) {
-                umount(mnt);
-            }
-            if let Some(dev) = self.dev.take() {
-                run(&["losetup", "-d", &dev]);
-            }
-            if let Some(store) = mounted.first() {
-                umount(store);
-            }
-        }
-    }
 
     /// Stages two small files in a filesystem that cannot store them (one unnamed, one under
     /// a partial name), lets `before` flush before the batch does, and checks that the batch
@@ -442,7 +356,7 @@ mod tests {
             return;
         };
         // Served: the directory the failing filesystem is mounted in.
-        let served = fs.base.path();
+        let served = fs.base();
         let flusher = Flusher::open(served).unwrap();
         let staging = Staging::on_for_test(served);
         let mut batch = Batch::default();
@@ -470,7 +384,7 @@ mod tests {
             eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
             return;
         };
-        let served = fs.base.path();
+        let served = fs.base();
         let flusher = Flusher::open(served).unwrap();
         let inside = fs.root().join("d");
         let both = [served, inside.as_path()];

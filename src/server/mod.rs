@@ -22,6 +22,8 @@ mod listener;
 pub mod paths;
 mod session;
 mod staging;
+#[cfg(test)]
+mod testfs;
 mod verified;
 pub mod writer;
 

@@ -87,7 +87,10 @@ impl PartialFile {
             .mode_private()
             .open(&partial)?;
         if let Some(size) = size.filter(|&s| s > 0) {
-            preallocate(&file, size)?;
+            // A file that does not fit leaves nothing behind.
+            preallocate(&file, size).inspect_err(|_| {
+                let _ = std::fs::remove_file(&partial);
+            })?;
         }
         Ok(PartialFile {
             file,
@@ -141,10 +144,15 @@ impl PartialFile {
             .open(&partial)?;
         let kept = keep && file.metadata()?.len() == size;
         if !kept {
-            file.set_len(0)?;
-            if size > 0 {
-                preallocate(&file, size)?;
-            }
+            // Starting over: a file that does not fit leaves nothing behind (the caller holds
+            // its journal's lock, and removes the journal).
+            let started = file.set_len(0).and_then(|()| match size {
+                0 => Ok(()),
+                _ => preallocate(&file, size),
+            });
+            started.inspect_err(|_| {
+                let _ = std::fs::remove_file(&partial);
+            })?;
         }
         Ok((
             PartialFile {
@@ -413,6 +421,28 @@ impl PrivateMode for OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large file that does not fit fails at once and leaves no partial file behind.
+    #[test]
+    fn a_file_that_does_not_fit_leaves_nothing_behind() {
+        let Some(fs) = crate::server::testfs::Tmpfs::new("1m") else {
+            eprintln!("SKIPPED: needs root and tmpfs");
+            return;
+        };
+        let target = fs.path().join("big");
+        let created = PartialFile::create(target.clone(), Some(4 << 20), 0o644, 0, "tag");
+        assert_eq!(
+            created.err().and_then(|e| e.raw_os_error()),
+            Some(libc::ENOSPC)
+        );
+        let opened = PartialFile::open_resumable(target, 4 << 20, 0o644, 0, false);
+        assert_eq!(
+            opened.err().and_then(|e| e.raw_os_error()),
+            Some(libc::ENOSPC)
+        );
+        let left: Vec<_> = std::fs::read_dir(fs.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
 
     /// An unnamed small file replaces an existing target by way of its partial name, even
     /// when a file of that name was left behind, and leaves only the target.
