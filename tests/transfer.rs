@@ -171,3 +171,74 @@ async fn a_malformed_destination_is_refused_at_start() {
         other => panic!("expected a destination error, got {other:?}"),
     }
 }
+
+/// A directory and a symlink are confirmed only with the small-file batch, once their parent
+/// directory is durable, not as soon as they are made: a receiver losing power before the
+/// batch's flush must not have confirmed entries the sender will never send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_and_symlinks_are_confirmed_when_durable() {
+    use tidegate::protocol::Frame;
+    let server = TestServer::start().await;
+    let (mut r, mut w) = common::wire::connect(server.addr, [9; 16]).await;
+    let payload = bytes::Bytes::from_static(b"after them");
+    let requests = [
+        Frame::Dir {
+            file: 1,
+            meta: common::wire::meta(b"empty".to_vec(), 0),
+        },
+        Frame::Symlink {
+            file: 2,
+            meta: common::wire::meta(b"link".to_vec(), 0),
+            target: b"empty".to_vec(),
+        },
+        Frame::SmallFile {
+            file: 3,
+            meta: common::wire::meta(b"f".to_vec(), payload.len() as u64),
+            root: *blake3::hash(&payload).as_bytes(),
+            payload,
+        },
+    ];
+    for f in &requests {
+        w.send(f).await.unwrap();
+    }
+    // Answered in order: the directory and the link had nothing to say yet.
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::Ack { file: 3, index: 0 }
+    );
+    // Asking again while they wait is not answered either.
+    w.send(&Frame::FileEnd {
+        file: 1,
+        root: [0; 32],
+    })
+    .await
+    .unwrap();
+    w.send(&Frame::Finish).await.unwrap();
+    let mut done = Vec::new();
+    loop {
+        match r.next().await.unwrap().unwrap() {
+            Frame::FileDone { file } => done.push(file),
+            Frame::Finished => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    done.sort_unstable();
+    assert_eq!(done, [1, 2, 3]);
+    assert!(server.dir.path().join("empty").is_dir());
+    assert_eq!(
+        std::fs::read_link(server.dir.path().join("link")).unwrap(),
+        std::path::Path::new("empty")
+    );
+    // Asked again once durable: confirmed at once.
+    w.send(&Frame::FileEnd {
+        file: 1,
+        root: [0; 32],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileDone { file: 1 }
+    );
+    server.stop().await;
+}

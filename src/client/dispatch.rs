@@ -488,12 +488,13 @@ impl Dispatch {
                     hold: None,
                     expect: Expect::Done(file),
                 });
-                // A repeated end for an entry is answered with `FileDone` if it was made.
+                // Confirmed with the server's small-file batch. A repeated end for an entry is
+                // answered with `FileDone` once it is durable.
                 files.insert(
                     file,
                     FileState::Sent {
                         root: [0; 32],
-                        batched: false,
+                        batched: true,
                     },
                 );
             }

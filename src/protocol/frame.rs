@@ -14,7 +14,7 @@ use super::codec::DecodeError;
 /// `TDGT` at the start of `Hello`.
 pub const MAGIC: [u8; 4] = *b"TDGT";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Longest path or message, in bytes.
 pub const MAX_STRING_LEN: usize = 4096;
 

@@ -110,11 +110,14 @@ impl Flusher {
     }
 }
 
-/// Small files waiting for a flush.
+/// Small files waiting for a flush, and directories and symlinks made since the last one.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     items: Vec<(u64, Finished)>,
-    /// The files in `items`: asked about for every small file that arrives.
+    /// Directories and symlinks already in place, durable once their parent directory is
+    /// flushed: their paths.
+    made: Vec<(u64, PathBuf)>,
+    /// The entries in `items` and `made`: asked about for every small file that arrives.
     ids: HashSet<u64>,
     bytes: u64,
 }
@@ -126,16 +129,22 @@ impl Batch {
         self.bytes += bytes;
     }
 
+    /// A directory or symlink made at `path`, to be confirmed with the batch.
+    pub(crate) fn push_made(&mut self, file: u64, path: PathBuf) {
+        self.made.push((file, path));
+        self.ids.insert(file);
+    }
+
     pub(crate) fn contains(&self, file: u64) -> bool {
         self.ids.contains(&file)
     }
 
     pub(crate) fn is_full(&self, max_files: usize, max_bytes: u64) -> bool {
-        self.items.len() >= max_files || self.bytes >= max_bytes
+        self.items.len() + self.made.len() >= max_files || self.bytes >= max_bytes
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.items.is_empty() && self.made.is_empty()
     }
 
     pub(crate) fn take(&mut self) -> Batch {
@@ -149,23 +158,25 @@ impl Batch {
         }
     }
 
-    /// Flushes, renames and syncs directories. Blocking. Returns the files now durable in
+    /// Flushes, renames and syncs directories. Blocking. Returns the entries now durable in
     /// place, and those that failed with why.
     pub(crate) fn commit(
         self,
         root: &Path,
         flusher: &Flusher,
     ) -> (Vec<u64>, Vec<(u64, std::io::Error)>) {
-        if self.items.is_empty() {
+        if self.is_empty() {
             return (Vec::new(), Vec::new());
         }
+        let parent_of = |path: &Path| path.parent().unwrap_or(root).to_path_buf();
         // The flusher reaches only the served directory's own filesystem. A directory on
         // another one (a mount inside the served directory) has its filesystem flushed on
         // its own, and its files always asked: nothing here was opened there before they
         // were written. `None`: the directory could not be looked at; treated likewise.
         let mut dev_of = BTreeMap::<PathBuf, Option<u64>>::new();
-        for (_, partial) in &self.items {
-            let parent = partial.target().parent().unwrap_or(root);
+        let targets = self.items.iter().map(|(_, partial)| partial.target());
+        for path in targets.chain(self.made.iter().map(|(_, path)| path.as_path())) {
+            let parent = path.parent().unwrap_or(root);
             if !dev_of.contains_key(parent) {
                 let dev = std::fs::metadata(parent).ok().map(|m| m.dev());
                 dev_of.insert(parent.to_path_buf(), dev);
@@ -175,14 +186,21 @@ impl Batch {
         let check_each = match flusher.flush() {
             Ok(check_each) => check_each,
             Err(e) => {
-                let kind = e.kind();
+                let why = |f| {
+                    (
+                        f,
+                        std::io::Error::new(e.kind(), format!("flush failed: {e}")),
+                    )
+                };
+                let made = self.made.into_iter().map(|(f, _)| why(f));
                 let failed = self
                     .items
                     .into_iter()
                     .map(|(f, partial)| {
                         partial.abandon();
-                        (f, std::io::Error::new(kind, format!("flush failed: {e}")))
+                        why(f)
                     })
+                    .chain(made)
                     .collect();
                 return (Vec::new(), failed);
             }
@@ -212,6 +230,21 @@ impl Batch {
                     partial.abandon();
                     failed.push((file, e));
                 }
+            }
+        }
+        for (entry, path) in self.made {
+            let parent = parent_of(&path);
+            match dev_of
+                .get(&parent)
+                .copied()
+                .flatten()
+                .and_then(|d| elsewhere.get(&d))
+            {
+                Some(Some(e)) => {
+                    let why = format!("flush failed: {e}");
+                    failed.push((entry, std::io::Error::new(e.kind(), why)));
+                }
+                _ => dirs.entry(parent).or_default().push(entry),
             }
         }
         // The renames are durable once their directories are: one directory is flushed on

@@ -703,7 +703,13 @@ pub(super) async fn handle(
                 Err(Some(e)) => Ok(vec![e.frame(file)]),
             }
         }
+        // A directory or symlink is confirmed with the small-file batch, once its parent
+        // directory is durable: confirmed at once, it could be lost with the machine after
+        // the sender had stopped asking for it.
         Frame::Dir { file, meta } => {
+            if let Some(replies) = made_before(session, file) {
+                return Ok(replies);
+            }
             let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
             let made = ctx
                 .place_blocking(meta.path, false, move |target| {
@@ -712,26 +718,24 @@ pub(super) async fn handle(
                 .await;
             match made {
                 Ok(target) => {
-                    let mut s = session.lock();
-                    s.dirs.push((target, mode, mtime_ns));
-                    s.done.insert(file);
-                    Ok(vec![Frame::FileDone { file }])
+                    session.lock().dirs.push((target.clone(), mode, mtime_ns));
+                    Ok(batch_made(ctx, session, file, target).await)
                 }
                 Err(e) => Ok(vec![e.frame(file)]),
             }
         }
         Frame::Symlink { file, meta, target } => {
+            if let Some(replies) = made_before(session, file) {
+                return Ok(replies);
+            }
             let tag = session.tag.clone();
             let made = ctx
                 .place_blocking(meta.path, true, move |path| {
-                    make_symlink(&path, &target, &tag)
+                    make_symlink(&path, &target, &tag).map(|()| path)
                 })
                 .await;
             match made {
-                Ok(()) => {
-                    session.lock().done.insert(file);
-                    Ok(vec![Frame::FileDone { file }])
-                }
+                Ok(path) => Ok(batch_made(ctx, session, file, path).await),
                 Err(e) => Ok(vec![e.frame(file)]),
             }
         }
@@ -1025,6 +1029,40 @@ fn fail_large(
         large.abandon();
     }
     error_frame(file, code, why)
+}
+
+/// The answer to a directory or symlink this session already made: `FileDone` once durable,
+/// nothing while it waits in the batch (`FileDone` comes with it). `None`: not made yet.
+fn made_before(session: &Arc<Session>, file: u64) -> Option<Vec<Frame>> {
+    let s = session.lock();
+    if s.done.contains(&file) {
+        Some(vec![Frame::FileDone { file }])
+    } else if s.batch.contains(file) {
+        Some(Vec::new())
+    } else {
+        None
+    }
+}
+
+/// Puts a directory or symlink just made at `path` in the batch, committing the batch if
+/// that filled it.
+async fn batch_made(
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+    file: u64,
+    path: std::path::PathBuf,
+) -> Vec<Frame> {
+    let full = {
+        let mut s = session.lock();
+        s.batch.push_made(file, path);
+        s.batch
+            .is_full(ctx.options.batch_files, ctx.options.batch_bytes)
+    };
+    if full {
+        flush(ctx, session).await
+    } else {
+        Vec::new()
+    }
 }
 
 /// Commits the session's small-file batch; answers `FileDone` or `Error` for each file.
