@@ -80,6 +80,9 @@ pub enum TransferError {
     /// Nothing to send, or nowhere to send it.
     #[error("{0}")]
     Usage(&'static str),
+    /// Two sources that would put something at the same path of the destination.
+    #[error(transparent)]
+    Names(#[from] crate::source::walk::NameClash),
     /// A destination that is not `HOST:PORT`.
     #[error(transparent)]
     Destination(#[from] crate::client::address::AddressError),
@@ -228,8 +231,8 @@ impl Transfer {
     /// Starts on the current tokio runtime.
     ///
     /// # Errors
-    /// [`TransferError`] for bad options, an empty source or destination list, or a
-    /// destination that is not `HOST:PORT`.
+    /// [`TransferError`] for bad options, an empty source or destination list, two sources
+    /// that would land on the same path, or a destination that is not `HOST:PORT`.
     pub fn start(self) -> Result<TransferHandle, TransferError> {
         self.options.pipeline.validate()?;
         if self.sources.is_empty() {
@@ -241,6 +244,7 @@ impl Transfer {
         for addr in &self.destinations {
             crate::client::address::check(addr)?;
         }
+        walk::check_names(&self.sources, self.options.links)?;
         let pool = HashPool::new(self.options.pipeline.threads)
             .map_err(|e| OptionsError::ThreadPool(e.to_string()))?;
         let budget =

@@ -125,6 +125,49 @@ fn unreachable_receiver_and_usage_errors() {
     );
 }
 
+/// Two sources that would land on the same path are a usage error before anything is sent:
+/// otherwise both were counted delivered and whichever arrived last was kept.
+#[test]
+fn sources_with_the_same_name_are_refused_before_sending() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    for dir in ["a", "b"] {
+        std::fs::create_dir(src.path().join(dir)).unwrap();
+        std::fs::write(src.path().join(dir).join("x"), dir).unwrap();
+    }
+    let (server, addr) = serve(dst.path(), &[]);
+    let out = tidegate()
+        .args(["send", "--to", &addr])
+        .arg(src.path().join("a/x"))
+        .arg(src.path().join("b/x"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a/x and ")
+            && stderr.contains("b/x would both be delivered as x")
+            && stderr.contains("separate transfers"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+    // In separate transfers, the second replaces the first, as the user asked.
+    for dir in ["a", "b"] {
+        let out = tidegate()
+            .args(["send", "--to", &addr])
+            .arg(src.path().join(dir).join("x"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(dst.path().join("x")).unwrap(), b"b");
+    assert!(stop(server).success());
+}
+
 /// A receiver that comes up while the sender retries: one warning that it cannot connect,
 /// one that it did (and the same as `--json` events), everything delivered, and no reconnect
 /// counted (no connection dropped).

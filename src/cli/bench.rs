@@ -25,6 +25,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     options.streams = args.streams.max(1);
     // Nothing shows a total here; counting would only add its `stat`s to what is measured.
     options.count_total = false;
+    if let Err(clash) = tidegate::source::walk::check_names(&args.paths, options.links) {
+        eprintln!("tidegate bench: {clash}");
+        return Ok(ExitCode::from(USAGE));
+    }
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let sources = if args.paths.is_empty() {
         let file = work.path().join("bench.bin");

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use tidegate::transfer::TransferError;
 use tidegate::{Progress, Report, Transfer, TransferOptions};
 
 use super::args::SendArgs;
@@ -34,7 +35,14 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     options.count_total = watching;
     let mut transfer = Transfer::new(args.paths.clone(), args.to.clone()).options(options);
     let events = watching.then(|| transfer.subscribe());
-    let handle = transfer.start().context("starting the transfer")?;
+    let handle = match transfer.start() {
+        Ok(handle) => handle,
+        Err(e @ (TransferError::Usage(_) | TransferError::Names(_))) => {
+            eprintln!("tidegate send: {e}");
+            return Ok(ExitCode::from(USAGE));
+        }
+        Err(e) => return Err(e).context("starting the transfer"),
+    };
     let cancel = handle.cancel_token();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

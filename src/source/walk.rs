@@ -6,7 +6,8 @@
 //! slash) yields the contents of `dir` at the top, as rsync does. Directories come before
 //! their contents, and entries within a directory are sorted by name. Symlinks are skipped
 //! with a warning unless links are wanted; sockets, FIFOs and devices inside trees are
-//! skipped with a warning.
+//! skipped with a warning. [`check_names`] refuses, before anything is sent, roots that would
+//! put something at the same path of the destination.
 //!
 //! Because the walk only runs ahead of sending by a bounded queue, it cannot tell the total
 //! size until it is nearly done. [`count`] walks the same roots by the same rules on a thread
@@ -66,6 +67,76 @@ pub struct WalkError {
     pub path: PathBuf,
     /// What the OS said.
     pub source: std::io::Error,
+}
+
+/// Two sources that would put something at the same path of the destination: one would
+/// silently replace the other, whichever arrived last.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} and {} would both be delivered as {name}; send them in separate transfers",
+    first.display(),
+    second.display()
+)]
+pub struct NameClash {
+    /// The path both would get, relative to the destination.
+    pub name: String,
+    /// The first source (or the entry of a source given with a trailing slash) with that name.
+    pub first: PathBuf,
+    /// The second.
+    pub second: PathBuf,
+}
+
+/// Checks that no two of `roots` put something at the same path of the destination. Each
+/// root claims the names it gives to the top of the destination: its last component, or, for
+/// a directory given with a trailing slash, `.` or `/`, the names of the entries it holds
+/// that the walk sends (with the same rules for links and special files). Within one root,
+/// names cannot repeat, so these claims must all differ, directories included: two trees
+/// merged into one by a single transfer would each replace the other's files of the same
+/// name in whatever order they arrived. A root that cannot be read claims nothing; the walk
+/// reports it.
+///
+/// # Errors
+/// The first [`NameClash`], in the order the roots are given.
+pub fn check_names(roots: &[PathBuf], links: bool) -> Result<(), NameClash> {
+    if roots.len() < 2 {
+        return Ok(());
+    }
+    let sent = |ft: fs::FileType| ft.is_file() || ft.is_dir() || (links && ft.is_symlink());
+    let mut claimed: std::collections::HashMap<Vec<u8>, PathBuf> = std::collections::HashMap::new();
+    let mut claim = |name: Vec<u8>, path: PathBuf| match claimed.entry(name) {
+        std::collections::hash_map::Entry::Occupied(first) => Err(NameClash {
+            name: String::from_utf8_lossy(first.key()).into_owned(),
+            first: first.get().clone(),
+            second: path,
+        }),
+        std::collections::hash_map::Entry::Vacant(free) => {
+            free.insert(path);
+            Ok(())
+        }
+    };
+    for root in roots {
+        let Ok(meta) = fs::symlink_metadata(root) else {
+            continue;
+        };
+        if !sent(meta.file_type()) {
+            continue;
+        }
+        match top_name(root) {
+            Some(name) => claim(name, root.clone())?,
+            None if meta.is_dir() => {
+                let Ok(entries) = fs::read_dir(root) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(sent) {
+                        claim(entry.file_name().as_bytes().to_vec(), entry.path())?;
+                    }
+                }
+            }
+            None => claim(root.as_os_str().as_bytes().to_vec(), root.clone())?,
+        }
+    }
+    Ok(())
 }
 
 /// Entries go to the sender in batches of this many: one wake-up of either thread per batch
@@ -412,6 +483,77 @@ mod tests {
         let contents = names(vec![PathBuf::from(slash)], false);
         assert_eq!(contents[0].0, "a");
         assert!(contents.iter().all(|(r, _)| !r.starts_with("top")));
+    }
+
+    /// Two roots that would put something at the same destination path are refused before
+    /// anything is sent, whatever they are; roots whose names only look alike, or whose
+    /// clashing entries the walk would not send, are not.
+    #[test]
+    fn sources_that_would_land_on_the_same_path_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |rel: &str| d.path().join(rel);
+        let slash = |rel: &str| PathBuf::from(format!("{}/", p(rel).display()));
+        for dir in ["a", "b", "c/x", "t1/sub", "t2/sub", "t3", "t4"] {
+            fs::create_dir_all(p(dir)).unwrap();
+        }
+        for file in ["a/x", "b/x", "a/y", "t1/only1", "t2/only2", "t3/x", "t4/f"] {
+            fs::write(p(file), b"data").unwrap();
+        }
+        std::os::unix::fs::symlink("f", p("t4/link")).unwrap();
+        std::os::unix::fs::symlink("x", p("b/link")).unwrap();
+        std::os::unix::fs::symlink("x", p("t3/link")).unwrap();
+        let c = std::ffi::CString::new(p("b/y").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+        let clash = |roots: Vec<PathBuf>, links: bool| check_names(&roots, links).err();
+        // Two files of the same name: which one stayed would depend on the network.
+        let e = clash(vec![p("a/x"), p("b/x")], false).expect("two files named x");
+        assert_eq!(
+            (e.name.as_str(), &e.first, &e.second),
+            ("x", &p("a/x"), &p("b/x"))
+        );
+        assert!(
+            e.to_string().contains("would both be delivered as x"),
+            "{e}"
+        );
+        // The same root twice, a file against a directory, two directories.
+        assert!(clash(vec![p("a"), p("a")], false).is_some());
+        assert_eq!(clash(vec![p("a/x"), p("c/x")], false).unwrap().name, "x");
+        assert_eq!(
+            clash(vec![p("t1/sub"), p("t2/sub")], false).unwrap().name,
+            "sub"
+        );
+        // A trailing slash puts a directory's entries at the top: they clash with each
+        // other's and with named roots.
+        let e = clash(vec![slash("a"), slash("t3")], false).expect("a/x and t3/x");
+        assert_eq!((e.name.as_str(), &e.second), ("x", &p("t3/x")));
+        assert_eq!(clash(vec![slash("a"), p("b/x")], false).unwrap().name, "x");
+        assert_eq!(clash(vec![p("c/x"), slash("t3")], false).unwrap().name, "x");
+        // Links clash only when they are sent.
+        assert!(clash(vec![slash("t4"), p("b/link")], false).is_none());
+        assert_eq!(
+            clash(vec![slash("t4"), p("b/link")], true).unwrap().name,
+            "link"
+        );
+        assert!(clash(vec![slash("t3"), slash("t4")], false).is_none());
+        assert!(clash(vec![slash("t3"), slash("t4")], true).is_some());
+        // A FIFO is skipped by the walk, so it takes no name from a file.
+        assert!(clash(vec![p("a/y"), slash("b")], false).is_none());
+        assert!(clash(vec![p("a/y"), p("b/y")], false).is_none());
+        assert!(clash(vec![p("a/x"), slash("b")], false).is_some());
+        // Distinct names, a missing root (the walk reports it), one root alone.
+        assert_eq!(
+            clash(vec![slash("t1"), slash("t2")], false).unwrap().name,
+            "sub"
+        );
+        assert!(clash(vec![p("a"), p("b"), slash("t3"), slash("t4")], false).is_none());
+        assert!(clash(vec![p("a/x"), p("missing/x")], false).is_none());
+        assert!(clash(vec![slash("a")], false).is_none());
+        // `a` and `a/` differ unless `a` holds an entry named `a`.
+        assert!(clash(vec![p("a"), slash("a")], false).is_none());
+        fs::create_dir(p("a/a")).unwrap();
+        assert!(clash(vec![p("a"), slash("a")], false).is_some());
     }
 
     /// The count sees what the walk sends: regular files and their sizes, by the same rules
