@@ -31,6 +31,13 @@ async fn a_tree_with_empty_files_dirs_and_odd_names() {
     std::fs::write(top.join("a b/small file.txt"), b"hello").unwrap();
     std::fs::write(top.join("a b/ünï cödé/deeper/mid.bin"), data(3 << 20, 2)).unwrap();
     std::fs::write(top.join("a b/ünï cödé/exact"), data(1 << 20, 3)).unwrap();
+    // Names of the longest length Linux allows (255 bytes), for a large file, a small one and
+    // a directory: the receiver's partial files beside them must still fit.
+    let longest = "l".repeat(255);
+    let longest_utf8 = format!("{}x", "ü".repeat(127));
+    std::fs::write(top.join(&longest), data(3 << 20, 4)).unwrap();
+    std::fs::create_dir(top.join(&longest_utf8)).unwrap();
+    std::fs::write(top.join(&longest_utf8).join(&longest), b"small").unwrap();
     let report = send(vec![top.clone()], server.addr.to_string(), fast_options()).await;
     assert!(report.success(), "{report:#?}");
     assert_same_tree(&top, &server.root().join("tree"));
