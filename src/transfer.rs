@@ -49,6 +49,11 @@ pub struct TransferOptions {
     pub reply_timeout: Duration,
     /// Send symlinks as links. Default `false`: skip them with a warning.
     pub links: bool,
+    /// Keep every entry's [`FileReport`] for [`Report::files`]. Default `false`: nothing is
+    /// then kept per entry once every destination confirmed it, so memory does not grow with
+    /// the number of files (about 250 bytes each otherwise); the [`Progress::FileDone`]
+    /// events carry the same path, size and root as each entry is done.
+    pub file_reports: bool,
     /// Count the sources' bytes on a thread of their own while sending, so that
     /// [`Progress::Bytes`] can carry a total (and a progress bar an ETA) once the count is
     /// done. It costs one more `stat` per file. Default `true`.
@@ -65,6 +70,7 @@ impl Default for TransferOptions {
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(60),
             links: false,
+            file_reports: false,
             count_total: true,
         }
     }
@@ -126,7 +132,7 @@ pub struct DestinationReport {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Report {
-    /// Every entry read, in order.
+    /// Every entry read, in order, with [`TransferOptions::file_reports`]; otherwise empty.
     pub files: Vec<FileReport>,
     /// Entries that could not be read at the source, with why.
     pub source_errors: Vec<(String, String)>,
@@ -329,8 +335,8 @@ async fn run(
         tally,
         ticker: Ticker::new(shared.options.pipeline.progress_interval),
         started,
-        files: Vec::new(),
-        index: HashMap::new(),
+        files: HashMap::new(),
+        kept: shared.options.file_reports.then(Vec::new),
         read_bytes: 0,
         acked: vec![0; addresses.len()],
         files_done: 0,
@@ -363,7 +369,7 @@ async fn run(
             continue;
         }
         let outcome = redo_pass(&redo, &addresses, dest, &shared, &mut state).await;
-        first.files_done.extend(outcome.files_done);
+        first.files_done += outcome.files_done;
         first.files_failed.extend(outcome.files_failed);
         first.bytes_acked += outcome.bytes_acked;
         first.bytes_resumed += outcome.bytes_resumed;
@@ -375,9 +381,9 @@ async fn run(
 
     let name = |f: u64| {
         state
-            .index
+            .files
             .get(&f)
-            .map(|&i| state.files[i].report.path.clone())
+            .map(|t| t.report.path.clone())
             .unwrap_or_default()
     };
     let reports = addresses
@@ -385,7 +391,7 @@ async fn run(
         .zip(outcomes)
         .map(|(address, outcome)| DestinationReport {
             address,
-            files_done: outcome.files_done.len() as u64,
+            files_done: outcome.files_done,
             failed: outcome
                 .files_failed
                 .iter()
@@ -401,11 +407,12 @@ async fn run(
     let mut source_errors =
         std::mem::take(&mut *walk_errors.lock().unwrap_or_else(PoisonError::into_inner));
     source_errors.extend(state.source_failures());
+    let bytes = state.read_bytes;
     Report {
-        files: state.files.into_iter().map(|f| f.report).collect(),
+        files: state.into_file_reports(),
         source_errors,
         destinations: reports,
-        bytes: state.read_bytes,
+        bytes,
         elapsed_ms: started.elapsed().as_millis() as u64,
         cancelled: shared.cancel.is_cancelled(),
     }
@@ -590,8 +597,12 @@ struct Tracker {
     tally: Option<Tally>,
     ticker: Ticker,
     started: Instant,
-    files: Vec<Tracked>,
-    index: HashMap<u64, usize>,
+    /// Entries read and not yet confirmed by every destination (and those that failed
+    /// somewhere), by number. What is done is dropped, or moved to `kept`.
+    files: HashMap<u64, Tracked>,
+    /// Reports of entries every destination confirmed, with
+    /// [`TransferOptions::file_reports`].
+    kept: Option<Vec<(u64, FileReport)>>,
     read_bytes: u64,
     acked: Vec<u64>,
     files_done: u64,
@@ -612,8 +623,8 @@ impl Tracker {
     }
 
     async fn emit_failed(&self, file: u64, error: String) {
-        if let Some(&i) = self.index.get(&file) {
-            let path = self.files[i].report.path.clone();
+        if let Some(tracked) = self.files.get(&file) {
+            let path = tracked.report.path.clone();
             self.emit(Progress::FileFailed { file, path, error }).await;
         }
     }
@@ -621,27 +632,28 @@ impl Tracker {
     fn track(&mut self, file: u64, entry: &Arc<Entry>, size: u64) {
         let keep = (size > self.chunk_len && matches!(entry.input, Input::Path(_)))
             .then(|| Arc::clone(entry));
-        if let Some(&i) = self.index.get(&file) {
+        if let Some(tracked) = self.files.get_mut(&file) {
             // Read again by a redo pass.
-            self.files[i].entry = keep;
+            tracked.entry = keep;
             return;
         }
-        self.index.insert(file, self.files.len());
-        self.files.push(Tracked {
-            report: FileReport {
-                path: entry.rel_display(),
-                bytes: 0,
-                blake3: String::new(),
+        self.files.insert(
+            file,
+            Tracked {
+                report: FileReport {
+                    path: entry.rel_display(),
+                    bytes: 0,
+                    blake3: String::new(),
+                },
+                source_error: None,
+                entry: keep,
             },
-            source_error: None,
-            entry: keep,
-        });
+        );
     }
 
     /// A large file's entry, if it is still kept for a redo pass.
     fn entry(&self, file: u64) -> Option<Arc<Entry>> {
-        let &i = self.index.get(&file)?;
-        self.files[i].entry.clone()
+        self.files.get(&file)?.entry.clone()
     }
 
     /// Returns what to fan out, if anything.
@@ -669,9 +681,9 @@ impl Tracker {
                 Some(DestEvent::Chunk(Arc::new(chunk)))
             }
             Event::FileDone { file, len, root } => {
-                if let Some(&i) = self.index.get(&file) {
-                    self.files[i].report.bytes = len;
-                    self.files[i].report.blake3 = root.to_hex().to_string();
+                if let Some(tracked) = self.files.get_mut(&file) {
+                    tracked.report.bytes = len;
+                    tracked.report.blake3 = root.to_hex().to_string();
                 }
                 Some(DestEvent::End {
                     file,
@@ -680,8 +692,8 @@ impl Tracker {
             }
             Event::FileFailed { file, error } => {
                 let message = error.to_string();
-                if let Some(&i) = self.index.get(&file) {
-                    self.files[i].source_error = Some(message.clone());
+                if let Some(tracked) = self.files.get_mut(&file) {
+                    tracked.source_error = Some(message.clone());
                 }
                 self.emit_failed(file, message).await;
                 Some(DestEvent::Abort { file })
@@ -701,16 +713,17 @@ impl Tracker {
                 if *count == self.n_dest {
                     self.done_count.remove(&file);
                     self.files_done += 1;
-                    if let Some(&i) = self.index.get(&file) {
-                        self.files[i].entry = None;
-                        let f = &self.files[i].report;
+                    if let Some(Tracked { report, .. }) = self.files.remove(&file) {
                         let event = Progress::FileDone {
                             file,
-                            path: f.path.clone(),
-                            bytes: f.bytes,
-                            blake3: f.blake3.clone(),
+                            path: report.path.clone(),
+                            bytes: report.bytes,
+                            blake3: report.blake3.clone(),
                         };
                         self.emit(event).await;
+                        if let Some(kept) = &mut self.kept {
+                            kept.push((file, report));
+                        }
                     }
                 }
             }
@@ -766,10 +779,29 @@ impl Tracker {
         .await;
     }
 
+    /// Entries that could not be read, in order.
     fn source_failures(&self) -> Vec<(String, String)> {
-        self.files
+        let mut failed: Vec<(u64, &Tracked)> = self
+            .files
             .iter()
-            .filter_map(|f| f.source_error.clone().map(|e| (f.report.path.clone(), e)))
+            .filter(|(_, t)| t.source_error.is_some())
+            .map(|(&f, t)| (f, t))
+            .collect();
+        failed.sort_unstable_by_key(|&(f, _)| f);
+        failed
+            .into_iter()
+            .filter_map(|(_, t)| Some((t.report.path.clone(), t.source_error.clone()?)))
             .collect()
+    }
+
+    /// With [`TransferOptions::file_reports`], every entry's report in order: those done
+    /// everywhere and those that were not. Otherwise none.
+    fn into_file_reports(self) -> Vec<FileReport> {
+        let Some(mut kept) = self.kept else {
+            return Vec::new();
+        };
+        kept.extend(self.files.into_iter().map(|(f, t)| (f, t.report)));
+        kept.sort_unstable_by_key(|&(f, _)| f);
+        kept.into_iter().map(|(_, report)| report).collect()
     }
 }

@@ -12,7 +12,9 @@ async fn one_large_file() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
     std::fs::write(&file, data(40 << 20 | 12345, 1)).unwrap();
-    let report = send(vec![file.clone()], server.addr.to_string(), fast_options()).await;
+    let mut options = fast_options();
+    options.file_reports = true;
+    let report = send(vec![file.clone()], server.addr.to_string(), options).await;
     assert!(report.success(), "{report:#?}");
     let got = std::fs::read(server.root().join("big.bin")).unwrap();
     assert!(got == std::fs::read(&file).unwrap());
@@ -38,9 +40,20 @@ async fn a_tree_with_empty_files_dirs_and_odd_names() {
     std::fs::write(top.join(&longest), data(3 << 20, 4)).unwrap();
     std::fs::create_dir(top.join(&longest_utf8)).unwrap();
     std::fs::write(top.join(&longest_utf8).join(&longest), b"small").unwrap();
-    let report = send(vec![top.clone()], server.addr.to_string(), fast_options()).await;
+    let mut options = fast_options();
+    options.file_reports = true;
+    let report = send(vec![top.clone()], server.addr.to_string(), options).await;
     assert!(report.success(), "{report:#?}");
     assert_same_tree(&top, &server.root().join("tree"));
+    // Asked for, every entry's report is kept, in the walk's order, with each file's root.
+    let paths: Vec<&str> = report.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths.len() as u64, report.destinations[0].files_done);
+    assert_eq!(paths[..3], ["tree", "tree/a b", "tree/empty"]);
+    for f in report.files.iter().filter(|f| !f.blake3.is_empty()) {
+        let got = std::fs::read(server.root().join(&f.path)).unwrap();
+        assert_eq!(f.blake3, blake3::hash(&got).to_hex().as_str(), "{}", f.path);
+        assert_eq!(f.bytes, got.len() as u64);
+    }
     // No partial files are left behind.
     let leftovers: Vec<PathBuf> = walk_names(server.root())
         .into_iter()

@@ -25,6 +25,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     options.streams = args.streams.max(1);
     // Nothing shows a total here; counting would only add its `stat`s to what is measured.
     options.count_total = false;
+    // The received files are checked against the roots the report lists.
+    options.file_reports = true;
     if let Err(clash) = tidegate::source::walk::check_names(&args.paths, options.links) {
         eprintln!("tidegate bench: {clash}");
         return Ok(ExitCode::from(USAGE));

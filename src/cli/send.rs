@@ -27,6 +27,9 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     options.streams = args.streams;
     options.retry_for = args.retry_for;
     options.links = args.links;
+    // Each file's root is listed at the end only with -v; otherwise nothing is kept per file
+    // once it is delivered (the JSON stream's `file_done` events carry the same as they go).
+    options.file_reports = verbose > 0;
     options.key = load_key(&args.key)?;
     let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
     // Progress events, and the total (one more `stat` per file, on a thread of its own), only

@@ -43,7 +43,8 @@ pub(crate) enum DestEvent {
 /// How a destination fared.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
-    pub(crate) files_done: Vec<u64>,
+    /// Entries confirmed durable (a count: nothing per file stays once it is done).
+    pub(crate) files_done: u64,
     pub(crate) files_failed: Vec<(u64, String)>,
     pub(crate) bytes_acked: u64,
     /// Chunk bytes the server already had from an interrupted transfer: not sent.
@@ -243,7 +244,7 @@ impl Dispatch {
                         Reply::Done(file) => {
                             resumed_files.remove(&file);
                             if files.remove(&file).is_some() {
-                                out.files_done.push(file);
+                                out.files_done += 1;
                                 self.note(Note::Done { file }).await;
                             }
                         }

@@ -86,7 +86,8 @@ pub(crate) struct Inner {
     large: HashMap<u64, Arc<Large>>,
     /// Large files between their `FileEnd` and their rename: a repeated end waits.
     committing: HashSet<u64>,
-    done: HashSet<u64>,
+    /// Entries finished (see `done.rs`): a repeated request for one is answered at once.
+    done: super::done::Done,
     batch: Batch,
     /// Directories to stamp with their mtime once everything inside is written.
     dirs: Vec<(PathBuf, u32, i64)>,
@@ -495,7 +496,7 @@ pub(super) async fn handle(
         } => {
             let large = session.lock().large.get(&file).cloned();
             let Some(large) = large else {
-                if session.lock().done.contains(&file) {
+                if session.lock().done.contains(file) {
                     return Ok(vec![Frame::Ack { file, index }]);
                 }
                 return Ok(vec![error_frame(
@@ -599,7 +600,7 @@ pub(super) async fn handle(
         Frame::FileEnd { file, root } => {
             let large = {
                 let mut s = session.lock();
-                if s.done.contains(&file) {
+                if s.done.contains(file) {
                     return Ok(vec![Frame::FileDone { file }]);
                 }
                 if s.committing.contains(&file) || s.batch.contains(file) {
@@ -635,7 +636,7 @@ pub(super) async fn handle(
         } => {
             {
                 let s = session.lock();
-                if s.done.contains(&file) {
+                if s.done.contains(file) {
                     return Ok(vec![
                         Frame::Ack { file, index: 0 },
                         Frame::FileDone { file },
@@ -860,7 +861,7 @@ async fn begin(
     let opts = &ctx.options;
     {
         let s = session.lock();
-        if s.done.contains(&file) {
+        if s.done.contains(file) {
             return Frame::FileDone { file };
         }
         if let Some(large) = s.large.get(&file) {
@@ -1035,7 +1036,7 @@ fn fail_large(
 /// nothing while it waits in the batch (`FileDone` comes with it). `None`: not made yet.
 fn made_before(session: &Arc<Session>, file: u64) -> Option<Vec<Frame>> {
     let s = session.lock();
-    if s.done.contains(&file) {
+    if s.done.contains(file) {
         Some(vec![Frame::FileDone { file }])
     } else if s.batch.contains(file) {
         Some(Vec::new())
