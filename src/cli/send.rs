@@ -93,7 +93,6 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
     }
     let mut err = std::io::stderr().lock();
     let secs = report.elapsed_ms as f64 / 1000.0;
-    let rate = report.bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-3);
     if verbose > 0 {
         for f in &report.files {
             if !f.blake3.is_empty() {
@@ -102,6 +101,9 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
         }
     }
     for d in &report.destinations {
+        // The rate of what this destination acknowledged, like the bytes before it (what was
+        // read may be more: a destination that failed early got less of it).
+        let rate = d.bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-3);
         writeln!(
             err,
             "{}: {} {} delivered, {} sent in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}{}",
