@@ -95,8 +95,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         writeln!(
             out,
-            "sent {} files, {} in {wall:.2} s: {:.0} MiB/s, CPU {cpu:.2} s, peak RSS {} (sender and receiver in one process), verified",
+            "sent {} {}, {} in {wall:.2} s: {:.0} MiB/s, CPU {cpu:.2} s, peak RSS {} (sender and receiver in one process), verified",
             sent.len(),
+            if sent.len() == 1 { "file" } else { "files" },
             tidegate::progress::human_bytes(report.bytes),
             mib / wall,
             peak.map(tidegate::progress::human_bytes).unwrap_or_else(|| "unknown".into()),
