@@ -150,12 +150,18 @@ fn summary(
 /// A line as b3sum prints it. Paths with a backslash or newline are escaped and the line
 /// starts with a backslash, as b3sum does, so `--check` can read it back.
 fn b3sum_line(root: &blake3::Hash, path: &Path) -> String {
-    let name = path.to_string_lossy();
+    b3sum_hex_line(root.to_hex().as_str(), &path.to_string_lossy())
+}
+
+/// `<hex>  <name>` as b3sum prints it: a name with a backslash or a newline is escaped, and the
+/// line then starts with a backslash. `send -v` prints its roots the same way, so those lines
+/// can be checked against the received tree with `tidegate hash --check` run in it.
+pub(crate) fn b3sum_hex_line(hex: &str, name: &str) -> String {
     if name.contains(['\\', '\n']) {
         let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");
-        format!("\\{}  {escaped}", root.to_hex())
+        format!("\\{hex}  {escaped}")
     } else {
-        format!("{}  {name}", root.to_hex())
+        format!("{hex}  {name}")
     }
 }
 

@@ -96,7 +96,7 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
     if verbose > 0 {
         for f in &report.files {
             if !f.blake3.is_empty() {
-                writeln!(err, "{}  {}", f.blake3, f.path)?;
+                writeln!(err, "{}", super::hash::b3sum_hex_line(&f.blake3, &f.path))?;
             }
         }
     }
