@@ -168,6 +168,54 @@ fn sources_with_the_same_name_are_refused_before_sending() {
     assert!(stop(server).success());
 }
 
+/// `send -v` lists each file's root as b3sum does, escaping names with a backslash or a
+/// newline, so the list checks the received tree with `hash --check`.
+#[test]
+fn verbose_roots_check_the_received_tree() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    for (name, body) in [("plain", "a"), ("back\\slash", "b"), ("new\nline", "c")] {
+        std::fs::write(top.join(name), body).unwrap();
+    }
+    let (server, addr) = serve(dst.path(), &[]);
+    let out = tidegate()
+        .args(["send", "-v", "--to", &addr])
+        .arg(&top)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sums: String = stderr
+        .lines()
+        .filter(|l| {
+            let hex = l.strip_prefix('\\').unwrap_or(l);
+            hex.len() > 66 && hex[..64].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(sums.lines().count(), 3, "{stderr}");
+    assert!(
+        sums.contains("\\") && sums.contains("top/new\\nline"),
+        "{sums}"
+    );
+    let list = src.path().join("sums.b3");
+    std::fs::write(&list, sums).unwrap();
+    let check = tidegate()
+        .current_dir(dst.path())
+        .args(["hash", "--check"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(stop(server).success());
+}
+
 /// A receiver that comes up while the sender retries: one warning that it cannot connect,
 /// one that it did (and the same as `--json` events), everything delivered, and no reconnect
 /// counted (no connection dropped).
