@@ -87,8 +87,16 @@ async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {
 /// `-v`, each file's BLAKE3 root.
 pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::Result<()> {
     if json {
-        let line = serde_json::json!({ "report": report });
-        println!("{line}");
+        /// `{"report": ...}`, written as it is serialized: a report listing a million files
+        /// (`-v`) built as a `serde_json::Value` first took several hundred megabytes.
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            report: &'a Report,
+        }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer(&mut out, &Line { report })?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
     let mut err = std::io::stderr().lock();

@@ -4,10 +4,11 @@
 //! starts while it is still going and a huge tree never sits in memory. Paths are relative,
 //! `/`-separated byte strings: `send dir` yields `dir`, `dir/a`, …; `send dir/` (trailing
 //! slash) yields the contents of `dir` at the top, as rsync does. Directories come before
-//! their contents, and entries within a directory are sorted by name. Symlinks are skipped
-//! with a warning unless links are wanted; sockets, FIFOs and devices inside trees are
-//! skipped with a warning. [`check_names`] refuses, before anything is sent, roots that would
-//! put something at the same path of the destination.
+//! their contents, and entries within a directory are sorted by name, up to 65,536 entries
+//! (a larger directory comes in the order the filesystem lists it, and is never held whole).
+//! Symlinks are skipped with a warning unless links are wanted; sockets, FIFOs and devices
+//! inside trees are skipped with a warning. [`check_names`] refuses, before anything is sent,
+//! roots that would put something at the same path of the destination.
 //!
 //! Because the walk only runs ahead of sending by a bounded queue, it cannot tell the total
 //! size until it is nearly done. [`count`] walks the same roots by the same rules on a thread
@@ -87,53 +88,81 @@ pub struct NameClash {
 }
 
 /// Checks that no two of `roots` put something at the same path of the destination. Each
-/// root claims the names it gives to the top of the destination: its last component, or, for
-/// a directory given with a trailing slash, `.` or `/`, the names of the entries it holds
-/// that the walk sends (with the same rules for links and special files). Within one root,
-/// names cannot repeat, so these claims must all differ, directories included: two trees
-/// merged into one by a single transfer would each replace the other's files of the same
-/// name in whatever order they arrived. A root that cannot be read claims nothing; the walk
-/// reports it.
+/// root puts at the top of the destination either one name (its last component) or, for a
+/// directory given with a trailing slash, `.` or `/`, the entries it holds that the walk sends
+/// (with the same rules for links and special files). Within one root, names cannot repeat,
+/// so these must all differ, directories included: two trees merged into one by a single
+/// transfer would each replace the other's files of the same name in whatever order they
+/// arrived. A root that cannot be read is left for the walk to report.
+///
+/// Nothing is held per entry: a name is looked up in a directory root, and two directory
+/// roots are compared by looking up each entry of the later one in the earlier one.
 ///
 /// # Errors
-/// The first [`NameClash`], in the order the roots are given.
+/// A [`NameClash`], the earlier root first.
 pub fn check_names(roots: &[PathBuf], links: bool) -> Result<(), NameClash> {
+    /// What a root puts at the top of the destination.
+    enum Top {
+        Name(Vec<u8>),
+        Contents,
+    }
     if roots.len() < 2 {
         return Ok(());
     }
     let sent = |ft: fs::FileType| ft.is_file() || ft.is_dir() || (links && ft.is_symlink());
-    let mut claimed: std::collections::HashMap<Vec<u8>, PathBuf> = std::collections::HashMap::new();
-    let mut claim = |name: Vec<u8>, path: PathBuf| match claimed.entry(name) {
-        std::collections::hash_map::Entry::Occupied(first) => Err(NameClash {
-            name: String::from_utf8_lossy(first.key()).into_owned(),
-            first: first.get().clone(),
-            second: path,
-        }),
-        std::collections::hash_map::Entry::Vacant(free) => {
-            free.insert(path);
-            Ok(())
-        }
+    let holds = |dir: &Path, name: &[u8]| {
+        fs::symlink_metadata(dir.join(std::ffi::OsStr::from_bytes(name)))
+            .is_ok_and(|m| sent(m.file_type()))
     };
-    for root in roots {
-        let Ok(meta) = fs::symlink_metadata(root) else {
-            continue;
-        };
-        if !sent(meta.file_type()) {
-            continue;
-        }
-        match top_name(root) {
-            Some(name) => claim(name, root.clone())?,
-            None if meta.is_dir() => {
-                let Ok(entries) = fs::read_dir(root) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(sent) {
-                        claim(entry.file_name().as_bytes().to_vec(), entry.path())?;
+    let clash = |name: &[u8], first: PathBuf, second: PathBuf| NameClash {
+        name: String::from_utf8_lossy(name).into_owned(),
+        first,
+        second,
+    };
+    let tops: Vec<(&PathBuf, Top)> = roots
+        .iter()
+        .filter_map(|root| {
+            let meta = fs::symlink_metadata(root).ok()?;
+            if !sent(meta.file_type()) {
+                return None;
+            }
+            Some(match top_name(root) {
+                Some(name) => (root, Top::Name(name)),
+                None if meta.is_dir() => (root, Top::Contents),
+                None => (root, Top::Name(root.as_os_str().as_bytes().to_vec())),
+            })
+        })
+        .collect();
+    for (i, (later, later_top)) in tops.iter().enumerate() {
+        for (earlier, earlier_top) in &tops[..i] {
+            let joined = |dir: &Path, name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
+            match (earlier_top, later_top) {
+                (Top::Name(a), Top::Name(b)) if a == b => {
+                    return Err(clash(a, (*earlier).clone(), (*later).clone()))
+                }
+                (Top::Contents, Top::Name(b)) if holds(earlier, b) => {
+                    return Err(clash(b, joined(earlier, b), (*later).clone()))
+                }
+                (Top::Name(a), Top::Contents) if holds(later, a) => {
+                    return Err(clash(a, (*earlier).clone(), joined(later, a)))
+                }
+                (Top::Contents, Top::Contents) => {
+                    let Ok(entries) = fs::read_dir(later) else {
+                        continue;
+                    };
+                    for entry in entries.flatten() {
+                        let name = entry.file_name();
+                        if entry.file_type().is_ok_and(sent) && holds(earlier, name.as_bytes()) {
+                            return Err(clash(
+                                name.as_bytes(),
+                                joined(earlier, name.as_bytes()),
+                                entry.path(),
+                            ));
+                        }
                     }
                 }
+                _ => {}
             }
-            None => claim(root.as_os_str().as_bytes().to_vec(), root.clone())?,
         }
     }
     Ok(())
@@ -320,6 +349,42 @@ fn top_name(root: &Path) -> Option<Vec<u8>> {
     root.file_name().map(|name| name.as_bytes().to_vec())
 }
 
+/// A directory's entries are sent sorted by name when it has at most this many. A larger
+/// one is sent in the order the filesystem lists it, so that its listing is never held whole:
+/// a directory of a million files took 138 MB to sort (names, paths and `DirEntry`s), where
+/// this limit holds about 10 MB.
+const SORT_LIMIT: usize = 65_536;
+
+/// The entries of `dir`: sorted by name if there are at most `sort_limit`; otherwise in the
+/// order read, holding no more than `sort_limit + 1` of them at once.
+///
+/// # Errors
+/// Opening the directory, or reading its first `sort_limit + 1` entries.
+fn listing(
+    dir: &Path,
+    sort_limit: usize,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<fs::DirEntry>>> {
+    let mut entries = fs::read_dir(dir)?;
+    let mut first = Vec::new();
+    let mut rest = None;
+    if sort_limit > 0 {
+        for entry in entries.by_ref() {
+            first.push(entry?);
+            if first.len() > sort_limit {
+                rest = Some(entries);
+                break;
+            }
+        }
+        if rest.is_none() {
+            // One name allocated per entry, not one per comparison.
+            first.sort_by_cached_key(fs::DirEntry::file_name);
+        }
+    } else {
+        rest = Some(entries);
+    }
+    Ok(first.into_iter().map(Ok).chain(rest.into_iter().flatten()))
+}
+
 /// Returns false when the visitor stopped the walk.
 fn walk_root<V: Visit>(root: &Path, links: bool, tx: &mut V) -> bool {
     let meta = match fs::symlink_metadata(root) {
@@ -340,22 +405,32 @@ fn walk_root<V: Visit>(root: &Path, links: bool, tx: &mut V) -> bool {
             }
         }
         while let Some((dir, prefix)) = stack.pop() {
-            let mut children =
-                match fs::read_dir(&dir).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
-                    Ok(c) => c,
-                    Err(source) => {
-                        if !tx.error(WalkError { path: dir, source }) {
-                            return false;
-                        }
-                        continue;
+            // A count needs no order: it never holds a listing.
+            let sort_limit = if V::DETAILED { SORT_LIMIT } else { 0 };
+            let children = match listing(&dir, sort_limit) {
+                Ok(c) => c,
+                Err(source) => {
+                    if !tx.error(WalkError { path: dir, source }) {
+                        return false;
                     }
-                };
-            if V::DETAILED {
-                // One name allocated per entry, not one per comparison.
-                children.sort_by_cached_key(fs::DirEntry::file_name);
-            }
+                    continue;
+                }
+            };
             let mut subdirs = Vec::new();
             for child in children {
+                let child = match child {
+                    Ok(c) => c,
+                    Err(source) => {
+                        // Reading the directory failed part way: what was read is sent.
+                        if !tx.error(WalkError {
+                            path: dir.clone(),
+                            source,
+                        }) {
+                            return false;
+                        }
+                        break;
+                    }
+                };
                 // Relative to the open directory (`fstatat`), not a walk of the whole path.
                 let meta = match child.metadata() {
                     Ok(m) => m,
@@ -554,6 +629,32 @@ mod tests {
         assert!(clash(vec![p("a"), slash("a")], false).is_none());
         fs::create_dir(p("a/a")).unwrap();
         assert!(clash(vec![p("a"), slash("a")], false).is_some());
+    }
+
+    /// A directory is listed sorted up to the limit; past it, every entry still comes once,
+    /// in the order read, and an error part way is passed on, not fatal to what was read.
+    #[test]
+    fn listings_are_sorted_up_to_the_limit_and_streamed_past_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut want: Vec<String> = (0..10).map(|i| format!("f{}", (i * 7) % 10)).collect();
+        for name in &want {
+            fs::write(d.path().join(name), b"").unwrap();
+        }
+        want.sort();
+        let names = |limit: usize| -> Vec<String> {
+            listing(d.path(), limit)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(10), want, "sorted when the directory fits");
+        assert_eq!(names(SORT_LIMIT), want);
+        for limit in [0, 1, 4, 9] {
+            let mut got = names(limit);
+            got.sort();
+            assert_eq!(got, want, "limit {limit}: each entry once");
+        }
+        assert!(listing(&d.path().join("missing"), 4).is_err());
     }
 
     /// The count sees what the walk sends: regular files and their sizes, by the same rules
