@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{serve, serve_from, stop, tidegate, Owned};
+use common::process::{serve, serve_from, stop, succeeds, tidegate, Owned};
 
 #[test]
 fn send_to_serve_with_json_report_and_graceful_stop() {
@@ -17,22 +17,17 @@ fn send_to_serve_with_json_report_and_graceful_stop() {
     let key = src.path().join("key");
     let (server, addr) = serve(dst.path(), &["--key-file", key.to_str().unwrap()]);
 
-    let out = tidegate()
-        .args([
-            "send",
-            "--json",
-            "--to",
-            &addr,
-            "--key-file",
-            key.to_str().unwrap(),
-        ])
-        .arg(&top)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        tidegate()
+            .args([
+                "send",
+                "--json",
+                "--to",
+                &addr,
+                "--key-file",
+                key.to_str().unwrap(),
+            ])
+            .arg(&top),
     );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -153,15 +148,10 @@ fn sources_with_the_same_name_are_refused_before_sending() {
     assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
     // In separate transfers, the second replaces the first, as the user asked.
     for dir in ["a", "b"] {
-        let out = tidegate()
-            .args(["send", "--to", &addr])
-            .arg(src.path().join(dir).join("x"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeeds(
+            tidegate()
+                .args(["send", "--to", &addr])
+                .arg(src.path().join(dir).join("x")),
         );
     }
     assert_eq!(std::fs::read(dst.path().join("x")).unwrap(), b"b");
@@ -202,16 +192,11 @@ fn verbose_roots_check_the_received_tree() {
     );
     let list = src.path().join("sums.b3");
     std::fs::write(&list, sums).unwrap();
-    let check = tidegate()
-        .current_dir(dst.path())
-        .args(["hash", "--check"])
-        .arg(&list)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    succeeds(
+        tidegate()
+            .current_dir(dst.path())
+            .args(["hash", "--check"])
+            .arg(&list),
     );
     assert!(stop(server).success());
 }

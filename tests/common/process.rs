@@ -14,6 +14,19 @@ pub fn tidegate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidegate"))
 }
 
+/// Runs `cmd` to the end and returns its output; fails the test, with its stderr, unless it
+/// exited 0.
+pub fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A child process that is killed if it is still running when dropped: a test that fails
 /// half-way leaves no `serve` behind (holding the test's output pipes open).
 pub struct Owned(Child);
