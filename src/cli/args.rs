@@ -27,6 +27,11 @@ pub(crate) enum Command {
     /// Print or check BLAKE3 hashes, in b3sum's format, with bounded memory.
     Hash(HashArgs),
     /// Send files and directory trees to one or more `tidegate serve` receivers.
+    ///
+    /// At the end it prints what each receiver got; with -v, also each file's BLAKE3 root, in
+    /// b3sum's format. Exit code 0 when everything is durable on every receiver, 1 when
+    /// anything failed (each failure is listed), 2 for a usage error (for example two paths
+    /// that would arrive under the same name).
     Send(SendArgs),
     /// Receive files into a directory.
     Serve(ServeArgs),
