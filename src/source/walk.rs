@@ -110,9 +110,9 @@ pub fn check_names(roots: &[PathBuf], links: bool) -> Result<(), NameClash> {
         return Ok(());
     }
     let sent = |ft: fs::FileType| ft.is_file() || ft.is_dir() || (links && ft.is_symlink());
+    let joined = |dir: &Path, name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
     let holds = |dir: &Path, name: &[u8]| {
-        fs::symlink_metadata(dir.join(std::ffi::OsStr::from_bytes(name)))
-            .is_ok_and(|m| sent(m.file_type()))
+        fs::symlink_metadata(joined(dir, name)).is_ok_and(|m| sent(m.file_type()))
     };
     let clash = |name: &[u8], first: PathBuf, second: PathBuf| NameClash {
         name: String::from_utf8_lossy(name).into_owned(),
@@ -135,7 +135,6 @@ pub fn check_names(roots: &[PathBuf], links: bool) -> Result<(), NameClash> {
         .collect();
     for (i, (later, later_top)) in tops.iter().enumerate() {
         for (earlier, earlier_top) in &tops[..i] {
-            let joined = |dir: &Path, name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
             match (earlier_top, later_top) {
                 (Top::Name(a), Top::Name(b)) if a == b => {
                     return Err(clash(a, (*earlier).clone(), (*later).clone()))
@@ -351,8 +350,8 @@ fn top_name(root: &Path) -> Option<Vec<u8>> {
 
 /// A directory's entries are sent sorted by name when it has at most this many. A larger
 /// one is sent in the order the filesystem lists it, so that its listing is never held whole:
-/// a directory of a million files took 138 MB to sort (names, paths and `DirEntry`s), where
-/// this limit holds about 10 MB.
+/// sorting a directory of a million files took `send`'s peak RSS to 138 MB (10.5 MB without,
+/// measured with an unreachable receiver so that only the walk ran ahead).
 const SORT_LIMIT: usize = 65_536;
 
 /// The entries of `dir`: sorted by name if there are at most `sort_limit`; otherwise in the
