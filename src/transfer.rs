@@ -51,7 +51,7 @@ pub struct TransferOptions {
     pub links: bool,
     /// Keep every entry's [`FileReport`] for [`Report::files`]. Default `false`: nothing is
     /// then kept per entry once every destination confirmed it, so memory does not grow with
-    /// the number of files (about 250 bytes each otherwise); the [`Progress::FileDone`]
+    /// the number of files (about 200 bytes each otherwise); the [`Progress::FileDone`]
     /// events carry the same path, size and root as each entry is done.
     pub file_reports: bool,
     /// Count the sources' bytes on a thread of their own while sending, so that
