@@ -9,7 +9,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::codec::DecodeError;
+use super::error::DecodeError;
 
 /// `TDGT` at the start of `Hello`.
 pub const MAGIC: [u8; 4] = *b"TDGT";

@@ -3,9 +3,11 @@
 //! client and server drive it. Specified in `docs/PROTOCOL.md`.
 
 pub mod codec;
+pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 
-pub use codec::{decode, encode, encode_head, DecodeError, MAX_FRAME_LEN};
+pub use codec::{decode, encode, encode_head, MAX_FRAME_LEN};
+pub use error::DecodeError;
 pub use frame::{ErrorCode, Frame, Meta};

@@ -20,11 +20,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::{BufMut, BytesMut};
 
 use super::durability::Flusher;
-use super::journal::JOURNAL_SUFFIX;
+use super::names::{JOURNAL_SUFFIX, PARTIAL_SUFFIX};
 use super::paths;
 use super::session::{self, Context, Session};
 use super::staging::Staging;
-use super::writer::PARTIAL_SUFFIX;
 use super::ServerOptions;
 use crate::pipeline::hash::{digest, HashPool};
 use crate::protocol::codec::decode;

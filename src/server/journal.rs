@@ -29,11 +29,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+use super::names::journal_path;
 use super::verified::{Recorded, Verified};
-use super::writer::{sibling, PartialFile};
+use super::writer::PartialFile;
 
-/// Suffix of journals.
-pub const JOURNAL_SUFFIX: &str = ".tidegate-journal";
 /// Chunk bytes verified between two journal flushes: what a crash can cost to resend.
 pub(crate) const FLUSH_EVERY: u64 = 64 << 20;
 
@@ -295,17 +294,12 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The journal path of `target` (for tests and tools).
-pub fn journal_path(target: &Path) -> PathBuf {
-    sibling(target, None, JOURNAL_SUFFIX)
-}
-
 #[cfg(test)]
 #[allow(clippy::needless_range_loop)] // chunk indices index data and chaining values alike
 mod tests {
     use super::*;
     use crate::pipeline::hash::digest;
-    use crate::server::writer::resumable_path;
+    use crate::server::names::resumable_path;
 
     const CHUNK: usize = 16 * 1024;
 

@@ -17,17 +17,16 @@
 //! is still the one at its path (`journal::open`).
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
-use super::journal::{try_lock, JOURNAL_SUFFIX};
-use super::writer::PARTIAL_SUFFIX;
+use super::journal::try_lock;
+use super::names::{stem, with_suffix, JOURNAL_SUFFIX, PARTIAL_SUFFIX};
 
 /// The shortest expiry the command line accepts.
 pub const MIN_EXPIRY: Duration = Duration::from_secs(3600);
@@ -96,18 +95,6 @@ impl Swept {
 }
 
 /// `.<stem>` + `suffix` → `stem` (as the name is: `.<stem>`); `None` for other names.
-fn stem(name: &OsStr, suffix: &str) -> Option<OsString> {
-    let bytes = name.as_bytes();
-    let stem = bytes.strip_suffix(suffix.as_bytes())?;
-    (stem.len() > 1 && stem[0] == b'.').then(|| OsStr::from_bytes(stem).to_os_string())
-}
-
-fn with_suffix(stem: &OsStr, suffix: &str) -> OsString {
-    let mut name = stem.to_os_string();
-    name.push(suffix);
-    name
-}
-
 /// Last changed before `cutoff`, and its size; `None` if it is not a regular file (or gone).
 ///
 /// The inode's change time, not its mtime: a partial file is given its source's mtime before

@@ -9,6 +9,7 @@
 //! - `staging.rs`: small files written unnamed until their batch is flushed.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
+//! - `names.rs`: what partial files and journals beside a target are called.
 //! - `leftovers.rs`: deleting partial files and journals no transfer came back for.
 //! - `verified.rs`: which chunks of a large file are verified, folded into its root.
 //! - [`paths`]: hostile path checks.
@@ -21,6 +22,7 @@ mod inline;
 pub mod journal;
 mod leftovers;
 mod listener;
+mod names;
 pub mod paths;
 mod session;
 mod staging;

@@ -35,16 +35,6 @@ pub enum PathError {
     Reserved(String),
 }
 
-/// Whether `name` is one the receiver uses for its own files beside a target.
-fn reserved(name: &[u8]) -> bool {
-    [
-        super::writer::PARTIAL_SUFFIX,
-        super::journal::JOURNAL_SUFFIX,
-    ]
-    .iter()
-    .any(|s| name.starts_with(b".") && name.ends_with(s.as_bytes()))
-}
-
 /// Checks `raw` (a `/`-separated relative path from the wire) and returns it joined onto
 /// `root`. Does not touch the filesystem.
 ///
@@ -72,7 +62,11 @@ pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
         }
         out.push(OsStr::from_bytes(part));
     }
-    if raw.rsplit(|&b| b == b'/').next().is_some_and(reserved) {
+    if raw
+        .rsplit(|&b| b == b'/')
+        .next()
+        .is_some_and(super::names::reserved)
+    {
         return Err(PathError::Reserved(shown()));
     }
     Ok(out)

@@ -957,7 +957,7 @@ async fn open_large(
         // where it stopped, another one starts over), or by a live transfer. A sender killed
         // a moment ago may still count as live until its connections notice (one may be
         // busy writing a chunk): wait a little for that.
-        let partial = super::writer::resumable_path(&target);
+        let partial = super::names::resumable_path(&target);
         match ctx.take_lingering(session, &partial) {
             Some(old) if old.identity() == id => return Ok(old),
             Some(old) => {

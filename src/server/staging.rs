@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::writer::PARTIAL_SUFFIX;
+use super::names::PARTIAL_SUFFIX;
 
 /// How an unnamed file is given a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,6 @@
 //! (`fdatasync`); small files are committed in batches by `durability.rs`, which flushes many
 //! at once.
 
-use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -18,6 +17,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::names::partial_path;
 use super::staging::{Linker, Staging};
 
 /// Largest single write. A 1 MiB `pwrite` makes the page cache allocate large folios, and on
@@ -26,9 +26,6 @@ use super::staging::{Linker, Staging};
 /// deleting a large file: writing 4 GiB in 1 MiB writes then took 5.6-9.5 s of CPU, in 64 KiB
 /// writes 3.2-4.1 s (README, Figures). Smaller writes cost a few more system calls otherwise.
 pub(crate) const WRITE_PIECE: usize = 64 * 1024;
-
-/// Suffix of partial files.
-pub const PARTIAL_SUFFIX: &str = ".tidegate-partial";
 
 /// A file being received.
 #[derive(Debug)]
@@ -41,56 +38,6 @@ pub(crate) struct PartialFile {
     /// Set for an unnamed file (`staging.rs`): `partial` is then only the name it may take
     /// on its way to replacing an existing target.
     unnamed: Option<Linker>,
-}
-
-/// The longest file name, in bytes, of Linux filesystems (`NAME_MAX`).
-const NAME_MAX: usize = 255;
-
-/// Hex digits of the name's BLAKE3 that stand for the part cut from a name too long to take
-/// our additions.
-const NAME_DIGEST: usize = 16;
-
-/// `.<name>[.<tag>]<suffix>` beside `target`: partial files (tagged with their session, so
-/// concurrent sessions never share one; untagged for resumable large files, whose journal
-/// says who holds them) and journals.
-///
-/// A name too long for these additions (they take up to about 40 bytes, and a name may have
-/// 255) is cut, at a character boundary if it is UTF-8, and followed by `~` and a digest of the
-/// whole name: the same for every transfer of that target (a resumable file finds its journal
-/// again), different for names that only share the part kept.
-pub(crate) fn sibling(target: &Path, tag: Option<&str>, suffix: &str) -> PathBuf {
-    let base = target.file_name().unwrap_or_default().as_bytes();
-    let added = 1 + tag.map_or(0, |t| 1 + t.len()) + suffix.len();
-    let mut name = Vec::with_capacity(NAME_MAX);
-    name.push(b'.');
-    if added + base.len() <= NAME_MAX {
-        name.extend_from_slice(base);
-    } else {
-        let mut keep = NAME_MAX.saturating_sub(added + 1 + NAME_DIGEST);
-        if std::str::from_utf8(base).is_ok() {
-            while keep > 0 && (base[keep] & 0xC0) == 0x80 {
-                keep -= 1;
-            }
-        }
-        name.extend_from_slice(&base[..keep]);
-        name.push(b'~');
-        name.extend_from_slice(&blake3::hash(base).to_hex().as_bytes()[..NAME_DIGEST]);
-    }
-    if let Some(tag) = tag {
-        name.push(b'.');
-        name.extend_from_slice(tag.as_bytes());
-    }
-    name.extend_from_slice(suffix.as_bytes());
-    target.with_file_name(OsStr::from_bytes(&name))
-}
-
-fn partial_path(target: &Path, tag: &str) -> PathBuf {
-    sibling(target, Some(tag), PARTIAL_SUFFIX)
-}
-
-/// The untagged partial path of a resumable large file (its journal says who holds it).
-pub(crate) fn resumable_path(target: &Path) -> PathBuf {
-    sibling(target, None, PARTIAL_SUFFIX)
 }
 
 impl PartialFile {
@@ -162,7 +109,7 @@ impl PartialFile {
         mtime_ns: i64,
         keep: bool,
     ) -> io::Result<(Self, bool)> {
-        let partial = resumable_path(&target);
+        let partial = super::names::resumable_path(&target);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -448,60 +395,6 @@ impl PrivateMode for OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Names beside a target fit in a file name whatever the target's length, stay the same
-    /// for the same target, and differ between targets.
-    #[test]
-    fn names_beside_a_target_of_any_length_fit() {
-        let dir = tempfile::tempdir().unwrap();
-        let at = |name: &[u8]| dir.path().join(OsStr::from_bytes(name));
-        let name_len = |p: &Path| p.file_name().unwrap().len();
-        assert_eq!(
-            partial_path(&at(b"short"), "0123456789abcdef"),
-            at(b".short.0123456789abcdef.tidegate-partial")
-        );
-        let mut long = vec![b'n'; 255];
-        let mut other = long.clone();
-        other[254] = b'm';
-        // 'ü' is two bytes: a cut at 255 minus our additions falls inside one of them.
-        let utf8 = "ü".repeat(127).into_bytes();
-        for name in [&long, &other, &utf8, &vec![b'x'; 220]] {
-            let target = at(name);
-            let paths = [
-                partial_path(&target, "0123456789abcdef"),
-                resumable_path(&target),
-                super::super::journal::journal_path(&target),
-            ];
-            for p in &paths {
-                assert!(name_len(p) <= NAME_MAX, "{p:?}");
-                let n = p.file_name().unwrap().as_bytes();
-                assert!(
-                    n.starts_with(b".")
-                        && (n.ends_with(PARTIAL_SUFFIX.as_bytes())
-                            || n.ends_with(super::super::journal::JOURNAL_SUFFIX.as_bytes())),
-                    "{p:?}"
-                );
-                std::fs::write(p, b"fits").unwrap();
-            }
-            assert_eq!(paths[1], resumable_path(&target), "the same every time");
-            // The journal and the partial file it describes share everything but the suffix.
-            let stem = |p: &Path| p.file_name().unwrap().len() - PARTIAL_SUFFIX.len();
-            assert_eq!(
-                paths[1].file_name().unwrap().as_bytes()[..stem(&paths[1])],
-                paths[2].file_name().unwrap().as_bytes()[..stem(&paths[2])]
-            );
-        }
-        assert!(
-            std::str::from_utf8(resumable_path(&at(&utf8)).file_name().unwrap().as_bytes()).is_ok()
-        );
-        assert_ne!(resumable_path(&at(&long)), resumable_path(&at(&other)));
-        long.truncate(200);
-        assert_eq!(
-            resumable_path(&at(&long)).file_name().unwrap().len(),
-            1 + 200 + PARTIAL_SUFFIX.len(),
-            "a name that fits is not cut"
-        );
-    }
 
     /// A large file that does not fit fails at once and leaves no partial file behind.
     #[test]
