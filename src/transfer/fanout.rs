@@ -1,0 +1,282 @@
+//! The passes of a transfer: one dispatcher per destination fed from the pipeline's events
+//! (each chunk's `Bytes` shared by all of them), and the redo pass that reads again a resumed
+//! file whose root did not verify.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::tracker::Tracker;
+use super::{DestinationReport, Report, TransferOptions};
+use crate::client::connection::Params;
+use crate::client::dispatch::{DestEvent, Dispatch, Note, Outcome};
+use crate::pipeline::budget::Budget;
+use crate::pipeline::hash::HashPool;
+use crate::pipeline::Pipeline;
+use crate::progress::Progress;
+use crate::protocol::handshake::random;
+use crate::source::walk::{Entry, Tally};
+
+/// Events a destination may queue ahead of its dispatcher.
+const DEST_QUEUE: usize = 64;
+
+struct Destination {
+    /// Its place in the transfer's list of destinations.
+    index: usize,
+    tx: Option<mpsc::Sender<DestEvent>>,
+    task: JoinHandle<Outcome>,
+}
+
+/// What every pass of a transfer shares.
+pub(super) struct Shared {
+    pub(super) options: TransferOptions,
+    pub(super) pool: HashPool,
+    pub(super) budget: Budget,
+    pub(super) cancel: CancellationToken,
+}
+
+pub(super) async fn run(
+    pipeline: Pipeline<Entry>,
+    addresses: Vec<String>,
+    shared: Shared,
+    session: [u8; 16],
+    progress: Option<mpsc::Sender<Progress>>,
+    tally: Option<Tally>,
+    walk_errors: Arc<Mutex<Vec<(String, String)>>>,
+) -> Report {
+    let started = Instant::now();
+    let mut state = Tracker::new(progress, tally, started, &shared.options, addresses.clone());
+    let everyone: Vec<usize> = (0..addresses.len()).collect();
+    let mut outcomes = pass(
+        pipeline, &addresses, &everyone, session, &shared, &mut state,
+    )
+    .await;
+
+    // The redo pass (like rsync's): a resumed file whose root hash did not verify was sent
+    // from a partial file that no longer matches the source. The receiver dropped that
+    // partial file, so reading the file again sends it whole. Once per destination, and
+    // only once: a file that fails again is reported.
+    for (dest, first) in outcomes.iter_mut().enumerate() {
+        let redo = std::mem::take(&mut first.redo);
+        if redo.is_empty() {
+            continue;
+        }
+        if let Some(fatal) = &first.fatal {
+            // The destination is gone: no point dialling it again.
+            let why = format!("resumed data did not verify, not sent again: {fatal}");
+            first
+                .files_failed
+                .extend(redo.into_iter().map(|f| (f, why.clone())));
+            continue;
+        }
+        let outcome = redo_pass(&redo, &addresses, dest, &shared, &mut state).await;
+        first.files_done += outcome.files_done;
+        first.files_failed.extend(outcome.files_failed);
+        first.bytes_acked += outcome.bytes_acked;
+        first.bytes_resumed += outcome.bytes_resumed;
+        first.reconnects += outcome.reconnects;
+        if first.fatal.is_none() {
+            first.fatal = outcome.fatal;
+        }
+    }
+
+    let name = |f: u64| state.path(f);
+    let reports = addresses
+        .into_iter()
+        .zip(outcomes)
+        .map(|(address, outcome)| DestinationReport {
+            address,
+            files_done: outcome.files_done,
+            failed: outcome
+                .files_failed
+                .iter()
+                .map(|(f, why)| (name(*f), why.clone()))
+                .collect(),
+            bytes: outcome.bytes_acked,
+            resumed: outcome.bytes_resumed,
+            reconnects: outcome.reconnects,
+            error: outcome.fatal,
+        })
+        .collect();
+    state.tick(true).await;
+    let mut source_errors =
+        std::mem::take(&mut *walk_errors.lock().unwrap_or_else(PoisonError::into_inner));
+    source_errors.extend(state.source_failures());
+    let bytes = state.read_bytes;
+    Report {
+        files: state.into_file_reports(),
+        source_errors,
+        destinations: reports,
+        bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        cancelled: shared.cancel.is_cancelled(),
+    }
+}
+
+/// Sends `redo` (file numbers of the first pass) to destination `dest` again, in a session
+/// of their own.
+async fn redo_pass(
+    redo: &[u64],
+    addresses: &[String],
+    dest: usize,
+    shared: &Shared,
+    state: &mut Tracker,
+) -> Outcome {
+    let mut files = Vec::with_capacity(redo.len());
+    let mut unreadable = Vec::new();
+    for &f in redo {
+        match state.entry(f) {
+            Some(entry) => files.push((f, (*entry).clone())),
+            None => unreadable.push((f, "root hash mismatch; cannot be read again".to_string())),
+        }
+    }
+    files.sort_by_key(|(f, _)| *f);
+    let fail_all = |why: String| Outcome {
+        files_failed: redo.iter().map(|&f| (f, why.clone())).collect(),
+        ..Outcome::default()
+    };
+    if shared.cancel.is_cancelled() {
+        return fail_all("cancelled".into());
+    }
+    if files.is_empty() {
+        return Outcome {
+            files_failed: unreadable,
+            ..Outcome::default()
+        };
+    }
+    tracing::info!(
+        addr = %addresses[dest],
+        files = files.len(),
+        "sending files again whose resumed data did not verify"
+    );
+    let pipeline = Pipeline::spawn_numbered(
+        files.into_iter(),
+        &shared.options.pipeline,
+        shared.pool.clone(),
+        shared.budget.clone(),
+        &shared.cancel,
+    );
+    let (pipeline, session) = match (pipeline, random::<16>()) {
+        (Ok(pipeline), Ok(session)) => (pipeline, session),
+        (Err(e), _) | (_, Err(e)) => return fail_all(format!("cannot send it again: {e}")),
+    };
+    let mut outcome = pass(pipeline, addresses, &[dest], session, shared, state)
+        .await
+        .swap_remove(dest);
+    // Only once: failing again (a journal written meanwhile by someone else) is a failure.
+    let again = std::mem::take(&mut outcome.redo);
+    outcome.files_failed.extend(
+        again
+            .into_iter()
+            .map(|f| (f, "root hash mismatch, also when sent again".to_string())),
+    );
+    outcome.files_failed.extend(unreadable);
+    outcome
+}
+
+/// Runs `pipeline` to the destinations `targets` (indices into `addresses`) until every
+/// file is confirmed or failed. Returns one outcome per address (empty for those not in
+/// `targets`).
+async fn pass(
+    mut pipeline: Pipeline<Entry>,
+    addresses: &[String],
+    targets: &[usize],
+    session: [u8; 16],
+    shared: &Shared,
+    state: &mut Tracker,
+) -> Vec<Outcome> {
+    let options = &shared.options;
+    let cancel = &shared.cancel;
+    let (note_tx, mut notes) = mpsc::channel::<(usize, Note)>(256);
+    let chunk_len = options.pipeline.chunk_size.bytes() as u32;
+    let mut destinations = Vec::new();
+    for &index in targets {
+        let (tx, input) = mpsc::channel(DEST_QUEUE);
+        let dispatch = Dispatch {
+            params: Params {
+                addr: addresses[index].clone(),
+                key: options.key.clone(),
+                session,
+                connect_timeout: options.connect_timeout,
+                reply_timeout: options.reply_timeout,
+                retry_for: options.retry_for,
+                max_in_flight: 64,
+            },
+            streams: options.streams,
+            chunk_len,
+            input,
+            notes: note_tx.clone(),
+            dest: index,
+            cancel: cancel.child_token(),
+        };
+        destinations.push(Destination {
+            index,
+            tx: Some(tx),
+            task: tokio::spawn(dispatch.run()),
+        });
+    }
+    drop(note_tx);
+
+    let mut pipeline_open = true;
+    // One waiter on the token for the whole loop, not one made and dropped per event.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut cancelled => break,
+            note = notes.recv() => match note {
+                Some((dest, note)) => state.on_note(dest, note).await,
+                None => break,
+            },
+            event = pipeline.next(), if pipeline_open => {
+                let Some(event) = event else {
+                    pipeline_open = false;
+                    for d in &mut destinations {
+                        d.tx = None; // input ends; dispatchers finish up
+                    }
+                    continue;
+                };
+                let outgoing = state.on_event(event).await;
+                if let Some(out) = outgoing {
+                    for d in &mut destinations {
+                        let Some(tx) = &d.tx else { continue };
+                        // Backpressure: a slow destination makes us wait here. Its notes
+                        // must still be drained meanwhile, or it could block on them while
+                        // we block on it.
+                        let sent = loop {
+                            tokio::select! {
+                                biased;
+                                () = &mut cancelled => break false,
+                                note = notes.recv() => match note {
+                                    Some((dest, note)) => state.on_note(dest, note).await,
+                                    None => break false,
+                                },
+                                permit = tx.reserve() => match permit {
+                                    Ok(permit) => {
+                                        permit.send(out.clone());
+                                        break true;
+                                    }
+                                    Err(_) => break false,
+                                },
+                            }
+                        };
+                        if !sent {
+                            d.tx = None; // that destination has ended (failed)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(pipeline);
+    let mut outcomes: Vec<Outcome> = addresses.iter().map(|_| Outcome::default()).collect();
+    for d in destinations {
+        drop(d.tx);
+        outcomes[d.index] = d.task.await.unwrap_or_default();
+    }
+    outcomes
+}
