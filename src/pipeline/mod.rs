@@ -4,14 +4,16 @@
 //! - [`chunk`]: chunk sizes and the [`Chunk`](chunk::Chunk) type.
 //! - [`hash`]: BLAKE3 of each chunk on rayon, and the root hash built from chaining values.
 //! - [`options`]: the knobs and their defaults.
-//! - `run`: the producer thread and the ordered stream of `Event`s that jobs consume.
+//! - `producer`: the thread that reads and hands chunks to the hashing pool.
+//! - `consumer`: the ordered stream of `Event`s that jobs consume.
 //!
 //! The pipeline does not know about networks or terminals; jobs built on it do.
 
 pub mod budget;
 pub mod chunk;
+pub(crate) mod consumer;
 pub mod hash;
 pub mod options;
-pub(crate) mod run;
+mod producer;
 
-pub(crate) use run::{Event, Pipeline};
+pub(crate) use consumer::{Event, Pipeline};

@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::budget::Budget;
+use crate::pipeline::consumer::Spec;
 use crate::pipeline::hash::HashPool;
 use crate::pipeline::options::{OptionsError, PipelineOptions};
-use crate::pipeline::run::Spec;
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
 use crate::protocol::handshake::{random, Key};

@@ -1,14 +1,11 @@
-//! Running the pipeline: a producer thread that reads, a rayon pool that hashes, and an
-//! ordered stream of [`Event`]s for the job that consumes them.
+//! The consuming side of the pipeline: [`Pipeline`] starts the producer (`producer.rs`) and
+//! turns its queue into an ordered stream of [`Event`]s for the job that consumes them.
 //!
-//! The producer is a plain thread because reads of pipes and positioned reads block; it waits
-//! for budget on the tokio runtime's handle, so backpressure reaches it directly. For each
-//! chunk it spawns the hashing on rayon and passes a `oneshot` receiver down a bounded
+//! The producer passes, for each chunk, a `oneshot` receiver of its hash down a bounded
 //! channel, in order. [`Pipeline::next`] awaits those receivers in order, so hashing runs in
 //! parallel while events come out in file and chunk order, and it assembles each file's root.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -16,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::chunk::Chunk;
-use super::hash::{digest, digest_whole, HashPool, RootBuilder};
+use super::hash::{HashPool, RootBuilder};
 use super::options::PipelineOptions;
 use crate::source::read::BufPool;
-use crate::source::{FileSource, Input, LastDir, RawChunk, SourceError};
+use crate::source::{Input, SourceError};
 
 /// Anything the pipeline can read: it only needs the [`Input`]; the rest (a relative path,
 /// metadata) rides along and comes back in [`Event::FileStarted`]. A spec without an input
@@ -65,38 +62,7 @@ pub(crate) enum Event<S> {
     Entry { file: u64, spec: S },
 }
 
-/// Capacity of the producer-to-consumer queue. It only holds small records (the chunk data is
-/// owned by rayon jobs and bounded by the budget), so this just smooths scheduling.
-const QUEUE: usize = 64;
-
-enum Item<S> {
-    Entry {
-        file: u64,
-        spec: S,
-    },
-    Start {
-        file: u64,
-        spec: S,
-        size: Option<u64>,
-    },
-    Chunk {
-        rx: oneshot::Receiver<Result<Chunk, SourceError>>,
-    },
-    End {
-        file: u64,
-        result: Result<u64, SourceError>,
-    },
-    /// `Start`, at most one `Chunk` and `End` of a file of at most one small chunk, in one
-    /// message: a tree of small files would otherwise cost three cross-thread wake-ups each.
-    Whole {
-        file: u64,
-        spec: S,
-        size: Option<u64>,
-        chunk: Option<oneshot::Receiver<Result<Chunk, SourceError>>>,
-        /// Boxed: an error is rare, and every queue slot is as large as the largest item.
-        result: Result<u64, Box<SourceError>>,
-    },
-}
+use super::producer::{Item, Producer, QUEUE};
 
 struct Current {
     file: u64,
@@ -296,216 +262,6 @@ impl<S> Pipeline<S> {
 impl<S> Drop for Pipeline<S> {
     fn drop(&mut self) {
         self.cancel.cancel();
-    }
-}
-
-struct Producer<S> {
-    tx: mpsc::Sender<Item<S>>,
-    budget: Budget,
-    pool: HashPool,
-    cancel: CancellationToken,
-    chunk_len: usize,
-    window_len: u64,
-    bufs: Arc<BufPool>,
-    runtime: Handle,
-}
-
-/// Chunks up to this size are hashed on the reading thread instead of the pool.
-const INLINE_HASH_MAX: usize = 64 * 1024;
-
-impl<S: Spec> Producer<S> {
-    fn run(self, specs: impl Iterator<Item = (u64, S)>) {
-        let mut dirs = LastDir::default();
-        for (file, spec) in specs {
-            if self.cancel.is_cancelled() {
-                break;
-            }
-            let Some(input) = spec.input() else {
-                if self.tx.blocking_send(Item::Entry { file, spec }).is_err() {
-                    return;
-                }
-                continue;
-            };
-            let opened = FileSource::open(
-                input,
-                spec.walked_len().map(|len| (len, &mut dirs)),
-                self.chunk_len,
-                self.window_len,
-                Arc::clone(&self.bufs),
-            );
-            let size = opened.as_ref().ok().and_then(FileSource::len_hint);
-            let small = size.is_some_and(|s| s <= INLINE_HASH_MAX.min(self.chunk_len) as u64);
-            let source = match opened {
-                Ok(source) => source,
-                Err(e) => {
-                    if self.send_whole(file, spec, size, None, Err(e)).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if !small {
-                if self
-                    .tx
-                    .blocking_send(Item::Start { file, spec, size })
-                    .is_err()
-                {
-                    return;
-                }
-                let result = self.read_file(file, source, &mut |rx| {
-                    self.tx.blocking_send(Item::Chunk { rx }).is_ok()
-                });
-                if self.tx.blocking_send(Item::End { file, result }).is_err() {
-                    return;
-                }
-                continue;
-            }
-            // One message for the whole file; should it yield more than one chunk after all,
-            // the start and the first chunk go out before the second.
-            let mut start = Some(spec);
-            let mut held = None;
-            let result = self.read_file(file, source, &mut |rx| {
-                if start.is_some() && held.is_none() {
-                    held = Some(rx);
-                    return true;
-                }
-                if let Some(spec) = start.take() {
-                    if self
-                        .tx
-                        .blocking_send(Item::Start { file, spec, size })
-                        .is_err()
-                    {
-                        return false;
-                    }
-                }
-                if let Some(first) = held.take() {
-                    if self.tx.blocking_send(Item::Chunk { rx: first }).is_err() {
-                        return false;
-                    }
-                }
-                self.tx.blocking_send(Item::Chunk { rx }).is_ok()
-            });
-            let sent = match start {
-                Some(spec) => self.send_whole(file, spec, size, held, result),
-                None => self
-                    .tx
-                    .blocking_send(Item::End { file, result })
-                    .map_err(drop),
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn send_whole(
-        &self,
-        file: u64,
-        spec: S,
-        size: Option<u64>,
-        chunk: Option<oneshot::Receiver<Result<Chunk, SourceError>>>,
-        result: Result<u64, SourceError>,
-    ) -> Result<(), ()> {
-        let result = result.map_err(Box::new);
-        self.tx
-            .blocking_send(Item::Whole {
-                file,
-                spec,
-                size,
-                chunk,
-                result,
-            })
-            .map_err(drop)
-    }
-
-    /// Reads one file to its end, handing each chunk's result to `emit` (false: the consumer
-    /// is gone). Returns its length.
-    fn read_file(
-        &self,
-        file: u64,
-        mut source: FileSource,
-        emit: &mut dyn FnMut(oneshot::Receiver<Result<Chunk, SourceError>>) -> bool,
-    ) -> Result<u64, SourceError> {
-        let path: Arc<PathBuf> = Arc::new(source.path().to_path_buf());
-        let expected_len = source.len_hint();
-        let mut index = 0;
-        while let Some(want) = source.next_request() {
-            // A file's first chunk follows the check in `run`.
-            if index > 0 && self.cancel.is_cancelled() {
-                return Err(SourceError::Cancelled {
-                    path: path.to_path_buf(),
-                });
-            }
-            // Entering the runtime to wait costs more than reading a small file: only when
-            // the budget is full.
-            let permit = self.budget.try_acquire(want).or_else(|| {
-                self.runtime.block_on(async {
-                    tokio::select! {
-                        permit = self.budget.acquire(want) => Some(permit),
-                        () = self.cancel.cancelled() => None,
-                    }
-                })
-            });
-            let Some(permit) = permit else {
-                return Err(SourceError::Cancelled {
-                    path: path.to_path_buf(),
-                });
-            };
-            let Some(raw) = source.read_next(want)? else {
-                break;
-            };
-            let (tx, rx) = oneshot::channel();
-            let chunk_path = Arc::clone(&path);
-            // A small chunk is hashed right here: waking a pool thread for it costs more than
-            // the hashing (tens of microseconds), and a tree of small files is all such chunks.
-            let inline = raw.data.len() <= INLINE_HASH_MAX;
-            let job = move || {
-                let path = chunk_path;
-                let RawChunk {
-                    offset,
-                    data,
-                    watch,
-                } = raw;
-                let digest = if offset == 0 && expected_len == Some(data.len() as u64) {
-                    digest_whole(&data)
-                } else {
-                    digest(offset, &data)
-                };
-                let mapped = watch.is_some();
-                let result = if watch.is_some_and(|w| w.poisoned()) {
-                    Err(SourceError::Truncated {
-                        path: path.to_path_buf(),
-                        offset,
-                        expected_len: expected_len.unwrap_or(0),
-                        actual_len: std::fs::metadata(path.as_path()).map_or(0, |m| m.len()),
-                    })
-                } else {
-                    Ok(Chunk {
-                        file,
-                        index,
-                        offset,
-                        data,
-                        digest,
-                        permit,
-                        mapped,
-                    })
-                };
-                // The receiver is gone only if the consumer stopped; the chunk is dropped.
-                let _ = tx.send(result);
-            };
-            if inline {
-                job();
-            } else {
-                self.pool.spawn(job);
-            }
-            if !emit(rx) {
-                return Err(SourceError::Cancelled {
-                    path: path.to_path_buf(),
-                });
-            }
-            index += 1;
-        }
-        source.finish()
     }
 }
 
