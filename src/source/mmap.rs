@@ -174,3 +174,29 @@ impl MappedReader {
         })
     }
 }
+
+/// Drops the resident pages behind `data`, a slice of a mapped window that nothing will read
+/// again. The pages stay in the page cache; only this process's mapping of them goes, so RSS
+/// follows the chunks in flight rather than the windows still mapped.
+pub(crate) fn release_pages(data: &[u8]) {
+    // Only whole pages inside the slice: chunk starts are page-aligned (chunk sizes are
+    // multiples of 16 KiB and windows start at chunk offsets), a short tail page is kept.
+    const PAGE: usize = 4096;
+    let start = data.as_ptr() as usize;
+    let aligned = start.next_multiple_of(PAGE);
+    let end = (start + data.len()) & !(PAGE - 1);
+    if end <= aligned {
+        return;
+    }
+    // SAFETY: the range lies inside a live, read-only, file-backed shared mapping that this
+    // process owns (the caller holds a `Bytes` borrowing it). MADV_DONTNEED on such a mapping
+    // only unmaps the pages from this process: any later read (another `Bytes` of the same
+    // window) faults the same file contents back in, so no data can change or be lost.
+    unsafe {
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            end - aligned,
+            libc::MADV_DONTNEED,
+        );
+    }
+}
