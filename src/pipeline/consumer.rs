@@ -16,27 +16,7 @@ use super::chunk::Chunk;
 use super::hash::{HashPool, RootBuilder};
 use super::options::PipelineOptions;
 use crate::source::read::BufPool;
-use crate::source::{Input, SourceError};
-
-/// Anything the pipeline can read: it only needs the [`Input`]; the rest (a relative path,
-/// metadata) rides along and comes back in [`Event::FileStarted`]. A spec without an input
-/// (a directory, a symlink) passes through in order as [`Event::Entry`].
-pub(crate) trait Spec: Send + 'static {
-    /// What to open, if anything.
-    fn input(&self) -> Option<&Input>;
-
-    /// The length a directory walk just saw, when it saw a regular file (see
-    /// [`FileSource::open`]).
-    fn walked_len(&self) -> Option<u64> {
-        None
-    }
-}
-
-impl Spec for Input {
-    fn input(&self) -> Option<&Input> {
-        Some(self)
-    }
-}
+use crate::source::SourceError;
 
 /// What the pipeline produces, in input order; each file's chunks come between its
 /// `FileStarted` and its `FileDone` or `FileFailed`.
@@ -63,6 +43,7 @@ pub(crate) enum Event<S> {
 }
 
 use super::producer::{Item, Producer, QUEUE};
+pub(crate) use super::spec::Spec;
 
 struct Current {
     file: u64,
@@ -269,6 +250,7 @@ impl<S> Drop for Pipeline<S> {
 mod tests {
     use super::*;
     use crate::pipeline::chunk::ChunkSize;
+    use crate::source::Input;
     use std::io::Write;
     use std::time::Duration;
 

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::chunk::Chunk;
-use super::consumer::Spec;
 use super::hash::{digest, digest_whole, HashPool};
+use super::spec::Spec;
 use crate::source::read::BufPool;
 use crate::source::{FileSource, LastDir, RawChunk, SourceError};
 
