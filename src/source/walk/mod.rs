@@ -1,4 +1,6 @@
-//! Expanding send inputs (files and directory trees) into entries with relative paths.
+//! Expanding send inputs (files and directory trees) into entries with relative paths. This
+//! file holds the walk itself; `clash.rs` the check for sources that would collide, and
+//! `count.rs` the total for progress bars.
 //!
 //! The walk runs on its own thread and hands entries over a bounded channel, so sending
 //! starts while it is still going and a huge tree never sits in memory. Paths are relative,
@@ -19,11 +21,15 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
 
 use super::Input;
+
+mod clash;
+mod count;
+
+pub use clash::{check_names, NameClash};
+pub use count::{count, Tally};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,103 +74,6 @@ pub struct WalkError {
     pub path: PathBuf,
     /// What the OS said.
     pub source: std::io::Error,
-}
-
-/// Two sources that would put something at the same path of the destination: one would
-/// silently replace the other, whichever arrived last.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{} and {} would both be delivered as {name}; send them in separate transfers",
-    first.display(),
-    second.display()
-)]
-pub struct NameClash {
-    /// The path both would get, relative to the destination.
-    pub name: String,
-    /// The first source (or the entry of a source given with a trailing slash) with that name.
-    pub first: PathBuf,
-    /// The second.
-    pub second: PathBuf,
-}
-
-/// Checks that no two of `roots` put something at the same path of the destination. Each
-/// root puts at the top of the destination either one name (its last component) or, for a
-/// directory given with a trailing slash, `.` or `/`, the entries it holds that the walk sends
-/// (with the same rules for links and special files). Within one root, names cannot repeat,
-/// so these must all differ, directories included: two trees merged into one by a single
-/// transfer would each replace the other's files of the same name in whatever order they
-/// arrived. A root that cannot be read is left for the walk to report.
-///
-/// Nothing is held per entry: a name is looked up in a directory root, and two directory
-/// roots are compared by looking up each entry of the later one in the earlier one.
-///
-/// # Errors
-/// A [`NameClash`], the earlier root first.
-pub fn check_names(roots: &[PathBuf], links: bool) -> Result<(), NameClash> {
-    /// What a root puts at the top of the destination.
-    enum Top {
-        Name(Vec<u8>),
-        Contents,
-    }
-    if roots.len() < 2 {
-        return Ok(());
-    }
-    let sent = |ft: fs::FileType| ft.is_file() || ft.is_dir() || (links && ft.is_symlink());
-    let joined = |dir: &Path, name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
-    let holds = |dir: &Path, name: &[u8]| {
-        fs::symlink_metadata(joined(dir, name)).is_ok_and(|m| sent(m.file_type()))
-    };
-    let clash = |name: &[u8], first: PathBuf, second: PathBuf| NameClash {
-        name: String::from_utf8_lossy(name).into_owned(),
-        first,
-        second,
-    };
-    let tops: Vec<(&PathBuf, Top)> = roots
-        .iter()
-        .filter_map(|root| {
-            let meta = fs::symlink_metadata(root).ok()?;
-            if !sent(meta.file_type()) {
-                return None;
-            }
-            Some(match top_name(root) {
-                Some(name) => (root, Top::Name(name)),
-                None if meta.is_dir() => (root, Top::Contents),
-                None => (root, Top::Name(root.as_os_str().as_bytes().to_vec())),
-            })
-        })
-        .collect();
-    for (i, (later, later_top)) in tops.iter().enumerate() {
-        for (earlier, earlier_top) in &tops[..i] {
-            match (earlier_top, later_top) {
-                (Top::Name(a), Top::Name(b)) if a == b => {
-                    return Err(clash(a, (*earlier).clone(), (*later).clone()))
-                }
-                (Top::Contents, Top::Name(b)) if holds(earlier, b) => {
-                    return Err(clash(b, joined(earlier, b), (*later).clone()))
-                }
-                (Top::Name(a), Top::Contents) if holds(later, a) => {
-                    return Err(clash(a, (*earlier).clone(), joined(later, a)))
-                }
-                (Top::Contents, Top::Contents) => {
-                    let Ok(entries) = fs::read_dir(later) else {
-                        continue;
-                    };
-                    for entry in entries.flatten() {
-                        let name = entry.file_name();
-                        if entry.file_type().is_ok_and(sent) && holds(earlier, name.as_bytes()) {
-                            return Err(clash(
-                                name.as_bytes(),
-                                joined(earlier, name.as_bytes()),
-                                entry.path(),
-                            ));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Entries go to the sender in batches of this many: one wake-up of either thread per batch
@@ -221,7 +130,7 @@ impl Out {
 }
 
 /// What the walk does with what it finds.
-trait Visit {
+pub(super) trait Visit {
     /// Whether entries need their paths and name order. Without, the walk makes neither
     /// (only directories get a path, to be walked): a count allocates little.
     const DETAILED: bool;
@@ -241,72 +150,6 @@ impl Visit for Out {
     fn error(&mut self, error: WalkError) -> bool {
         self.send(Err(error)).is_ok()
     }
-}
-
-/// The running sum of a [`count`].
-#[derive(Debug, Default)]
-struct Sums {
-    bytes: AtomicU64,
-    done: AtomicBool,
-    stop: AtomicBool,
-}
-
-impl Visit for &Sums {
-    const DETAILED: bool = false;
-
-    fn entry(&mut self, _: &Path, _: Vec<u8>, meta: &fs::Metadata, _: bool) -> bool {
-        if meta.is_file() {
-            self.bytes.fetch_add(meta.len(), Ordering::Relaxed);
-        }
-        !self.stop.load(Ordering::Relaxed)
-    }
-
-    fn error(&mut self, _: WalkError) -> bool {
-        // The walk that sends reports it.
-        !self.stop.load(Ordering::Relaxed)
-    }
-}
-
-/// A count of the bytes of the regular files under some roots, running on its own thread.
-/// Dropping it stops the count.
-#[derive(Debug)]
-pub struct Tally {
-    sums: Arc<Sums>,
-}
-
-impl Tally {
-    /// The bytes, once every root was walked; `None` before.
-    pub fn total(&self) -> Option<u64> {
-        self.sums
-            .done
-            .load(Ordering::Acquire)
-            .then(|| self.sums.bytes.load(Ordering::Relaxed))
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        self.sums.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Starts counting what [`spawn`] with the same arguments would yield: the sizes of regular
-/// files as the walk sees them (files that change meanwhile make it approximate).
-pub fn count(roots: Vec<PathBuf>, links: bool) -> std::io::Result<Tally> {
-    let sums = Arc::new(Sums::default());
-    let counting = Arc::clone(&sums);
-    std::thread::Builder::new()
-        .name("tidegate-count".into())
-        .spawn(move || {
-            let mut visit = &*counting;
-            for root in roots {
-                if !walk_root(&root, links, &mut visit) {
-                    return;
-                }
-            }
-            counting.done.store(true, Ordering::Release);
-        })?;
-    Ok(Tally { sums })
 }
 
 /// Starts walking `roots` on a thread; entries (or errors) arrive in order.
@@ -340,7 +183,7 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
 
 /// The name `root` gets at the destination: its last component, or nothing (contents at the
 /// top) for a trailing slash, `.` or `/`.
-fn top_name(root: &Path) -> Option<Vec<u8>> {
+pub(super) fn top_name(root: &Path) -> Option<Vec<u8>> {
     let raw = root.as_os_str().as_bytes();
     if raw.ends_with(b"/") {
         return None;
@@ -385,7 +228,7 @@ fn listing(
 }
 
 /// Returns false when the visitor stopped the walk.
-fn walk_root<V: Visit>(root: &Path, links: bool, tx: &mut V) -> bool {
+pub(super) fn walk_root<V: Visit>(root: &Path, links: bool, tx: &mut V) -> bool {
     let meta = match fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(source) => {
@@ -559,77 +402,6 @@ mod tests {
         assert!(contents.iter().all(|(r, _)| !r.starts_with("top")));
     }
 
-    /// Two roots that would put something at the same destination path are refused before
-    /// anything is sent, whatever they are; roots whose names only look alike, or whose
-    /// clashing entries the walk would not send, are not.
-    #[test]
-    fn sources_that_would_land_on_the_same_path_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let p = |rel: &str| d.path().join(rel);
-        let slash = |rel: &str| PathBuf::from(format!("{}/", p(rel).display()));
-        for dir in ["a", "b", "c/x", "t1/sub", "t2/sub", "t3", "t4"] {
-            fs::create_dir_all(p(dir)).unwrap();
-        }
-        for file in ["a/x", "b/x", "a/y", "t1/only1", "t2/only2", "t3/x", "t4/f"] {
-            fs::write(p(file), b"data").unwrap();
-        }
-        std::os::unix::fs::symlink("f", p("t4/link")).unwrap();
-        std::os::unix::fs::symlink("x", p("b/link")).unwrap();
-        std::os::unix::fs::symlink("x", p("t3/link")).unwrap();
-        let c = std::ffi::CString::new(p("b/y").as_os_str().as_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-
-        let clash = |roots: Vec<PathBuf>, links: bool| check_names(&roots, links).err();
-        // Two files of the same name: which one stayed would depend on the network.
-        let e = clash(vec![p("a/x"), p("b/x")], false).expect("two files named x");
-        assert_eq!(
-            (e.name.as_str(), &e.first, &e.second),
-            ("x", &p("a/x"), &p("b/x"))
-        );
-        assert!(
-            e.to_string().contains("would both be delivered as x"),
-            "{e}"
-        );
-        // The same root twice, a file against a directory, two directories.
-        assert!(clash(vec![p("a"), p("a")], false).is_some());
-        assert_eq!(clash(vec![p("a/x"), p("c/x")], false).unwrap().name, "x");
-        assert_eq!(
-            clash(vec![p("t1/sub"), p("t2/sub")], false).unwrap().name,
-            "sub"
-        );
-        // A trailing slash puts a directory's entries at the top: they clash with each
-        // other's and with named roots.
-        let e = clash(vec![slash("a"), slash("t3")], false).expect("a/x and t3/x");
-        assert_eq!((e.name.as_str(), &e.second), ("x", &p("t3/x")));
-        assert_eq!(clash(vec![slash("a"), p("b/x")], false).unwrap().name, "x");
-        assert_eq!(clash(vec![p("c/x"), slash("t3")], false).unwrap().name, "x");
-        // Links clash only when they are sent.
-        assert!(clash(vec![slash("t4"), p("b/link")], false).is_none());
-        assert_eq!(
-            clash(vec![slash("t4"), p("b/link")], true).unwrap().name,
-            "link"
-        );
-        assert!(clash(vec![slash("t3"), slash("t4")], false).is_none());
-        assert!(clash(vec![slash("t3"), slash("t4")], true).is_some());
-        // A FIFO is skipped by the walk, so it takes no name from a file.
-        assert!(clash(vec![p("a/y"), slash("b")], false).is_none());
-        assert!(clash(vec![p("a/y"), p("b/y")], false).is_none());
-        assert!(clash(vec![p("a/x"), slash("b")], false).is_some());
-        // Distinct names, a missing root (the walk reports it), one root alone.
-        assert_eq!(
-            clash(vec![slash("t1"), slash("t2")], false).unwrap().name,
-            "sub"
-        );
-        assert!(clash(vec![p("a"), p("b"), slash("t3"), slash("t4")], false).is_none());
-        assert!(clash(vec![p("a/x"), p("missing/x")], false).is_none());
-        assert!(clash(vec![slash("a")], false).is_none());
-        // `a` and `a/` differ unless `a` holds an entry named `a`.
-        assert!(clash(vec![p("a"), slash("a")], false).is_none());
-        fs::create_dir(p("a/a")).unwrap();
-        assert!(clash(vec![p("a"), slash("a")], false).is_some());
-    }
-
     /// A directory is listed sorted up to the limit; past it, every entry still comes once,
     /// in the order read, and an error part way is passed on, not fatal to what was read.
     #[test]
@@ -654,49 +426,5 @@ mod tests {
             assert_eq!(got, want, "limit {limit}: each entry once");
         }
         assert!(listing(&d.path().join("missing"), 4).is_err());
-    }
-
-    /// The count sees what the walk sends: regular files and their sizes, by the same rules
-    /// (links, skipped special files, trailing slashes, files given directly).
-    #[test]
-    fn count_sums_what_the_walk_yields() {
-        let d = tempfile::tempdir().unwrap();
-        let top = d.path().join("top");
-        fs::create_dir_all(top.join("a/b")).unwrap();
-        fs::create_dir_all(top.join("empty")).unwrap();
-        fs::write(top.join("a/one"), vec![1u8; 1000]).unwrap();
-        fs::write(top.join("a/b/two"), vec![2u8; 70_000]).unwrap();
-        fs::write(top.join("zero"), b"").unwrap();
-        std::os::unix::fs::symlink("a/one", top.join("link")).unwrap();
-        let c = std::ffi::CString::new(top.join("fifo").as_os_str().as_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let single = d.path().join("single");
-        fs::write(&single, vec![3u8; 5]).unwrap();
-        let mut slash = top.join("a").into_os_string();
-        slash.push("/");
-        let roots = vec![top.clone(), PathBuf::from(slash), single];
-        for links in [false, true] {
-            let walked: Vec<Entry> = spawn(roots.clone(), links)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let files: Vec<&Entry> = walked
-                .iter()
-                .filter(|e| e.kind == EntryKind::File)
-                .collect();
-            let bytes: u64 = files.iter().map(|e| e.size).sum();
-            assert_eq!((files.len(), bytes), (6, 2 * 71_000 + 5));
-            let tally = count(roots.clone(), links).unwrap();
-            let mut total = tally.total();
-            for _ in 0..10_000 {
-                if total.is_some() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                total = tally.total();
-            }
-            assert_eq!(total, Some(bytes), "links {links}");
-        }
     }
 }
