@@ -25,7 +25,7 @@ use super::paths;
 use super::session::{self, Context, Session};
 use super::staging::Staging;
 use super::ServerOptions;
-use crate::pipeline::hash::{digest, HashPool};
+use crate::pipeline::hash::digest;
 use crate::protocol::codec::decode;
 use crate::protocol::fuzzing::FUZZ_MAX_FRAME;
 use crate::protocol::Frame;
@@ -237,15 +237,9 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
     options.max_chunk_len = FUZZ_MAX_CHUNK;
     options.max_file_size = 1 << 20;
     options.batch_files = 3;
-    let ctx = Arc::new(Context {
-        options,
-        pool: HashPool::default(),
-        sessions: Mutex::new(HashMap::new()),
-        layout: Default::default(),
-        inline: Default::default(),
-        staging: Staging::probe(&arena.served, 16),
-        flusher: Flusher::open(&arena.served).expect("the served directory"),
-    });
+    let staging = Staging::probe(&arena.served, 16);
+    let flusher = Flusher::open(&arena.served).expect("the served directory");
+    let ctx = Arc::new(Context::new(options, staging, flusher));
     let session = Arc::new(Session::new([0x5a; 16]));
     let mut buf = BytesMut::from(rest);
     let (mut chunk_len, mut sent) = (HashMap::new(), HashMap::new());

@@ -7,12 +7,11 @@
 //! finish: small files' partial files are deleted, large files' kept with their resume
 //! journals. A background task deletes such leftovers once they expire (`leftovers.rs`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +25,6 @@ use super::leftovers;
 use super::session::{self, Context};
 use super::staging::{descriptor_limit, reserve_descriptors, Staging};
 use super::ServerOptions;
-use crate::pipeline::hash::HashPool;
 
 /// A receiving server.
 #[derive(Debug)]
@@ -101,15 +99,7 @@ impl Server {
             slots,
             "unnamed staging of small files"
         );
-        let ctx = Arc::new(Context {
-            options,
-            pool: HashPool::default(),
-            sessions: Mutex::new(HashMap::new()),
-            layout: Default::default(),
-            inline: Default::default(),
-            staging,
-            flusher,
-        });
+        let ctx = Arc::new(Context::new(options, staging, flusher));
         Ok(Server {
             listener,
             ctx,

@@ -1,0 +1,471 @@
+//! A session: one transfer, identified by the id in `Hello`, with its state shared by all its
+//! connections, and the dispatch of each request to its handler.
+//!
+//! A session may have many connections, and connections may drop and come back: the
+//! session's state (files being received, files done, the small-file batch) lives in
+//! [`Session`], and every request is idempotent so that a client can resend whatever was not
+//! answered. The handlers take no socket and read no clock, so they are tested here with
+//! frames in and frames out.
+//!
+//! - `connection.rs`: one connection: the handshake, then frames read, handled and answered.
+//! - `place.rs`: creating checked paths from the network inside the served directory.
+//! - `large.rs`: files of more than one chunk: begin, data, end, resume.
+//! - `small.rs`: small files, directories and symlinks, confirmed with the batch's flush.
+//! - `finish.rs`: the end of a transfer: the last flush and the directories' times.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::durability::{Batch, Flusher};
+use super::inline::InlineGate;
+use super::staging::Staging;
+use super::ServerOptions;
+use crate::pipeline::hash::HashPool;
+use crate::protocol::codec::LEN_PREFIX;
+use crate::protocol::{ErrorCode, Frame};
+use crate::transport::LinkError;
+
+mod connection;
+mod finish;
+mod large;
+mod place;
+mod small;
+
+pub(crate) use connection::serve;
+use large::LargeFile;
+use place::Placement;
+
+/// State shared by a session's connections.
+#[derive(Debug, Default)]
+pub(crate) struct SessionState {
+    large: HashMap<u64, Arc<LargeFile>>,
+    /// LargeFile files between their `FileEnd` and their rename: a repeated end waits.
+    committing: HashSet<u64>,
+    /// Entries finished (see `done.rs`): a repeated request for one is answered at once.
+    done: crate::server::done::Done,
+    batch: Batch,
+    /// Directories to stamp with their mtime once everything inside is written.
+    dirs: Vec<(PathBuf, u32, i64)>,
+    pub(crate) connections: usize,
+    pub(crate) last_active: Option<Instant>,
+    pub(crate) finished: bool,
+}
+
+/// One transfer's state on the server.
+#[derive(Debug)]
+pub(crate) struct Session {
+    tag: String,
+    inner: Mutex<SessionState>,
+}
+
+impl SessionState {
+    /// No file, directory or batch in progress and none finished: nothing to resume.
+    fn holds_nothing(&self) -> bool {
+        self.large.is_empty()
+            && self.committing.is_empty()
+            && self.done.is_empty()
+            && self.batch.is_empty()
+            && self.dirs.is_empty()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(id: [u8; 16]) -> Self {
+        let tag = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Session {
+            tag,
+            inner: Mutex::new(SessionState::default()),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends a session that will never finish: small files not yet flushed are deleted
+    /// (they are sent whole anyway), large files are kept with their journals for a later
+    /// transfer to resume. Blocking (flushes journals).
+    pub(crate) fn suspend(&self) {
+        let (large, batch) = {
+            let mut inner = self.lock();
+            let large: Vec<_> = inner.large.drain().map(|(_, l)| l).collect();
+            (large, inner.batch.take())
+        };
+        for large in large {
+            large.suspend();
+        }
+        batch.abandon();
+    }
+}
+
+/// What a connection needs from its server.
+pub(crate) struct Context {
+    pub(crate) options: ServerOptions,
+    pub(crate) pool: HashPool,
+    pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
+    /// Checks and creates paths from the network (see `place.rs`).
+    placement: Placement,
+    /// Where small files are written (see `inline.rs`).
+    pub(crate) inline: InlineGate,
+    /// How small files wait for their flush (see `staging.rs`).
+    pub(crate) staging: Staging,
+    /// Flushes small files' batches (see `durability.rs`).
+    pub(crate) flusher: Flusher,
+}
+
+impl Context {
+    /// A receiver's shared state for `options`, with its small-file staging and flusher.
+    pub(crate) fn new(options: ServerOptions, staging: Staging, flusher: Flusher) -> Self {
+        Context {
+            options,
+            pool: HashPool::default(),
+            sessions: Mutex::new(HashMap::new()),
+            placement: Placement::default(),
+            inline: InlineGate::default(),
+            staging,
+            flusher,
+        }
+    }
+}
+
+impl Context {
+    /// The session `id` (created if new), with this connection counted in it. Counting under
+    /// the map's lock means [`Context::forget`] never drops a session a connection is joining.
+    fn attach(&self, id: [u8; 16], now: Instant) -> Arc<Session> {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = map.entry(id).or_insert_with(|| Arc::new(Session::new(id)));
+        {
+            let mut inner = s.lock();
+            inner.connections += 1;
+            inner.last_active = Some(now);
+        }
+        Arc::clone(s)
+    }
+
+    /// Takes the large file whose partial file is `partial` from a session other than `ours`
+    /// that has no connection left (its sender went away), so that a new transfer of the same
+    /// target can resume it instead of waiting for that session to expire.
+    fn take_lingering(
+        &self,
+        ours: &Arc<Session>,
+        partial: &std::path::Path,
+    ) -> Option<Arc<LargeFile>> {
+        let map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in map.values().filter(|s| !Arc::ptr_eq(s, ours)) {
+            let mut inner = s.lock();
+            if inner.connections != 0 {
+                continue;
+            }
+            let found = inner
+                .large
+                .iter()
+                .find(|(_, l)| l.partial.path() == partial)
+                .map(|(&f, _)| f);
+            if let Some(f) = found {
+                return inner.large.remove(&f);
+            }
+        }
+        None
+    }
+
+    /// Counts a connection out of its session. A session left with nothing to resume
+    /// (finished, or never began anything) is dropped with its last connection instead of
+    /// being kept for `session_linger`: a client that comes back (say, its `Finished` was
+    /// lost) gets a fresh session, and every request is idempotent.
+    fn detach(&self, id: [u8; 16], session: &Arc<Session>, now: Instant) {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let forget = {
+            let mut s = session.lock();
+            s.connections -= 1;
+            s.last_active = Some(now);
+            s.connections == 0 && (s.finished || s.holds_nothing())
+        };
+        if forget && map.get(&id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            map.remove(&id);
+            shrink_sessions(&mut map);
+        }
+    }
+}
+
+/// Gives back the session map's spare room once it is mostly empty, so that a burst of
+/// sessions (say, many clients resuming at once) does not hold its peak for good.
+pub(crate) fn shrink_sessions(map: &mut HashMap<[u8; 16], Arc<Session>>) {
+    if map.len() <= map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] crate::protocol::handshake::HandshakeError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("server shutting down")]
+    Shutdown,
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> Self {
+        ConnError::Link(LinkError::Io(e))
+    }
+}
+
+pub(super) fn error_frame(file: u64, code: ErrorCode, message: impl std::fmt::Display) -> Frame {
+    Frame::Error {
+        file,
+        code: code as u16,
+        message: message.to_string().into_bytes(),
+    }
+}
+
+/// Answers one frame. Per-file problems become `Error` frames for that file; only protocol
+/// violations end the connection.
+pub(super) async fn handle(
+    frame: Frame,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Result<Vec<Frame>, ConnError> {
+    match frame {
+        Frame::FileBegin {
+            file,
+            meta,
+            chunk_len,
+        } => Ok(vec![
+            large::begin(file, meta, chunk_len, ctx, session).await,
+        ]),
+        Frame::Data {
+            file,
+            index,
+            cv,
+            payload,
+        } => Ok(large::data(file, index, cv, payload, ctx, session).await),
+        Frame::FileEnd { file, root } => Ok(large::end(file, root, session).await),
+        Frame::SmallFile {
+            file,
+            meta,
+            root,
+            payload,
+        } => Ok(small::file(file, meta, root, payload, ctx, session).await),
+        Frame::Dir { file, meta } => Ok(small::dir(file, meta, ctx, session).await),
+        Frame::Symlink { file, meta, target } => {
+            Ok(small::symlink(file, meta, target, ctx, session).await)
+        }
+        Frame::Error { file, .. } => {
+            large::abandon(file, session);
+            Ok(Vec::new())
+        }
+        Frame::Finish => Ok(finish::finish(ctx, session).await),
+        Frame::Hello { .. } | Frame::Auth { .. } => {
+            Err(ConnError::Protocol("handshake frame after the handshake"))
+        }
+        _ => Err(ConnError::Protocol("a frame only a server sends")),
+    }
+}
+
+/// Bytes a connection may buffer: one frame of the largest chunk plus its header.
+pub(crate) fn max_buffered(opts: &ServerOptions) -> usize {
+    opts.max_chunk_len as usize + 64 * 1024 + LEN_PREFIX
+}
+
+#[cfg(test)]
+mod tests {
+    //! The handlers driven with frames in and frames out: no socket, no clock.
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::pipeline::hash::digest;
+    use crate::protocol::Meta;
+
+    const CHUNK: usize = 16 * 1024;
+
+    struct Receiver {
+        dir: tempfile::TempDir,
+        ctx: Arc<Context>,
+        session: Arc<Session>,
+    }
+
+    impl Receiver {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("served");
+            std::fs::create_dir(&root).unwrap();
+            let staging = Staging::probe(&root, 16);
+            let flusher = Flusher::open(&root).unwrap();
+            let ctx = Arc::new(Context::new(ServerOptions::new(&root), staging, flusher));
+            Receiver {
+                dir,
+                ctx,
+                session: Arc::new(Session::new([7; 16])),
+            }
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("served")
+        }
+
+        async fn send(&self, frame: Frame) -> Vec<Frame> {
+            handle(frame, &self.ctx, &self.session).await.unwrap()
+        }
+    }
+
+    fn meta(path: &str, size: usize) -> Meta {
+        Meta {
+            path: path.as_bytes().to_vec(),
+            size: size as u64,
+            mode: 0o640,
+            mtime_ns: 1_700_000_000_000_000_000,
+        }
+    }
+
+    fn code(frame: &Frame) -> Option<u16> {
+        match frame {
+            Frame::Error { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_file_is_confirmed_only_with_its_batch() {
+        let r = Receiver::new();
+        let body = data(5000);
+        let small = Frame::SmallFile {
+            file: 3,
+            meta: meta("d/small", body.len()),
+            root: *blake3::hash(&body).as_bytes(),
+            payload: Bytes::from(body.clone()),
+        };
+        assert_eq!(
+            r.send(small.clone()).await,
+            [Frame::Ack { file: 3, index: 0 }]
+        );
+        assert!(
+            !r.root().join("d/small").exists(),
+            "visible before its flush"
+        );
+        assert_eq!(
+            r.send(Frame::Finish).await,
+            [Frame::FileDone { file: 3 }, Frame::Finished]
+        );
+        assert_eq!(std::fs::read(r.root().join("d/small")).unwrap(), body);
+        // A resend after it was confirmed is answered from the session's record.
+        assert_eq!(
+            r.send(small).await,
+            [
+                Frame::Ack { file: 3, index: 0 },
+                Frame::FileDone { file: 3 }
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_file_is_begun_written_verified_and_put_in_place() {
+        let r = Receiver::new();
+        let body = data(2 * CHUNK + 1000);
+        let begin = Frame::FileBegin {
+            file: 0,
+            meta: meta("big", body.len()),
+            chunk_len: CHUNK as u32,
+        };
+        assert_eq!(r.send(begin).await, [Frame::FileReady { file: 0, have: 0 }]);
+        for (index, piece) in body.chunks(CHUNK).enumerate() {
+            let offset = (index * CHUNK) as u64;
+            let frame = Frame::Data {
+                file: 0,
+                index: index as u64,
+                cv: digest(offset, piece).chaining_value.unwrap(),
+                payload: Bytes::copy_from_slice(piece),
+            };
+            let ack = Frame::Ack {
+                file: 0,
+                index: index as u64,
+            };
+            assert_eq!(r.send(frame.clone()).await, [ack.clone()]);
+            // A resend of a verified chunk is acknowledged again, not written again.
+            assert_eq!(r.send(frame).await, [ack]);
+        }
+        assert!(!r.root().join("big").exists(), "visible before its end");
+        let end = Frame::FileEnd {
+            file: 0,
+            root: *blake3::hash(&body).as_bytes(),
+        };
+        assert_eq!(r.send(end.clone()).await, [Frame::FileDone { file: 0 }]);
+        assert_eq!(std::fs::read(r.root().join("big")).unwrap(), body);
+        assert_eq!(r.send(end).await, [Frame::FileDone { file: 0 }]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_that_fails_verification_fails_its_file_and_leaves_nothing() {
+        let r = Receiver::new();
+        let body = data(3 * CHUNK);
+        let begin = Frame::FileBegin {
+            file: 1,
+            meta: meta("big", body.len()),
+            chunk_len: CHUNK as u32,
+        };
+        r.send(begin).await;
+        let forged = Frame::Data {
+            file: 1,
+            index: 0,
+            cv: [0xab; 32],
+            payload: Bytes::copy_from_slice(&body[..CHUNK]),
+        };
+        let replies = r.send(forged).await;
+        assert_eq!(
+            replies.iter().map(code).collect::<Vec<_>>(),
+            [Some(ErrorCode::Hash as u16)]
+        );
+        let left: Vec<_> = std::fs::read_dir(r.root()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_out_of_order_or_outside_the_root_are_refused_per_file() {
+        let r = Receiver::new();
+        let stray = Frame::Data {
+            file: 9,
+            index: 0,
+            cv: [0; 32],
+            payload: Bytes::from_static(b"x"),
+        };
+        let refused = r.send(stray).await;
+        assert_eq!(
+            refused.iter().map(code).collect::<Vec<_>>(),
+            [Some(ErrorCode::Protocol as u16)]
+        );
+        let escaping = Frame::SmallFile {
+            file: 2,
+            meta: meta("../outside", 1),
+            root: *blake3::hash(b"x").as_bytes(),
+            payload: Bytes::from_static(b"x"),
+        };
+        let refused = r.send(escaping).await;
+        assert_eq!(
+            refused.iter().map(code).collect::<Vec<_>>(),
+            [Some(ErrorCode::BadPath as u16)]
+        );
+        assert!(!r.dir.path().join("outside").exists());
+        // A handshake frame after the handshake ends the connection.
+        let hello = handle(
+            Frame::Hello {
+                version: 3,
+                session: [0; 16],
+                nonce: [0; 32],
+            },
+            &r.ctx,
+            &r.session,
+        )
+        .await;
+        assert!(matches!(hello, Err(ConnError::Protocol(_))), "{hello:?}");
+    }
+}

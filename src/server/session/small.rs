@@ -1,0 +1,204 @@
+//! Small files, directories and symlinks. A small file comes whole in one frame, is verified
+//! and written at once, and waits in the session's batch; all three are confirmed
+//! (`FileDone`) only when the batch is flushed, once their parent directory is durable:
+//! confirmed at once, one could be lost with the machine after the sender stopped asking.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::place::PlaceError;
+use super::{error_frame, Context, Session};
+use crate::protocol::{ErrorCode, Frame, Meta};
+use crate::server::writer::{make_dir, make_symlink, PartialFile};
+
+/// A small file: verified, written, and put in the batch.
+pub(super) async fn file(
+    file: u64,
+    meta: Meta,
+    root_hash: [u8; 32],
+    payload: Bytes,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Vec<Frame> {
+    let opts = &ctx.options;
+    {
+        let s = session.lock();
+        if s.done.contains(file) {
+            return vec![Frame::Ack { file, index: 0 }, Frame::FileDone { file }];
+        }
+        if s.batch.contains(file) {
+            return vec![Frame::Ack { file, index: 0 }];
+        }
+    }
+    if meta.size > opts.max_file_size {
+        return vec![error_frame(file, ErrorCode::Limit, "file too large")];
+    }
+    let tag = session.tag.clone();
+    let bytes = payload.len() as u64;
+    let placing = Arc::clone(ctx);
+    // Not on the hashing pool: most of this is creating and writing the file, and the
+    // hash of a small file takes microseconds. On this task while the filesystem is
+    // fast, else on the blocking pool (see `inline.rs`).
+    let written = ctx
+        .inline
+        .run(move || {
+            if blake3::hash(&payload) != blake3::Hash::from_bytes(root_hash) {
+                return Err(None);
+            }
+            let partial = placing
+                .place(&meta.path, false, |target| {
+                    PartialFile::create_small(
+                        target,
+                        meta.mode,
+                        meta.mtime_ns,
+                        &tag,
+                        &placing.staging,
+                    )
+                })
+                .map_err(Some)?;
+            let written = partial.write_at(0, &payload);
+            match written.and(Ok(())) {
+                Ok(()) => partial.finish(false).map_err(|e| Some(PlaceError::Io(e))),
+                Err(e) => {
+                    partial.abandon();
+                    Err(Some(PlaceError::Io(e)))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(Some(PlaceError::Io(e))));
+    match written {
+        Ok(finished) => {
+            let full = {
+                let mut s = session.lock();
+                s.batch.push(file, finished, bytes);
+                s.batch.is_full(opts.batch_files, opts.batch_bytes)
+            };
+            let mut replies = vec![Frame::Ack { file, index: 0 }];
+            if full {
+                replies.extend(flush(ctx, session).await);
+            }
+            replies
+        }
+        Err(None) => vec![error_frame(
+            file,
+            ErrorCode::Hash,
+            "file failed BLAKE3 verification",
+        )],
+        Err(Some(e)) => vec![e.frame(file)],
+    }
+}
+
+/// A directory: made (writable by the server until `Finish` stamps its mode), and put in
+/// the batch.
+pub(super) async fn dir(
+    file: u64,
+    meta: Meta,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Vec<Frame> {
+    if let Some(replies) = made_before(session, file) {
+        return replies;
+    }
+    let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
+    let made = ctx
+        .place_blocking(meta.path, false, move |target| {
+            make_dir(&target, mode | 0o700).map(|()| target)
+        })
+        .await;
+    match made {
+        Ok(target) => {
+            session.lock().dirs.push((target.clone(), mode, mtime_ns));
+            batch_made(ctx, session, file, target).await
+        }
+        Err(e) => vec![e.frame(file)],
+    }
+}
+
+/// A symlink: made, and put in the batch.
+pub(super) async fn symlink(
+    file: u64,
+    meta: Meta,
+    target: Vec<u8>,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Vec<Frame> {
+    if let Some(replies) = made_before(session, file) {
+        return replies;
+    }
+    let tag = session.tag.clone();
+    let made = ctx
+        .place_blocking(meta.path, true, move |path| {
+            make_symlink(&path, &target, &tag).map(|()| path)
+        })
+        .await;
+    match made {
+        Ok(path) => batch_made(ctx, session, file, path).await,
+        Err(e) => vec![e.frame(file)],
+    }
+}
+
+/// The answer to a directory or symlink this session already made: `FileDone` once durable,
+/// nothing while it waits in the batch (`FileDone` comes with it). `None`: not made yet.
+fn made_before(session: &Arc<Session>, file: u64) -> Option<Vec<Frame>> {
+    let s = session.lock();
+    if s.done.contains(file) {
+        Some(vec![Frame::FileDone { file }])
+    } else if s.batch.contains(file) {
+        Some(Vec::new())
+    } else {
+        None
+    }
+}
+
+/// Puts a directory or symlink just made at `path` in the batch, committing the batch if
+/// that filled it.
+async fn batch_made(
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+    file: u64,
+    path: std::path::PathBuf,
+) -> Vec<Frame> {
+    let full = {
+        let mut s = session.lock();
+        s.batch.push_made(file, path);
+        s.batch
+            .is_full(ctx.options.batch_files, ctx.options.batch_bytes)
+    };
+    if full {
+        flush(ctx, session).await
+    } else {
+        Vec::new()
+    }
+}
+
+/// Commits the session's small-file batch; answers `FileDone` or `Error` for each file.
+pub(super) async fn flush(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Frame> {
+    let batch = session.lock().batch.take();
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let committing = Arc::clone(ctx);
+    let committed = tokio::task::spawn_blocking(move || {
+        batch.commit(&committing.options.root, &committing.flusher)
+    })
+    .await;
+    let Ok((done, failed)) = committed else {
+        return vec![error_frame(
+            u64::MAX,
+            ErrorCode::Io,
+            "flushing small files failed",
+        )];
+    };
+    let mut s = session.lock();
+    let mut replies = Vec::with_capacity(done.len() + failed.len());
+    for file in done {
+        s.done.insert(file);
+        replies.push(Frame::FileDone { file });
+    }
+    for (file, e) in failed {
+        replies.push(error_frame(file, ErrorCode::Io, e));
+    }
+    replies
+}
