@@ -84,7 +84,7 @@ pub(crate) enum Reply {
 
 /// Connection settings.
 #[derive(Debug, Clone)]
-pub(crate) struct Params {
+pub(crate) struct DialOptions {
     pub(crate) addr: String,
     pub(crate) key: Key,
     pub(crate) session: [u8; 16],
@@ -111,7 +111,7 @@ enum Failure {
 
 /// Runs one pooled connection until the queue closes, the deadline passes, or `cancel`.
 pub(crate) async fn run(
-    params: Params,
+    params: DialOptions,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     replies: mpsc::Sender<Reply>,
     cancel: CancellationToken,
@@ -182,7 +182,7 @@ async fn give_back(
         .await;
 }
 
-async fn connect(params: &Params) -> Result<(Reader, Writer), Failure> {
+async fn connect(params: &DialOptions) -> Result<(Reader, Writer), Failure> {
     let stream = tokio::time::timeout(params.connect_timeout, TcpStream::connect(&params.addr))
         .await
         .map_err(|_| {
@@ -233,7 +233,7 @@ fn frame_code(frame: &Frame) -> Option<u16> {
 /// Moves jobs out and replies in until the queue is closed and drained (`Ok`), or the link
 /// fails.
 async fn pump(
-    params: &Params,
+    params: &DialOptions,
     reader: &mut Reader,
     writer: &mut Writer,
     jobs: &Arc<Mutex<mpsc::Receiver<Job>>>,

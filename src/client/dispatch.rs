@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{self, Expect, Job, Params, Reply};
+use super::connection::{self, DialOptions, Expect, Job, Reply};
 use crate::pipeline::chunk::Chunk;
 use crate::progress::ConnectionState;
 use crate::protocol::{ErrorCode, Frame, Meta};
@@ -115,7 +115,7 @@ struct Reach {
 }
 
 pub(crate) struct Dispatch {
-    pub(crate) params: Params,
+    pub(crate) params: DialOptions,
     pub(crate) streams: usize,
     pub(crate) chunk_len: u32,
     pub(crate) input: mpsc::Receiver<DestEvent>,

@@ -43,7 +43,7 @@ pub(crate) enum Event<S> {
 }
 
 use super::producer::{Item, Producer, QUEUE};
-pub(crate) use super::spec::Spec;
+pub(crate) use super::readable::Readable;
 
 struct Current {
     file: u64,
@@ -66,7 +66,7 @@ pub(crate) struct Pipeline<S> {
     producer: Option<std::thread::JoinHandle<()>>,
 }
 
-impl<S: Spec> Pipeline<S> {
+impl<S: Readable> Pipeline<S> {
     /// Starts reading `specs` in order, numbering them from 0. Must be called inside a tokio
     /// runtime.
     ///

@@ -5,7 +5,7 @@
 //! - [`hash`]: BLAKE3 of each chunk on rayon, and the root hash built from chaining values.
 //! - [`options`]: the knobs and their defaults.
 //! - `producer`: the thread that reads and hands chunks to the hashing pool.
-//! - `spec`: what the pipeline reads.
+//! - `readable`: what the pipeline reads.
 //! - `consumer`: the ordered stream of `Event`s that jobs consume.
 //!
 //! The pipeline does not know about networks or terminals; jobs built on it do.
@@ -16,6 +16,6 @@ pub(crate) mod consumer;
 pub mod hash;
 pub mod options;
 mod producer;
-mod spec;
+mod readable;
 
 pub(crate) use consumer::{Event, Pipeline};

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::budget::Budget;
 use super::chunk::Chunk;
 use super::hash::{digest, digest_whole, HashPool};
-use super::spec::Spec;
+use super::readable::Readable;
 use crate::source::read::BufPool;
 use crate::source::{FileSource, LastDir, RawChunk, SourceError};
 
@@ -66,7 +66,7 @@ pub(super) struct Producer<S> {
 /// Chunks up to this size are hashed on the reading thread instead of the pool.
 const INLINE_HASH_MAX: usize = 64 * 1024;
 
-impl<S: Spec> Producer<S> {
+impl<S: Readable> Producer<S> {
     pub(super) fn run(self, specs: impl Iterator<Item = (u64, S)>) {
         let mut dirs = LastDir::default();
         for (file, spec) in specs {

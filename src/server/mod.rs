@@ -5,7 +5,7 @@
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
-//! - `done.rs`: the entries a session has finished, as ranges of their numbers.
+//! - `delivered.rs`: the entries a session has delivered, as ranges of their numbers.
 //! - `staging.rs`: small files written unnamed until their batch is flushed.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
@@ -15,7 +15,7 @@
 //! - [`paths`]: hostile path checks.
 //! - [`fuzzing`]: the properties the receiver's fuzz targets check.
 
-mod done;
+mod delivered;
 mod durability;
 pub mod fuzzing;
 mod inline;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::tracker::Tracker;
 use super::{DestinationReport, Report, TransferOptions};
-use crate::client::connection::Params;
+use crate::client::connection::DialOptions;
 use crate::client::dispatch::{DestEvent, Dispatch, Note, Outcome};
 use crate::pipeline::budget::Budget;
 use crate::pipeline::hash::HashPool;
@@ -196,7 +196,7 @@ async fn pass(
     for &index in targets {
         let (tx, input) = mpsc::channel(DEST_QUEUE);
         let dispatch = Dispatch {
-            params: Params {
+            params: DialOptions {
                 addr: addresses[index].clone(),
                 key: options.key.clone(),
                 session,

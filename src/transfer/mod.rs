@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::budget::Budget;
-use crate::pipeline::consumer::Spec;
+use crate::pipeline::consumer::Readable;
 use crate::pipeline::hash::HashPool;
 use crate::pipeline::options::{OptionsError, PipelineOptions};
 use crate::pipeline::Pipeline;
@@ -197,7 +197,7 @@ impl TransferHandle {
     }
 }
 
-impl Spec for Entry {
+impl Readable for Entry {
     fn input(&self) -> Option<&Input> {
         match self.kind {
             EntryKind::File => Some(&self.input),

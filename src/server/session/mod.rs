@@ -43,8 +43,8 @@ pub(crate) struct SessionState {
     large: HashMap<u64, Arc<LargeFile>>,
     /// LargeFile files between their `FileEnd` and their rename: a repeated end waits.
     committing: HashSet<u64>,
-    /// Entries finished (see `done.rs`): a repeated request for one is answered at once.
-    done: crate::server::done::Done,
+    /// Entries finished (see `delivered.rs`): a repeated request for one is answered at once.
+    done: crate::server::delivered::Delivered,
     batch: Batch,
     /// Directories to stamp with their mtime once everything inside is written.
     dirs: Vec<(PathBuf, u32, i64)>,
@@ -390,7 +390,7 @@ mod tests {
                 file: 0,
                 index: index as u64,
             };
-            assert_eq!(r.send(frame.clone()).await, [ack.clone()]);
+            assert_eq!(r.send(frame.clone()).await, vec![ack.clone()]);
             // A resend of a verified chunk is acknowledged again, not written again.
             assert_eq!(r.send(frame).await, [ack]);
         }

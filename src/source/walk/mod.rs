@@ -105,12 +105,12 @@ impl Iterator for Walk {
 }
 
 /// The walking thread's end: collects entries into batches.
-struct Out {
+struct EntrySender {
     tx: SyncSender<Vec<Item>>,
     batch: Vec<Item>,
 }
 
-impl Out {
+impl EntrySender {
     /// Queues one result. Fails when the receiver is gone.
     fn send(&mut self, item: Item) -> Result<(), ()> {
         self.batch.push(item);
@@ -140,7 +140,7 @@ pub(super) trait Visit {
     fn error(&mut self, error: WalkError) -> bool;
 }
 
-impl Visit for Out {
+impl Visit for EntrySender {
     const DETAILED: bool = true;
 
     fn entry(&mut self, path: &Path, rel: Vec<u8>, meta: &fs::Metadata, links: bool) -> bool {
@@ -158,7 +158,7 @@ pub fn spawn(roots: Vec<PathBuf>, links: bool) -> std::io::Result<Walk> {
     std::thread::Builder::new()
         .name("tidegate-walk".into())
         .spawn(move || {
-            let mut out = Out {
+            let mut out = EntrySender {
                 tx,
                 batch: Vec::with_capacity(BATCH),
             };
@@ -316,7 +316,7 @@ pub(super) fn walk_root<V: Visit>(root: &Path, links: bool, tx: &mut V) -> bool 
 }
 
 /// Sends one entry if it is something we send. Returns false when the receiver is gone.
-fn emit(tx: &mut Out, path: &Path, rel: Vec<u8>, meta: &fs::Metadata, links: bool) -> bool {
+fn emit(tx: &mut EntrySender, path: &Path, rel: Vec<u8>, meta: &fs::Metadata, links: bool) -> bool {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         EntryKind::File

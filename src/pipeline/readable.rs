@@ -1,11 +1,11 @@
-//! [`Spec`]: what the pipeline reads, as the producer and the consumer both see it.
+//! [`Readable`]: what the pipeline reads, as the producer and the consumer both see it.
 
 use crate::source::Input;
 
 /// Anything the pipeline can read: it only needs the [`Input`]; the rest (a relative path,
 /// metadata) rides along and comes back in `Event::FileStarted`. A spec without an input
 /// (a directory, a symlink) passes through in order as `Event::Entry`.
-pub(crate) trait Spec: Send + 'static {
+pub(crate) trait Readable: Send + 'static {
     /// What to open, if anything.
     fn input(&self) -> Option<&Input>;
 
@@ -16,7 +16,7 @@ pub(crate) trait Spec: Send + 'static {
     }
 }
 
-impl Spec for Input {
+impl Readable for Input {
     fn input(&self) -> Option<&Input> {
         Some(self)
     }

@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 
 /// Finished entry numbers, as disjoint ranges that do not touch.
 #[derive(Debug, Default)]
-pub(crate) struct Done {
+pub(crate) struct Delivered {
     /// First number → last number, inclusive.
     ranges: BTreeMap<u64, u64>,
 }
 
-impl Done {
+impl Delivered {
     /// Whether `n` is finished.
     pub(crate) fn contains(&self, n: u64) -> bool {
         self.ranges
@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn in_order_is_one_range_and_gaps_close() {
-        let mut d = Done::default();
+        let mut d = Delivered::default();
         assert!(d.is_empty() && !d.contains(0));
         for n in 0..100_000 {
             d.insert(n);
@@ -92,7 +92,7 @@ mod tests {
         /// that are disjoint, do not touch, and are as few as the numbers allow.
         #[test]
         fn behaves_like_a_set(ns in proptest::collection::vec(0u64..200, 0..300)) {
-            let mut d = Done::default();
+            let mut d = Delivered::default();
             let mut set = BTreeSet::new();
             for &n in &ns {
                 d.insert(n);
