@@ -32,7 +32,7 @@ pub mod protocol;
 pub mod server;
 pub mod source;
 pub mod transfer;
-pub mod transport;
+pub mod wire;
 
 pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};
 pub use pipeline::budget::Budget;

@@ -17,7 +17,7 @@ use common::TestServer;
 use tidegate::pipeline::hash::digest;
 use tidegate::protocol::handshake::{ClientHandshake, Key};
 use tidegate::protocol::Frame;
-use tidegate::transport::{FrameReader, FrameWriter};
+use tidegate::wire::{FrameReader, FrameWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

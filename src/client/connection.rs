@@ -18,7 +18,7 @@ use super::backoff::Backoff;
 use crate::pipeline::chunk::Chunk;
 use crate::protocol::handshake::{random, ClientHandshake, HandshakeError, Key};
 use crate::protocol::{ErrorCode, Frame};
-use crate::transport::{FrameReader, FrameWriter, LinkError};
+use crate::wire::{FrameReader, FrameWriter, LinkError};
 
 /// What reply retires a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +192,7 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer), Failure> {
             ))
         })?
         .map_err(|e| Failure::Retry(format!("connecting: {e}")))?;
-    crate::server::tune_socket(&stream);
+    crate::wire::tune(&stream);
     let (rd, wr) = stream.into_split();
     // Replies are small (an acknowledgement is 13 bytes); 16 KiB holds a burst of them.
     let mut reader = FrameReader::with_read_ahead(rd, MAX_REPLY_FRAME, 16 * 1024);

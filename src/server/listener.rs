@@ -264,23 +264,13 @@ async fn expire_leftovers(root: PathBuf, expiry: Duration, stop: CancellationTok
 }
 
 async fn handle(stream: TcpStream, ctx: Arc<Context>, stop: CancellationToken) {
-    tune(&stream);
+    crate::wire::tune(&stream);
     let (rd, wr) = stream.into_split();
     match session::serve(rd, wr, ctx, stop).await {
         Ok(()) => tracing::debug!("connection closed"),
         Err(e @ session::ConnError::Shutdown) => tracing::debug!(error = %e, "connection ended"),
         Err(e) => tracing::warn!(error = %e, "connection ended"),
     }
-}
-
-/// Large socket buffers and keepalive; small acknowledgements go out at once.
-pub(crate) fn tune(stream: &TcpStream) {
-    let sock = socket2::SockRef::from(stream);
-    let _ = stream.set_nodelay(true);
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
-    let _ =
-        sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)));
 }
 
 /// Drops sessions that finished, or that have had no connection for `session_linger`.

@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use leftovers::MIN_EXPIRY as MIN_PARTIAL_EXPIRY;
-pub(crate) use listener::tune as tune_socket;
 pub use listener::{Server, ServerStatus};
 
 use crate::protocol::handshake::Key;

@@ -2,7 +2,7 @@
 
 use tidegate::protocol::handshake::{ClientHandshake, Key};
 use tidegate::protocol::{Frame, Meta};
-use tidegate::transport::{FrameReader, FrameWriter};
+use tidegate::wire::{FrameReader, FrameWriter};
 use tokio::net::TcpStream;
 
 /// Both halves of an authenticated connection.

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{error_frame, handle, max_buffered, ConnError, Context, Session};
 use crate::protocol::handshake::{random, ServerHandshake, ServerStep};
 use crate::protocol::ErrorCode;
-use crate::transport::{FrameReader, FrameWriter, LinkError};
+use crate::wire::{FrameReader, FrameWriter, LinkError};
 
 /// Serves one connection until it closes, fails, or the server shuts down.
 pub(crate) async fn serve<R, W>(

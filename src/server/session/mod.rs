@@ -25,7 +25,7 @@ use super::ServerOptions;
 use crate::pipeline::hash::HashPool;
 use crate::protocol::codec::LEN_PREFIX;
 use crate::protocol::{ErrorCode, Frame};
-use crate::transport::LinkError;
+use crate::wire::LinkError;
 
 mod connection;
 mod finish;

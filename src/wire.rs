@@ -1,4 +1,5 @@
-//! Frames over a byte stream: the thin I/O layer between the sans-IO codec and TCP.
+//! Frames over a byte stream: the thin I/O layer between the sans-IO codec and TCP, and the
+//! socket options both ends set ([`tune`]).
 //!
 //! [`FrameReader`] reads into a buffer that never grows past one frame of the allowed size
 //! plus its read-ahead (the codec rejects longer lengths from the header, and grows the
@@ -206,6 +207,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await
     }
+}
+
+/// Large socket buffers and keepalive; small acknowledgements go out at once.
+pub(crate) fn tune(stream: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let _ = stream.set_nodelay(true);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    let _ =
+        sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)));
 }
 
 #[cfg(test)]
