@@ -24,7 +24,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
-pub mod client;
+mod client;
 pub mod hash_job;
 pub mod pipeline;
 pub mod progress;
@@ -34,6 +34,7 @@ pub mod source;
 pub mod transfer;
 pub mod wire;
 
+pub use client::address::{check as check_destination, AddressError};
 pub use hash_job::{FileDigest, HashHandle, HashJob, HashReport};
 pub use pipeline::budget::Budget;
 pub use pipeline::chunk::ChunkSize;

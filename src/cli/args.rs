@@ -41,7 +41,7 @@ pub(crate) enum Command {
 
 /// Checks a `--to` destination (`HOST:PORT`), so a mistyped one is a usage error at once.
 fn parse_destination(s: &str) -> Result<String, String> {
-    tidegate::client::address::check(s)
+    tidegate::check_destination(s)
         .map(|()| s.to_owned())
         .map_err(|e| e.why.to_owned())
 }

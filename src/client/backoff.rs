@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// Delays between reconnection attempts.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
@@ -17,7 +17,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubles up to `max`, and gives up `give_up_after` past the first
     /// failure of a run.
-    pub fn new(base: Duration, max: Duration, give_up_after: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration, give_up_after: Duration) -> Self {
         Backoff {
             base,
             max,
@@ -28,7 +28,7 @@ impl Backoff {
     }
 
     /// A success: the next failure starts a new run.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
         self.failing_since = None;
     }
@@ -36,7 +36,7 @@ impl Backoff {
     /// A failure at `now`. Returns how long to wait before trying again, or `None` when the
     /// deadline has passed (or would pass during the wait). `unit` in `[0, 1)` picks the
     /// jitter: the wait is uniform in `[d/2, d)` for the exponential step `d`.
-    pub fn fail(&mut self, now: Instant, unit: f64) -> Option<Duration> {
+    pub(crate) fn fail(&mut self, now: Instant, unit: f64) -> Option<Duration> {
         let since = *self.failing_since.get_or_insert(now);
         let step = self
             .base

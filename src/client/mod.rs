@@ -3,7 +3,7 @@
 //! (`connection.rs`), and the reconnection policy ([`backoff`]). The pipeline feeds it;
 //! [`crate::transfer`] wires them together.
 
-pub mod address;
-pub mod backoff;
+pub(crate) mod address;
+pub(crate) mod backoff;
 pub(crate) mod connection;
 pub(crate) mod dispatch;

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod handshake;
 

@@ -17,19 +17,20 @@
 
 mod delivered;
 mod durability;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod inline;
-pub mod journal;
+pub(crate) mod journal;
 mod leftovers;
 mod listener;
 mod names;
-pub mod paths;
+pub(crate) mod paths;
 mod session;
 mod staging;
 #[cfg(test)]
 mod testfs;
 mod verified;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -13,14 +13,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Longest accepted relative path, in bytes.
-pub const MAX_PATH_LEN: usize = 4096;
+pub(crate) const MAX_PATH_LEN: usize = 4096;
 /// Deepest accepted path, in components.
-pub const MAX_DEPTH: usize = 256;
+pub(crate) const MAX_DEPTH: usize = 256;
 
 /// Why a path from a peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum PathError {
+pub(crate) enum PathError {
     /// Empty, absolute, or containing `.`, `..`, empty components or NUL.
     #[error("path {0:?} is not a plain relative path")]
     NotRelative(String),
@@ -42,7 +42,7 @@ pub enum PathError {
 /// [`PathError::NotRelative`], [`PathError::TooLong`], or [`PathError::Reserved`] for a
 /// final name like the receiver's partial files and journals (`.*.tidegate-partial`,
 /// `.*.tidegate-journal`): a peer could otherwise plant one for another transfer.
-pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
+pub(crate) fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
     let shown = || String::from_utf8_lossy(raw).into_owned();
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong(shown()));
@@ -78,7 +78,8 @@ pub fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
 ///
 /// # Errors
 /// As [`lexical`], plus [`PathError::ThroughSymlink`].
-pub fn resolve(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn resolve(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
     let target = lexical(root, raw)?;
     check_ancestors(root, &target, raw)?;
     Ok(target)

@@ -93,7 +93,7 @@ pub enum TransferError {
     Names(#[from] crate::source::walk::NameClash),
     /// A destination that is not `HOST:PORT`.
     #[error(transparent)]
-    Destination(#[from] crate::client::address::AddressError),
+    Destination(#[from] crate::AddressError),
     /// A thread could not be started, or randomness was unavailable.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
