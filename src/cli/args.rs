@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use tidegate::progress::parse_bytes;
 use tidegate::ChunkSize;
 
+/// Exit code for usage errors, as clap uses.
+pub(crate) const USAGE: u8 = 2;
+
 /// Fast, memory-bounded, verified file transfer.
 #[derive(Debug, Parser)]
 #[command(name = "tidegate", version, about, propagate_version = true)]

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use tidegate::{HashJob, Input, Server, ServerOptions, Transfer, TransferOptions};
 
 use super::args::BenchArgs;
+use super::args::USAGE;
 use super::hash::apply_pipeline_args;
-use super::USAGE;
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut options = TransferOptions::default();

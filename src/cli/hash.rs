@@ -8,8 +8,9 @@ use anyhow::Context;
 use serde_json::json;
 use tidegate::{HashJob, HashReport, Input, PipelineOptions};
 
+use super::args::USAGE;
 use super::args::{HashArgs, PipelineArgs};
-use super::{progress, USAGE};
+use super::progress;
 
 pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     let options = match pipeline_options(&args.pipeline) {

@@ -8,8 +8,10 @@ use tidegate::transfer::TransferError;
 use tidegate::{Progress, Report, Transfer, TransferOptions};
 
 use super::args::SendArgs;
+use super::args::USAGE;
 use super::hash::apply_pipeline_args;
-use super::{load_key, progress, USAGE};
+use super::key::load_key;
+use super::progress;
 
 pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut options = TransferOptions::default();

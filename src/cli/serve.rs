@@ -8,7 +8,8 @@ use tidegate::{Server, ServerOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::ServeArgs;
-use super::{load_key, USAGE};
+use super::args::USAGE;
+use super::key::load_key;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let Ok(max_chunk) = u32::try_from(args.max_chunk) else {
