@@ -5,10 +5,13 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::args::Cli::parse();
+    let args = cli::args::parse();
+    match &args.command {
+        cli::args::Command::Completions { shell } => return cli::docs::completions(*shell),
+        cli::args::Command::Man => return cli::docs::man(),
+        _ => {}
+    }
     cli::logging::init(args.verbose, args.quiet);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let workers = match &args.command {

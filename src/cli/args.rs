@@ -13,7 +13,7 @@ pub(crate) const USAGE: u8 = 2;
 
 /// Fast, memory-bounded, verified file transfer.
 #[derive(Debug, Parser)]
-#[command(name = "tidegate", version, about, propagate_version = true)]
+#[command(name = "tidegate", about, propagate_version = true)]
 pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -40,6 +40,38 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Measure a loopback transfer: an in-process receiver, real TCP, verified result.
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    ///
+    /// For example: `tidegate completions bash > ~/.local/share/bash-completion/completions/tidegate`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `tidegate man | man -l -`.
+    Man,
+}
+
+/// What `--version` prints: the release and the wire protocol's version, which both ends of a
+/// transfer must share.
+pub(crate) fn version() -> String {
+    format!(
+        "{} (protocol version {})",
+        env!("CARGO_PKG_VERSION"),
+        tidegate::protocol::frame::VERSION
+    )
+}
+
+/// The clap command, with its version.
+pub(crate) fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().version(version())
+}
+
+/// Parses the process's arguments; exits with clap's message on a usage error.
+pub(crate) fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Checks a `--to` destination (`HOST:PORT`), so a mistyped one is a usage error at once.

@@ -2,6 +2,7 @@
 
 pub(crate) mod args;
 mod bench;
+pub(crate) mod docs;
 mod hash;
 mod key;
 pub(crate) mod logging;
@@ -18,5 +19,7 @@ pub(crate) async fn run(cli: args::Cli) -> anyhow::Result<ExitCode> {
         args::Command::Send(a) => send::run(a, cli.verbose, cli.quiet).await,
         args::Command::Serve(a) => serve::run(a).await,
         args::Command::Bench(a) => bench::run(a).await,
+        // Answered in `main` before the runtime starts.
+        args::Command::Completions { .. } | args::Command::Man => Ok(ExitCode::SUCCESS),
     }
 }
