@@ -2,12 +2,11 @@
 //! server, both with `Throughput::Bytes`.
 
 use std::hint::black_box;
-use std::io::Write;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidegate::protocol::{decode, encode, encode_head, Frame, MAX_FRAME_LEN};
-use tidegate::{Server, ServerOptions, Transfer};
+use tidegate_testkit::{send, write_file, TestServer};
 
 fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
@@ -47,39 +46,22 @@ fn loopback(c: &mut Criterion) {
         .unwrap();
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("payload.bin");
-    let mut f = std::fs::File::create(&file).unwrap();
-    let block: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    for _ in 0..64 {
-        f.write_all(&block).unwrap();
-    }
-    drop(f);
+    write_file(&file, 64 << 20, 1);
     let mut group = c.benchmark_group("loopback");
     group.throughput(Throughput::Bytes(64 << 20));
     group.sample_size(10);
     group.bench_function("send_64MiB_file", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let dst = tempfile::tempdir().unwrap();
-                let server = Server::bind(
-                    "127.0.0.1:0".parse().unwrap(),
-                    ServerOptions::new(dst.path()),
+                let server = TestServer::start().await;
+                let report = send(
+                    vec![file.clone()],
+                    server.addr.to_string(),
+                    Default::default(),
                 )
-                .await
-                .unwrap();
-                let addr = server.local_addr().unwrap();
-                let stop = server.shutdown_token();
-                let serving = tokio::spawn(server.serve());
-                let report = Transfer::new(vec![file.clone()], vec![addr.to_string()])
-                    .start()
-                    .unwrap()
-                    .wait()
-                    .await
-                    .unwrap();
+                .await;
                 assert!(report.success());
-                stop.cancel();
-                serving.await.unwrap().unwrap();
+                server.stop().await;
             })
         })
     });

@@ -11,7 +11,8 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 mod common;
 
-use common::heap::{measure, runtime, write_file, MIB};
+use common::heap::{measure, runtime, MIB};
+use common::write_file;
 use common::{fast_options, send, TestServer};
 
 /// Heap beyond the sender's budget that a transfer may use, whatever the file's size:

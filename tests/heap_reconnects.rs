@@ -15,7 +15,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::heap::{cycle_rayon_injector, runtime, settle_to, settled, write_file, MIB};
+use common::heap::{cycle_rayon_injector, runtime, settle_to, settled, MIB};
+use common::write_file;
 use common::{fast_options, send, Proxy, TestServer};
 use tidegate::TransferOptions;
 

@@ -13,7 +13,8 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 mod common;
 
-use common::heap::{cycle_rayon_injector, runtime, settle_to, settled, write_file, MIB};
+use common::heap::{cycle_rayon_injector, runtime, settle_to, settled, MIB};
+use common::write_file;
 use common::{assert_same_tree, fast_options, send, TestServer};
 
 const WARM_UP: usize = 3;

@@ -150,29 +150,6 @@ fn usage() -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The heap statistics once the live heap has stopped changing (the same for 200 ms; at most
-/// 5 s). A rayon thread may still be dropping the closure of the job whose result ended the
-/// workload, or a runtime thread its last task, for a moment after the workload returned.
-fn settled() -> dhat::HeapStats {
-    let live = |s: &dhat::HeapStats| (s.curr_bytes, s.curr_blocks);
-    let mut last = dhat::HeapStats::get();
-    let mut same = 0;
-    for _ in 0..250 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let now = dhat::HeapStats::get();
-        same = if live(&now) == live(&last) {
-            same + 1
-        } else {
-            0
-        };
-        last = now;
-        if same == 10 {
-            break;
-        }
-    }
-    last
-}
-
 /// Runs one scenario in a child process and reads its summary.
 fn run_child(name: &str, out: &Path) -> Result<Summary, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -200,7 +177,7 @@ fn scenario(name: &str, out: &Path) {
                 .file_name(out.join(format!("dhat-heap-{name}.json")))
                 .build()
         },
-        || stats.set(Some(settled())),
+        || stats.set(Some(tidegate_testkit::heap::settled_blocking())),
     );
     let stats = stats.take().expect("the scenario read the heap");
     let profile = out.join(format!("dhat-heap-{name}.json"));

@@ -3,15 +3,11 @@
 //! profiler and tears everything it started down before the heap is read, so that bytes
 //! still live at the end are bytes leaked by tidegate.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tidegate::{HashJob, Input, Server, ServerOptions, Transfer, TransferOptions};
-
-#[path = "../../tests/common/proxy.rs"]
-#[allow(dead_code)]
-mod proxy;
+use tidegate::{HashJob, Input, TransferOptions};
+use tidegate_testkit::{write_file, Proxy, TestServer};
 
 /// Every scenario, in the order `run` and `check` use.
 pub const ALL: [&str; 4] = ["hash-large", "send-large", "send-small", "reconnect-storm"];
@@ -25,24 +21,6 @@ pub struct Prepared {
     work: Vec<PathBuf>,
     /// Bytes the workload moves (hashes or sends), for allocations per MiB.
     pub bytes: u64,
-}
-
-fn write_file(path: &Path, len: u64, seed: u8) {
-    let block: Vec<u8> = (0..MIB as usize)
-        .map(|i| {
-            (i as u64)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(u64::from(seed)) as u8
-        })
-        .collect();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create data"));
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        f.write_all(&block[..n]).expect("write data");
-        left -= n as u64;
-    }
-    f.flush().expect("flush data");
 }
 
 /// Makes the scenario's files.
@@ -68,7 +46,7 @@ pub fn prepare(name: &str) -> Prepared {
                 let sub = tree.join(format!("d{:02}", i % 50));
                 std::fs::create_dir_all(&sub).expect("mkdir");
                 let len = 1024 + (i * 7919) % (15 * 1024);
-                write_file(&sub.join(format!("f{i:05}")), len, i as u8);
+                write_file(&sub.join(format!("f{i:05}")), len, i);
                 total += len;
             }
             (vec![tree], total)
@@ -102,22 +80,22 @@ pub fn run<G>(name: &str, data: &Prepared, profile: impl FnOnce() -> G, read: im
                 guard
             }
             "send-large" | "send-small" => {
-                let server = start_server().await;
-                let to = server.0.to_string();
+                let server = TestServer::start().await;
+                let to = server.addr.to_string();
                 send(&data.warm, &to, TransferOptions::default()).await;
                 let guard = profile();
                 send(&data.work, &to, TransferOptions::default()).await;
-                stop_server(server).await;
+                server.stop().await;
                 guard
             }
             "reconnect-storm" => {
-                let server = start_server().await;
-                let to = server.0.to_string();
+                let server = TestServer::start().await;
+                let to = server.addr.to_string();
                 send(&data.warm, &to, storm_options()).await;
                 let guard = profile();
                 {
                     // 50 cuts, one after every 1 MiB forwarded.
-                    let proxy = proxy::Proxy::cutting(server.0, MIB, 50).await;
+                    let proxy = Proxy::cutting(server.addr, MIB, 50).await;
                     let report = send(&data.work, &proxy.addr.to_string(), storm_options()).await;
                     assert_eq!(proxy.cuts(), 50, "the proxy did not cut 50 times");
                     eprintln!(
@@ -125,7 +103,7 @@ pub fn run<G>(name: &str, data: &Prepared, profile: impl FnOnce() -> G, read: im
                         report.destinations[0].reconnects
                     );
                 }
-                stop_server(server).await;
+                server.stop().await;
                 guard
             }
             other => panic!("unknown scenario {other}"),
@@ -164,39 +142,8 @@ async fn hash(paths: &[PathBuf]) {
     assert_eq!(report.failures(), 0, "hashing failed");
 }
 
-type Running = (
-    std::net::SocketAddr,
-    tokio_util::sync::CancellationToken,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-    tempfile::TempDir,
-);
-
-async fn start_server() -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        ServerOptions::new(dir.path()),
-    )
-    .await
-    .expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let token = server.shutdown_token();
-    (addr, token, tokio::spawn(server.serve()), dir)
-}
-
-async fn stop_server((_, token, task, _dir): Running) {
-    token.cancel();
-    task.await.expect("server task").expect("server");
-}
-
 async fn send(paths: &[PathBuf], to: &str, options: TransferOptions) -> tidegate::Report {
-    let report = Transfer::new(paths.to_vec(), vec![to.to_string()])
-        .options(options)
-        .start()
-        .expect("transfer")
-        .wait()
-        .await
-        .expect("transfer task");
+    let report = tidegate_testkit::send(paths.to_vec(), to.to_string(), options).await;
     assert!(report.success(), "transfer failed: {report:?}");
     report
 }

@@ -1,10 +1,8 @@
 //! Failures: connections cut mid-transfer, receivers that come up late or never, wrong keys.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{data, fast_options, send, Proxy, TestServer};
+use crate::common::{data, fast_options, send, Proxy, TestServer};
 use tidegate::protocol::handshake::Key;
 use tidegate::Transfer;
 
@@ -59,7 +57,7 @@ async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
     // Reserve a free port, release it, and start the server there a little later.
-    let addr: std::net::SocketAddr = common::unused_addr().parse().unwrap();
+    let addr: std::net::SocketAddr = crate::common::unused_addr().parse().unwrap();
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("late.bin");
     std::fs::write(&file, data(3 << 20, 8)).unwrap();
@@ -83,7 +81,7 @@ async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_comes_up_fails_with_a_clear_error() {
-    let addr = common::unused_addr();
+    let addr = crate::common::unused_addr();
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("f");
     std::fs::write(&file, b"nobody home").unwrap();

@@ -1,14 +1,12 @@
 //! `HashJob` end to end on real files: roots equal `blake3::hash` (what b3sum prints) for
 //! every edge length, a sparse file past 4 GiB, progress events and cancellation.
 
-mod common;
-
 use std::io::{Seek, SeekFrom, Write};
 
 use tidegate::{ChunkSize, HashJob, Input, PipelineOptions, Progress, SourceError};
 
 fn data(len: usize) -> Vec<u8> {
-    common::data(len, 11)
+    crate::common::data(len, 11)
 }
 
 fn opts(chunk: usize) -> PipelineOptions {

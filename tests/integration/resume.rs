@@ -5,14 +5,12 @@
 //! The interrupted transfers are played frame by frame by a raw client, so that exactly which
 //! chunks reached the receiver is known; the resuming transfer is the real sender.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::common::wire::connect;
+use crate::common::{data, fast_options, process, send, TestServer};
 use bytes::Bytes;
-use common::wire::connect;
-use common::{data, fast_options, process, send, TestServer};
 use tidegate::pipeline::hash::digest;
 use tidegate::protocol::{Frame, Meta};
 use tidegate::{ChunkSize, Report, TransferOptions};
@@ -41,7 +39,7 @@ async fn begin(
     name: &str,
     len: usize,
     mtime_ns: i64,
-) -> common::wire::Conn {
+) -> crate::common::wire::Conn {
     let (mut r, mut w) = connect(addr, session).await;
     w.send(&Frame::FileBegin {
         file: 1,

@@ -1,6 +1,6 @@
 //! A TCP proxy in front of a server that cuts every live connection on demand, or after
-//! every so many forwarded bytes, as a network failure would. Shared by the fault tests, the
-//! heap tests and the profiling runner (`profiling/src/main.rs` includes this file).
+//! every so many forwarded bytes, as a network failure would. Used by the fault tests, the
+//! heap tests and the profiling runner.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

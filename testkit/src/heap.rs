@@ -5,9 +5,6 @@
 //! and one transfer) so that one-time allocations are not counted, then measures a region
 //! with a profiler in testing mode.
 
-use std::io::Write;
-use std::path::Path;
-
 /// A multi-threaded runtime like the CLI's, on this machine's 2 cores, with its blocking
 /// pool started up front: `BLOCKING_THREADS` threads that stay alive for the whole test, so
 /// that a thread started (or retired) in the middle of a measurement does not show up as heap
@@ -55,19 +52,6 @@ pub fn runtime() -> tokio::runtime::Runtime {
     rt
 }
 
-/// Writes `len` deterministic bytes to `path`, 1 MiB at a time.
-pub fn write_file(path: &Path, len: u64, seed: u64) {
-    let block = super::data(1 << 20, seed);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.flush().unwrap();
-}
-
 /// Heap statistics of one measured region.
 #[derive(Debug, Clone, Copy)]
 pub struct Region {
@@ -101,30 +85,66 @@ fn live(s: &dhat::HeapStats) -> (usize, usize) {
     (s.curr_bytes, s.curr_blocks)
 }
 
-/// The heap statistics once the live heap has stopped changing (the same for 200 ms; at most
-/// 5 s).
-///
-/// The profiling runner has a blocking twin (it reads the heap after its runtime is gone);
-/// here the wait must let the `block_on` future be polled: blocking its thread instead left
-/// a block live at the baseline that later went away (10 failures in 80 runs under load). Ended tasks are freed by the runtime's threads a moment after their results have been
-/// collected, so a snapshot taken at once can catch a task that is about to be freed.
-pub async fn settled() -> dhat::HeapStats {
-    let mut last = dhat::HeapStats::get();
-    let mut same = 0;
-    for _ in 0..250 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+/// Watches the live heap until it has stayed the same for 200 ms (ten looks 20 ms apart),
+/// or for at most 5 s.
+struct Settling {
+    last: dhat::HeapStats,
+    same: u32,
+    looks: u32,
+}
+
+impl Settling {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+    fn new() -> Self {
+        Settling {
+            last: dhat::HeapStats::get(),
+            same: 0,
+            looks: 0,
+        }
+    }
+
+    /// Looks again after a pause; true once settled or out of time.
+    fn look(&mut self) -> bool {
         let now = dhat::HeapStats::get();
-        same = if live(&now) == live(&last) {
-            same + 1
+        self.same = if live(&now) == live(&self.last) {
+            self.same + 1
         } else {
             0
         };
-        last = now;
-        if same == 10 {
-            break;
+        self.last = now;
+        self.looks += 1;
+        self.same == 10 || self.looks == 250
+    }
+}
+
+/// The heap statistics once the live heap has stopped changing (the same for 200 ms; at most
+/// 5 s). Ended tasks are freed by the runtime's threads a moment after their results have
+/// been collected, so a snapshot taken at once can catch a task that is about to be freed.
+///
+/// The wait lets the calling `block_on` future be polled: blocking its thread instead can
+/// leave a block live at the baseline that goes away later. [`settled_blocking`] is for a
+/// caller whose runtime is gone.
+pub async fn settled() -> dhat::HeapStats {
+    let mut s = Settling::new();
+    loop {
+        tokio::time::sleep(Settling::PAUSE).await;
+        if s.look() {
+            return s.last;
         }
     }
-    last
+}
+
+/// [`settled`] for a thread with no runtime: a rayon thread may still be dropping the closure
+/// of the job whose result ended the workload, for a moment after it returned.
+pub fn settled_blocking() -> dhat::HeapStats {
+    let mut s = Settling::new();
+    loop {
+        std::thread::sleep(Settling::PAUSE);
+        if s.look() {
+            return s.last;
+        }
+    }
 }
 
 /// Waits (at most 5 s) for the live heap to come back to `target`'s, and returns the heap

@@ -1,9 +1,7 @@
 //! `tidegate serve` and `tidegate send` as processes: real use, JSON output, exit codes,
 //! and a graceful stop on SIGTERM.
 
-mod common;
-
-use common::process::{serve, serve_from, stop, succeeds, tidegate, Owned};
+use crate::common::process::{serve, serve_from, stop, succeeds, tidegate, Owned};
 
 #[test]
 fn send_to_serve_with_json_report_and_graceful_stop() {
@@ -68,7 +66,7 @@ fn unreachable_receiver_and_usage_errors() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("f");
     std::fs::write(&file, b"x").unwrap();
-    let addr = common::unused_addr();
+    let addr = crate::common::unused_addr();
     let out = tidegate()
         .args(["send", "--retry-for", "1s", "--to", &addr])
         .arg(&file)
@@ -210,7 +208,7 @@ fn a_receiver_coming_up_late_is_reported_once_each_way() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("f"), b"late but whole").unwrap();
-    let addr = common::unused_addr();
+    let addr = crate::common::unused_addr();
     let mut send = Owned::new(
         tidegate()
             .args(["send", "--json", "--retry-for", "60s", "--to", &addr])

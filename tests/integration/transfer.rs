@@ -1,10 +1,8 @@
 //! End-to-end transfers over loopback, each checked byte for byte against the source.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{assert_same_tree, data, fast_options, send, TestServer};
+use crate::common::{assert_same_tree, data, fast_options, send, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_large_file() {
@@ -199,21 +197,21 @@ async fn a_malformed_destination_is_refused_at_start() {
 async fn directories_and_symlinks_are_confirmed_when_durable() {
     use tidegate::protocol::Frame;
     let server = TestServer::start().await;
-    let (mut r, mut w) = common::wire::connect(server.addr, [9; 16]).await;
+    let (mut r, mut w) = crate::common::wire::connect(server.addr, [9; 16]).await;
     let payload = bytes::Bytes::from_static(b"after them");
     let requests = [
         Frame::Dir {
             file: 1,
-            meta: common::wire::meta(b"empty".to_vec(), 0),
+            meta: crate::common::wire::meta(b"empty".to_vec(), 0),
         },
         Frame::Symlink {
             file: 2,
-            meta: common::wire::meta(b"link".to_vec(), 0),
+            meta: crate::common::wire::meta(b"link".to_vec(), 0),
             target: b"empty".to_vec(),
         },
         Frame::SmallFile {
             file: 3,
-            meta: common::wire::meta(b"f".to_vec(), payload.len() as u64),
+            meta: crate::common::wire::meta(b"f".to_vec(), payload.len() as u64),
             root: *blake3::hash(&payload).as_bytes(),
             payload,
         },

@@ -1,11 +1,9 @@
 //! Hostile peers, written as raw frames: traversal attempts are refused with `BadPath`,
 //! nothing is created outside the served directory, and the server keeps serving.
 
-mod common;
-
+use crate::common::wire::{connect, finish, meta};
+use crate::common::TestServer;
 use bytes::Bytes;
-use common::wire::{connect, finish, meta};
-use common::TestServer;
 use tidegate::protocol::{ErrorCode, Frame};
 use tokio::net::TcpStream;
 

@@ -1,0 +1,15 @@
+//! The integration tests, in one binary (one build and link instead of eight), one module per
+//! topic. The dhat heap tests stay one per file (`tests/heap_*.rs`: the profiler is global to
+//! the process), and so do the peak-RSS tests (`tests/rss_*.rs`), which each move gigabytes.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli_hash;
+mod cli_send;
+mod faults;
+mod fuzz_corpus;
+mod hash_job;
+mod resume;
+mod security;
+mod transfer;
