@@ -397,10 +397,37 @@ mod tests {
             prop_assert!(b.is_empty());
         }
 
+        /// A valid frame followed by arbitrary bytes: the frame comes out first, and every frame
+        /// decoded from the rest is exactly the bytes it consumed (the encoding is canonical, so
+        /// nothing is skipped or invented); an incomplete frame consumes nothing.
         #[test]
-        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let mut b = BytesMut::from(&input[..]);
-            while let Ok(Some(_)) = decode(&mut b, 4096) {}
+        fn arbitrary_bytes_decode_only_to_their_own_encoding(
+            first in arb_frame(),
+            tail in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut b = bytes_of(&first);
+            b.extend_from_slice(&tail);
+            let mut decoded = Vec::new();
+            loop {
+                let before = b.clone();
+                match decode(&mut b, MAX_FRAME_LEN) {
+                    Ok(Some(frame)) => {
+                        let used = before.len() - b.len();
+                        prop_assert_eq!(&bytes_of(&frame)[..], &before[..used]);
+                        decoded.push(frame);
+                    }
+                    Ok(None) => {
+                        prop_assert_eq!(&b[..], &before[..]);
+                        let declared = before
+                            .get(..LEN_PREFIX)
+                            .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize);
+                        prop_assert!(declared.is_none_or(|len| before.len() < LEN_PREFIX + len));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            prop_assert_eq!(decoded.first(), Some(&first));
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::common::{data, fast_options, send, Proxy, TestServer};
 use tidegate::protocol::handshake::Key;
-use tidegate::Transfer;
+use tidegate::{ConnectionState, Progress, Transfer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
@@ -61,19 +61,57 @@ async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("late.bin");
     std::fs::write(&file, data(3 << 20, 8)).unwrap();
-    let handle = Transfer::new(vec![file.clone()], vec![addr.to_string()])
-        .options(fast_options())
-        .start()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut transfer =
+        Transfer::new(vec![file.clone()], vec![addr.to_string()]).options(fast_options());
+    let mut events = transfer.subscribe();
+    let handle = transfer.start().unwrap();
+    // The first dials must fail: nothing is listening yet.
+    let unreachable = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.recv().await {
+            if let Progress::Connection { state, error, .. } = event {
+                return Some((state, error));
+            }
+        }
+        None
+    })
+    .await
+    .expect("a connection event before the receiver is up");
+    let (state, error) = unreachable.expect("the event stream ended early");
+    assert_eq!(state, ConnectionState::Unreachable);
+    assert!(
+        error.is_some_and(|e| e.contains("onnect")),
+        "the failed dial's cause is given"
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = tidegate::Server::bind(addr, tidegate::ServerOptions::new(dir.path()))
         .await
         .unwrap();
     let stop = server.shutdown_token();
     let serving = tokio::spawn(server.serve());
+    let mut failed_before = None;
+    let drain = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let Progress::Connection {
+                state: ConnectionState::Connected,
+                failed_attempts,
+                ..
+            } = event
+            {
+                failed_before.get_or_insert(failed_attempts);
+            }
+        }
+        failed_before
+    });
     let report = handle.wait().await.unwrap();
     assert!(report.success(), "{report:#?}");
+    let failed = drain
+        .await
+        .unwrap()
+        .expect("a connected event once the receiver is up");
+    assert!(
+        failed >= 1,
+        "dials failed before the receiver came up: {failed}"
+    );
     assert!(std::fs::read(dir.path().join("late.bin")).unwrap() == std::fs::read(&file).unwrap());
     stop.cancel();
     serving.await.unwrap().unwrap();

@@ -156,7 +156,7 @@ async fn garbage_and_oversized_frames_cost_only_that_connection() {
 /// link, then followed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
-    const ROUNDS: u64 = 60;
+    const ROUNDS: u64 = 200;
     let outer = tempfile::tempdir().unwrap();
     let served = outer.path().join("served");
     let outside = outer.path().join("outside");
@@ -167,29 +167,41 @@ async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
     // Large enough that hashing it keeps the file's placement busy for a while.
     let payload = Bytes::from(vec![0x5au8; 512 << 10]);
     let root = *blake3::hash(&payload).as_bytes();
+    let mut file_placed = Vec::new();
     for i in 0..ROUNDS {
         let dir = format!("race{i}");
-        fw.send(&Frame::SmallFile {
+        let file = Frame::SmallFile {
             file: 1000 + i,
             meta: meta(format!("{dir}/x").as_bytes(), payload.len() as u64),
             root,
             payload: payload.clone(),
-        })
-        .await
-        .unwrap();
-        lw.send(&Frame::Symlink {
+        };
+        let link = Frame::Symlink {
             file: 5000 + i,
             meta: meta(dir.as_bytes(), 0),
             target: outside.as_os_str().as_encoded_bytes().to_vec(),
-        })
-        .await
-        .unwrap();
+        };
+        // Each goes first in every other round, so that each wins some rounds.
+        if i % 2 == 0 {
+            fw.send(&file).await.unwrap();
+            lw.send(&link).await.unwrap();
+        } else {
+            lw.send(&link).await.unwrap();
+            fw.send(&file).await.unwrap();
+        }
         // The file's side answers an acknowledgement or a refusal, whichever won. A symlink
         // made is confirmed only with the session's batch: not waited for here.
-        match fr.next().await.unwrap().unwrap() {
-            Frame::Ack { .. } | Frame::Error { .. } => {}
-            other => panic!("unexpected {other:?}"),
-        }
+        // A full batch is flushed on whichever connection filled it: its `FileDone`s may come
+        // first.
+        let placed = loop {
+            match fr.next().await.unwrap().unwrap() {
+                Frame::Ack { .. } => break true,
+                Frame::Error { .. } => break false,
+                Frame::FileDone { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        file_placed.push(placed);
     }
     // `Finish` on each connection, after all its requests: every symlink and file is placed
     // or refused by the time both are answered.
@@ -200,6 +212,32 @@ async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(escaped.is_empty(), "written outside: {escaped:?}");
+    // Each round had one winner, and the rounds went both ways: some files were placed in a
+    // directory the link then could not replace, some links were made first and the file
+    // under them refused. Otherwise the two requests never met and the race was not tried.
+    let (mut files_won, mut links_won) = (0, 0);
+    for (i, placed) in file_placed.iter().enumerate() {
+        let kind = std::fs::symlink_metadata(served.join(format!("race{i}")))
+            .unwrap()
+            .file_type();
+        assert_eq!(
+            kind.is_dir(),
+            *placed,
+            "round {i}: the file's answer and what is there"
+        );
+        if *placed {
+            assert!(served.join(format!("race{i}/x")).is_file());
+            files_won += 1;
+        } else {
+            assert!(kind.is_symlink(), "round {i}");
+            links_won += 1;
+        }
+    }
+    eprintln!("{files_won} files and {links_won} links won their round");
+    assert!(
+        files_won > 0 && links_won > 0,
+        "{files_won} files, {links_won} links"
+    );
     server.stop().await;
 }
 
