@@ -20,8 +20,8 @@ fn main() -> ExitCode {
         cli::args::Command::Serve(_) => cores + 1,
         // A sender's workers only move chunks to sockets and read acknowledgements (files are
         // read and hashed on threads of their own): one thread keeps a receiver's connections
-        // busy, and a second mostly woke up to find nothing to take (10,000 small files:
-        // sender CPU 0.376 -> 0.351 s, README). One per receiver, up to the cores.
+        // busy, and a second mostly wakes up to find nothing to take (see
+        // docs/PERFORMANCE.md). One per receiver, up to the cores.
         cli::args::Command::Send(send) => send.to.len().clamp(1, cores),
         _ => 2,
     };

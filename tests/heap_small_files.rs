@@ -15,9 +15,8 @@ use common::{fast_options, send, TestServer};
 
 /// Heap per file that may stay live until the transfer ends. Nothing is, by design: what
 /// remains is the walk's listing of the directory it is in (which grows here, as the same 100
-/// directories hold more files) and noise. Before entries were dropped once delivered, this
-/// measured 271 B (path, size and root of every file in the report, and a number per file in
-/// the receiver's set of finished files).
+/// directories hold more files) and noise. Keeping each file's report, or a number per
+/// finished file at the receiver, would be hundreds of bytes per file.
 const PER_ENTRY: usize = 32;
 
 /// Fixed overhead over the budget (as for a large file, plus the walker's queue of 1,024

@@ -89,8 +89,8 @@ async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {
 /// `-v`, each file's BLAKE3 root.
 pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::Result<()> {
     if json {
-        /// `{"report": ...}`, written as it is serialized: a report listing a million files
-        /// (`-v`) built as a `serde_json::Value` first took several hundred megabytes.
+        /// `{"report": ...}`, written as it is serialized, so that a report listing a million
+        /// files (`-v`) is never held twice.
         #[derive(serde::Serialize)]
         struct Line<'a> {
             report: &'a Report,

@@ -362,8 +362,8 @@ mod tests {
         assert_eq!(done, vec![(1, expected)]);
     }
 
-    /// Regression: `next` used to lose the chunk it was awaiting when a caller's `select!`
-    /// dropped its future, which sent files with missing bytes.
+    /// `next` keeps the chunk it is awaiting when a caller's `select!` drops its future: a
+    /// chunk lost there would send a file with missing bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn next_is_cancel_safe() {
         let f = file_of((8 << 20) + 777, 4);

@@ -55,8 +55,7 @@ pub enum OptionsError {
 }
 
 /// How long a mapping window is, at most: a few MiB keeps `mmap`/`munmap` calls rare while
-/// bounding what one window pins. Measured with `scripts/compare-hash.sh`: 8 MiB windows
-/// with 4 MiB chunks hash about 10 % faster than 4 MiB windows with 1 MiB chunks.
+/// bounding what one window pins (the figures are in docs/PERFORMANCE.md).
 const MAX_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 
 impl PipelineOptions {

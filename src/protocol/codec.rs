@@ -108,9 +108,9 @@ mod tests {
         wire
     }
 
-    /// The buffer grows to hold the rest of a frame and no more, whatever it held before:
-    /// `BytesMut::reserve` doubled a buffer of 600 KiB holding the start of a 1 MiB frame
-    /// to 1.2 MiB (and one of nearly 1 MiB to 2 MiB, seen in the heap test).
+    /// The buffer grows to hold the rest of a frame and no more, whatever it held before
+    /// (`BytesMut::reserve` may double it instead: a buffer of 600 KiB holding the start of a
+    /// 1 MiB frame would become 1.2 MiB).
     #[test]
     fn the_buffer_grows_to_one_frame_and_no_more() {
         let max_len = 1 << 20;

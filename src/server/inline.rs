@@ -1,7 +1,8 @@
 //! Whether a small file is written on its connection's own task or on tokio's blocking pool.
 //!
 //! Handing each small file to a pool thread and back costs two thread wake-ups; for 10,000
-//! files of 4–64 KiB that was several percent of the receiver's throughput (README, Figures).
+//! files of 4–64 KiB that is several percent of the receiver's throughput
+//! (docs/PERFORMANCE.md).
 //! Creating and writing a small file into the page cache takes tens of microseconds, short
 //! enough to do on an async worker. But a filesystem can also stall (a full journal, a network
 //! filesystem that hangs), and a worker blocked in a write runs nothing else: accepting,

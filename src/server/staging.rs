@@ -2,8 +2,8 @@
 //! batch is durable and it may take its name.
 //!
 //! Waiting under a partial name costs a directory entry that is made, then looked up and
-//! removed again by the rename into place: with 10,000 small files, the rename alone was a
-//! fifth of the receiver's CPU (README, Figures). So a small file is written instead to an
+//! removed again by the rename into place: with 10,000 small files, the rename alone is a
+//! fifth of the receiver's CPU (docs/PERFORMANCE.md). So a small file is written instead to an
 //! unnamed file (`O_TMPFILE`) in its target's directory and, once its batch is flushed, gets
 //! its name with one `linkat`. Nothing is ever visible under a temporary name, and a crash
 //! leaves nothing behind: the filesystem frees unnamed files when it is mounted again.
@@ -209,9 +209,9 @@ pub(crate) fn descriptor_limit() -> usize {
 ///
 /// Waiting small files hold a descriptor each, thousands in a batch. The kernel grows the
 /// table by doubling, and in a process of several threads each growth waits for an RCU
-/// grace period (`synchronize_rcu` in `expand_fdtable`): met while receiving, that put the
-/// worker writing a file to sleep each time the waiting files doubled, in every new
-/// `serve` process (README, Figures). Nothing already open is touched: `beside` is copied to
+/// grace period (`synchronize_rcu` in `expand_fdtable`): met while receiving, that would put
+/// the worker writing a file to sleep each time the waiting files doubled, in every new
+/// `serve` process. Nothing already open is touched: `beside` is copied to
 /// the lowest free number at or above the target, and closed.
 pub(crate) fn reserve_descriptors(beside: BorrowedFd<'_>, upto: usize) -> Option<i32> {
     let top = libc::c_int::try_from(upto.min(descriptor_limit().saturating_sub(1))).ok()?;

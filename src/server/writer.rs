@@ -23,8 +23,8 @@ use super::staging::{Linker, Staging};
 /// Largest single write. A 1 MiB `pwrite` makes the page cache allocate large folios, and on
 /// this project's virtual machines (free page reporting) freshly allocated high-order pages are
 /// slow to touch once the host has taken them back, which it does for memory freed by, say,
-/// deleting a large file: writing 4 GiB in 1 MiB writes then took 5.6-9.5 s of CPU, in 64 KiB
-/// writes 3.2-4.1 s (README, Figures). Smaller writes cost a few more system calls otherwise.
+/// deleting a large file, so 64 KiB writes cost far less CPU there (docs/PERFORMANCE.md).
+/// Smaller writes cost a few more system calls otherwise.
 pub(crate) const WRITE_PIECE: usize = 64 * 1024;
 
 /// A file being received.

@@ -115,7 +115,7 @@ pub(crate) fn read_at(
 }
 
 /// Reads up to `len` bytes at `offset` into a new buffer that is not zeroed first (for a
-/// tree of small files, zeroing took about 7 % of the reading thread's time).
+/// tree of small files, zeroing would be a noticeable share of the reading thread's time).
 fn read_fresh(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     while buf.len() < len {
