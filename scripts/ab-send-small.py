@@ -9,8 +9,8 @@ compare-send.py's `FreshFs`), with the page cache warmed before each transfer. P
 binary, every transfer's wall time (the sender's start to its exit; tidegate is durable by
 then) and the medians of wall time, each end's CPU time and the machine's idle core-seconds
 over the transfer (from /proc/stat). This machine's speed drifts by several percent within
-minutes, so only binaries measured in the same run, alternating, are compared; the README's
-"tried and not kept" figures come from this script or its earlier form.
+minutes, so only binaries measured in the same run, alternating, are compared; the "tried and
+not kept" figures of docs/PERFORMANCE.md come from this script.
 """
 import argparse
 import importlib.util

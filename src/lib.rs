@@ -43,3 +43,8 @@ pub use progress::{ConnectionState, Progress};
 pub use server::{Server, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
 pub use source::{Input, SourceError};
 pub use transfer::{Report, Transfer, TransferHandle, TransferOptions};
+
+/// The README's Rust example, compiled and checked by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

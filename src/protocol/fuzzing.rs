@@ -1,5 +1,5 @@
 //! The properties the fuzz targets check, as plain functions, so that `cargo test` on stable
-//! replays the committed corpora through exactly the same checks (`tests/fuzz_corpus.rs`).
+//! replays the committed corpora through exactly the same checks (`tests/integration/fuzz_corpus.rs`).
 
 use bytes::BytesMut;
 

@@ -1,6 +1,6 @@
 //! The properties the receiver's fuzz targets check, as plain functions, so that `cargo test`
 //! on stable replays the committed corpora through exactly the same checks
-//! (`tests/fuzz_corpus.rs`). Not part of the supported API.
+//! (`tests/integration/fuzz_corpus.rs`). Not part of the supported API.
 //!
 //! - [`check_session`]: arbitrary frame sequences, after the handshake, into one session of a
 //!   real receiver. It never panics, never writes, creates, chmods or stamps anything outside

@@ -2,7 +2,7 @@
 //! CI covers them on stable without cargo-fuzz.
 //!
 //! The hand-written seeds are produced by `write_seeds` (ignored; run it with
-//! `cargo test --test fuzz_corpus -- --ignored` after changing the protocol).
+//! `cargo test --test integration fuzz_corpus -- --ignored` after changing the protocol).
 
 use std::path::{Path, PathBuf};
 
