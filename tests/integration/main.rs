@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cli_docs;
 mod cli_hash;
 mod cli_send;
 mod faults;
