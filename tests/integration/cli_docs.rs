@@ -27,10 +27,7 @@ fn version_names_the_protocol_version() {
 fn completions_cover_every_subcommand_and_option() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let script = stdout(&["completions", shell]);
-        for word in SUBCOMMANDS
-            .iter()
-            .chain(&["--retry-for", "--partial-expiry"])
-        {
+        for word in SUBCOMMANDS.iter().chain(&["retry-for", "partial-expiry"]) {
             assert!(script.contains(word), "{shell} lacks {word}");
         }
     }
