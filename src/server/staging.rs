@@ -11,7 +11,7 @@
 //! The price is one open descriptor per waiting file. [`Staging`] counts them against
 //! `ServerOptions::unnamed_files` (by default half the process's descriptor limit); a file
 //! that finds no slot free, or a filesystem without `O_TMPFILE`, waits under a partial name
-//! as before. The server grows its descriptor table for them when it is bound
+//! instead. The server grows its descriptor table for them when it is bound
 //! ([`reserve_descriptors`]), not while receiving.
 //!
 //! A descriptor is linked with `linkat(fd, "", AT_EMPTY_PATH)` where the kernel allows it

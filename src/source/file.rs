@@ -491,7 +491,7 @@ mod tests {
             .unwrap();
         assert!(matches!(err, SourceError::Read { .. }), "{err:?}");
 
-        // Larger than a small file: asked and mapped as before.
+        // Larger than a small file: its size is asked and it is mapped.
         let big = file_of(100_000);
         let mut src = open_walked(big.path(), 100_000).unwrap();
         let c = src.read_next(16384).unwrap().unwrap();
