@@ -67,6 +67,8 @@ impl LargeFile {
     }
 }
 
+/// `FileBegin`: opens the file's partial file (resuming what its journal says is verified)
+/// and answers `FileReady` with how many leading chunks the receiver already has.
 pub(super) async fn begin(
     file: u64,
     meta: Meta,
@@ -452,15 +454,13 @@ async fn journal_chunk(
     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
+/// Drops what the session has of a large file, and says why to the client.
 fn fail_large(
     session: &Arc<Session>,
     file: u64,
     code: ErrorCode,
     why: impl std::fmt::Display,
 ) -> Frame {
-    let large = session.lock().large.remove(&file);
-    if let Some(large) = large {
-        large.abandon();
-    }
+    abandon(file, session);
     error_frame(file, code, why)
 }
