@@ -44,6 +44,7 @@ pub(crate) enum Event<S> {
 
 use super::producer::{Item, Producer, QUEUE};
 pub(crate) use super::readable::Readable;
+use super::skip::Skips;
 
 struct Current {
     file: u64,
@@ -64,6 +65,8 @@ pub(crate) struct Pipeline<S> {
     current: Option<Current>,
     cancel: CancellationToken,
     producer: Option<std::thread::JoinHandle<()>>,
+    /// Shared with the producer.
+    skips: Skips,
 }
 
 impl<S: Readable> Pipeline<S> {
@@ -104,7 +107,9 @@ impl<S: Readable> Pipeline<S> {
                 (options.memory_bytes / options.chunk_size.bytes() as u64).min(64) as usize,
             ),
             runtime: Handle::current(),
+            skips: Skips::default(),
         };
+        let skips = producer.skips.clone();
         let handle = std::thread::Builder::new()
             .name("tidegate-source".into())
             .spawn(move || producer.run(specs))?;
@@ -115,7 +120,14 @@ impl<S: Readable> Pipeline<S> {
             current: None,
             cancel,
             producer: Some(handle),
+            skips,
         })
+    }
+
+    /// The handle that stops the reading of a file at its next chunk ([`Skips::skip`]); its
+    /// chunks already read still come out, and the file ends with [`SourceError::Skipped`].
+    pub(crate) fn skips(&self) -> Skips {
+        self.skips.clone()
     }
 
     /// The next event, or `None` when every input is done (or the job was cancelled).

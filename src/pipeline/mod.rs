@@ -6,6 +6,7 @@
 //! - [`options`]: the knobs and their defaults.
 //! - `producer`: the thread that reads and hands chunks to the hashing pool.
 //! - `readable`: what the pipeline reads.
+//! - `skip`: files the consumer no longer wants read.
 //! - `consumer`: the ordered stream of `Event`s that jobs consume.
 //!
 //! The pipeline does not know about networks or terminals; jobs built on it do.
@@ -17,5 +18,6 @@ pub mod hash;
 pub mod options;
 mod producer;
 mod readable;
+pub(crate) mod skip;
 
 pub(crate) use consumer::{Event, Pipeline};

@@ -16,6 +16,7 @@ use super::budget::Budget;
 use super::chunk::Chunk;
 use super::hash::{digest, digest_whole, HashPool};
 use super::readable::Readable;
+use super::skip::Skips;
 use crate::source::read::BufPool;
 use crate::source::{FileSource, LastDir, RawChunk, SourceError};
 
@@ -61,6 +62,8 @@ pub(super) struct Producer<S> {
     pub(super) window_len: u64,
     pub(super) bufs: Arc<BufPool>,
     pub(super) runtime: Handle,
+    /// Files not to read further.
+    pub(super) skips: Skips,
 }
 
 /// Chunks up to this size are hashed on the reading thread instead of the pool.
@@ -189,6 +192,11 @@ impl<S: Readable> Producer<S> {
                     path: path.to_path_buf(),
                 });
             }
+            if index > 0 && self.skips.contains(file) {
+                return Err(SourceError::Skipped {
+                    path: path.to_path_buf(),
+                });
+            }
             // Entering the runtime to wait costs more than reading a small file: only when
             // the budget is full.
             let permit = self.budget.try_acquire(want).or_else(|| {
@@ -204,6 +212,12 @@ impl<S: Readable> Producer<S> {
                     path: path.to_path_buf(),
                 });
             };
+            // A wait for budget may have outlasted every destination's interest in the file.
+            if index > 0 && self.skips.contains(file) {
+                return Err(SourceError::Skipped {
+                    path: path.to_path_buf(),
+                });
+            }
             let Some(raw) = source.read_next(want)? else {
                 break;
             };

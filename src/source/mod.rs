@@ -115,4 +115,11 @@ pub enum SourceError {
         /// The input.
         path: PathBuf,
     },
+    /// No longer read because nobody would take the rest (every destination of a transfer
+    /// refused the file; their reasons are reported with them).
+    #[error("{}: not read further: every destination refused it", path.display())]
+    Skipped {
+        /// The input.
+        path: PathBuf,
+    },
 }

@@ -2,6 +2,7 @@
 //! (each chunk's `Bytes` shared by all of them), and the redo pass that reads again a resumed
 //! file whose root did not verify.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use crate::client::connection::DialOptions;
 use crate::client::dispatch::{DestEvent, Dispatch, Note, Outcome};
 use crate::pipeline::budget::Budget;
 use crate::pipeline::hash::HashPool;
+use crate::pipeline::skip::Skips;
 use crate::pipeline::Pipeline;
 use crate::progress::Progress;
 use crate::protocol::handshake::random;
@@ -220,6 +222,11 @@ async fn pass(
     }
     drop(note_tx);
 
+    let mut refusals = Refusals {
+        skips: pipeline.skips(),
+        live: destinations.len(),
+        by_file: HashMap::new(),
+    };
     let mut pipeline_open = true;
     // One waiter on the token for the whole loop, not one made and dropped per event.
     let cancelled = cancel.cancelled();
@@ -229,7 +236,10 @@ async fn pass(
             biased;
             () = &mut cancelled => break,
             note = notes.recv() => match note {
-                Some((dest, note)) => state.on_note(dest, note).await,
+                Some((dest, note)) => {
+                    refusals.observe(&note);
+                    state.on_note(dest, note).await;
+                }
                 None => break,
             },
             event = pipeline.next(), if pipeline_open => {
@@ -252,7 +262,10 @@ async fn pass(
                                 biased;
                                 () = &mut cancelled => break false,
                                 note = notes.recv() => match note {
-                                    Some((dest, note)) => state.on_note(dest, note).await,
+                                    Some((dest, note)) => {
+                                        refusals.observe(&note);
+                                        state.on_note(dest, note).await;
+                                    }
                                     None => break false,
                                 },
                                 permit = tx.reserve() => match permit {
@@ -266,7 +279,11 @@ async fn pass(
                         };
                         if !sent {
                             d.tx = None; // that destination has ended (failed)
+                            refusals.lost_destination();
                         }
+                    }
+                    if refusals.live == 0 {
+                        break; // nobody is left to send to: read nothing more
                     }
                 }
             }
@@ -279,4 +296,50 @@ async fn pass(
         outcomes[d.index] = d.task.await.unwrap_or_default();
     }
     outcomes
+}
+
+/// Which live destinations refused each file being read, so that a file no live destination
+/// will take is no longer read: a refusal (a bad path, a limit, a full disk) is final for that
+/// destination, and the dispatchers already drop its chunks.
+struct Refusals {
+    skips: Skips,
+    /// Destinations of this pass that have not ended.
+    live: usize,
+    /// Refusals so far of files no destination confirmed yet.
+    by_file: HashMap<u64, usize>,
+}
+
+impl Refusals {
+    fn observe(&mut self, note: &Note) {
+        match note {
+            Note::Failed { file, .. } => {
+                let refused = self.by_file.entry(*file).or_insert(0);
+                *refused += 1;
+                if *refused >= self.live {
+                    self.by_file.remove(file);
+                    self.skips.skip(*file);
+                }
+            }
+            // Delivered somewhere: it was read to the end anyway.
+            Note::Done { file } => {
+                self.by_file.remove(file);
+            }
+            _ => {}
+        }
+    }
+
+    /// A destination ended (failed as a whole): files every remaining one refused are not
+    /// read further.
+    fn lost_destination(&mut self) {
+        self.live = self.live.saturating_sub(1);
+        let live = self.live;
+        let skips = &self.skips;
+        self.by_file.retain(|&file, refused| {
+            let all = *refused >= live;
+            if all {
+                skips.skip(file);
+            }
+            !all
+        });
+    }
 }

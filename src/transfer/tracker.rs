@@ -12,7 +12,7 @@ use crate::client::dispatch::{DestEvent, Note};
 use crate::pipeline::Event;
 use crate::progress::{ConnectionState, Progress, Ticker};
 use crate::source::walk::{Entry, Tally};
-use crate::source::Input;
+use crate::source::{Input, SourceError};
 
 struct Tracked {
     report: FileReport,
@@ -153,6 +153,11 @@ impl Tracker {
                     root: *root.as_bytes(),
                 })
             }
+            // Every destination refused it, and each said why.
+            Event::FileFailed {
+                file,
+                error: SourceError::Skipped { .. },
+            } => Some(DestEvent::Abort { file }),
             Event::FileFailed { file, error } => {
                 let message = error.to_string();
                 if let Some(tracked) = self.files.get_mut(&file) {

@@ -11,6 +11,7 @@ mod cli_send;
 mod faults;
 mod fuzz_corpus;
 mod hash_job;
+mod refusals;
 mod resume;
 mod security;
 mod transfer;
