@@ -52,7 +52,7 @@ pub(crate) struct Outcome {
     pub(crate) reconnects: u64,
     /// Resumed files that failed the root hash check: what the server had from the
     /// interrupted transfer no longer matches the source. The server dropped its partial
-    /// file, so sending them again sends them whole (see `transfer.rs`, the redo pass).
+    /// file, so sending them again sends them whole (see `transfer/fanout.rs`, the redo pass).
     pub(crate) redo: Vec<u64>,
     /// Set when the destination as a whole failed.
     pub(crate) fatal: Option<String>,
