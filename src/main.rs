@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tidegate: cannot start the async runtime: {e}");
+            eprintln!("tidegate: error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -12,13 +12,14 @@ use tidegate::{HashJob, Input, Server, ServerOptions, Transfer, TransferOptions}
 use super::args::BenchArgs;
 use super::args::USAGE;
 use super::hash::apply_pipeline_args;
+use super::say;
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut options = TransferOptions::default();
     options.pipeline = match apply_pipeline_args(&args.pipeline, options.pipeline.clone()) {
         Ok(o) => o,
         Err(message) => {
-            eprintln!("tidegate bench: {message}");
+            say::error(message);
             return Ok(ExitCode::from(USAGE));
         }
     };
@@ -28,14 +29,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // The received files are checked against the roots the report lists.
     options.file_reports = true;
     if let Err(clash) = tidegate::source::walk::check_names(&args.paths, options.links) {
-        eprintln!("tidegate bench: {clash}");
+        say::error(clash);
         return Ok(ExitCode::from(USAGE));
     }
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let sources = if args.paths.is_empty() {
         let file = work.path().join("bench.bin");
         eprintln!(
-            "tidegate bench: writing a {} test file",
+            "tidegate: writing a {} test file",
             tidegate::progress::human_bytes(args.size)
         );
         generate(&file, args.size)?;

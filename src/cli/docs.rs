@@ -30,7 +30,7 @@ pub(crate) fn man() -> ExitCode {
     match rendered {
         Ok(()) => print(&out, "the man page"),
         Err(e) => {
-            eprintln!("tidegate: error: rendering the man page: {e}");
+            super::say::error(format_args!("rendering the man page: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -42,7 +42,7 @@ fn print(text: &[u8], what: &str) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tidegate: error: writing {what}: {e}");
+            super::say::error(format_args!("writing {what}: {e}"));
             ExitCode::FAILURE
         }
     }

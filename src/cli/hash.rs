@@ -11,12 +11,13 @@ use tidegate::{HashJob, HashReport, Input, PipelineOptions};
 use super::args::USAGE;
 use super::args::{HashArgs, PipelineArgs};
 use super::progress;
+use super::say;
 
 pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     let options = match pipeline_options(&args.pipeline) {
         Ok(o) => o,
         Err(message) => {
-            eprintln!("tidegate hash: {message}");
+            say::error(message);
             return Ok(ExitCode::from(USAGE));
         }
     };
@@ -44,7 +45,7 @@ pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode>
                     "{}",
                     json!({"path": f.input.to_string(), "error": e.to_string()})
                 )?,
-                Err(e) => eprintln!("tidegate hash: {e}"),
+                Err(e) => say::error(e),
             }
         }
         summary(&mut out, &report, args.json, verbose)?;
@@ -243,7 +244,7 @@ async fn check(
                 Ok(e) => expected.push(e),
                 Err(why) => {
                     malformed += 1;
-                    eprintln!("tidegate hash: {checkfile}:{}: {why}", n + 1);
+                    say::error(format_args!("{checkfile}:{}: {why}", n + 1));
                 }
             }
         }
@@ -276,10 +277,10 @@ async fn check(
         }
     }
     if failed > 0 {
-        eprintln!(
-            "tidegate hash: {failed} of {} files did not match",
+        say::error(format_args!(
+            "{failed} of {} files did not match",
             expected.len()
-        );
+        ));
     }
     Ok(exit_code(
         failed == 0 && malformed == 0 && !report.cancelled,

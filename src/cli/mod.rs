@@ -7,6 +7,7 @@ mod hash;
 mod key;
 pub(crate) mod logging;
 mod progress;
+mod say;
 mod send;
 mod serve;
 

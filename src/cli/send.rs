@@ -1,6 +1,7 @@
 //! `tidegate send`: a thin layer over [`tidegate::Transfer`].
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,18 +13,19 @@ use super::args::USAGE;
 use super::hash::apply_pipeline_args;
 use super::key::load_key;
 use super::progress;
+use super::say;
 
 pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut options = TransferOptions::default();
     options.pipeline = match apply_pipeline_args(&args.pipeline, options.pipeline.clone()) {
         Ok(o) => o,
         Err(message) => {
-            eprintln!("tidegate send: {message}");
+            say::error(message);
             return Ok(ExitCode::from(USAGE));
         }
     };
     if args.streams == 0 {
-        eprintln!("tidegate send: --streams must be at least 1");
+        say::error("--streams must be at least 1");
         return Ok(ExitCode::from(USAGE));
     }
     options.streams = args.streams;
@@ -38,12 +40,17 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     // for someone watching: otherwise two events per file were made and thrown away.
     let watching = bar || args.json;
     options.count_total = watching;
-    let mut transfer = Transfer::new(args.paths.clone(), args.to.clone()).options(options);
+    // A mistyped path is said at once, not after a receiver was waited for.
+    let (paths, unreadable) = readable_sources(&args.paths, args.links);
+    if paths.is_empty() {
+        return Ok(ExitCode::from(USAGE));
+    }
+    let mut transfer = Transfer::new(paths, args.to.clone()).options(options);
     let events = watching.then(|| transfer.subscribe());
     let handle = match transfer.start() {
         Ok(handle) => handle,
         Err(e @ (TransferError::Usage(_) | TransferError::Names(_))) => {
-            eprintln!("tidegate send: {e}");
+            say::error(e);
             return Ok(ExitCode::from(USAGE));
         }
         Err(e) => return Err(e).context("starting the transfer"),
@@ -70,11 +77,45 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
         let _ = viewer.await;
     }
     print_report(&report, args.json, verbose)?;
-    Ok(if report.success() {
+    Ok(if report.success() && unreadable == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The sources that can be opened for reading; an error (all unreadable) or a warning (some)
+/// for each of the others. Returns the readable ones and how many were not.
+fn readable_sources(paths: &[PathBuf], links: bool) -> (Vec<PathBuf>, usize) {
+    let checked: Vec<_> = paths.iter().map(|p| (p, check_source(p, links))).collect();
+    let none = checked.iter().all(|(_, c)| c.is_err());
+    let mut readable = Vec::with_capacity(paths.len());
+    let mut unreadable = 0;
+    for (path, check) in checked {
+        match check {
+            Ok(()) => readable.push(path.clone()),
+            Err(e) if none => say::error(format_args!("{}: {e}", path.display())),
+            Err(e) => {
+                unreadable += 1;
+                say::warning(format_args!("{}: {e}; sending the rest", path.display()));
+            }
+        }
+    }
+    (readable, unreadable)
+}
+
+/// Opens a source for reading (without blocking, should it be a FIFO) and closes it again; a
+/// symlink sent as a link (`--links`) only has to exist.
+fn check_source(path: &Path, links: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if links && std::fs::symlink_metadata(path)?.is_symlink() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(drop)
 }
 
 async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {

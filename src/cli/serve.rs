@@ -10,14 +10,19 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::args::ServeArgs;
 use super::args::USAGE;
 use super::key::load_key;
+use super::say;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let Ok(max_chunk) = u32::try_from(args.max_chunk) else {
-        eprintln!("tidegate serve: --max-chunk is too large");
+        say::error("--max-chunk is too large");
         return Ok(ExitCode::from(USAGE));
     };
     if !max_chunk.is_power_of_two() || !(16 * 1024..=64 << 20).contains(&max_chunk) {
-        eprintln!("tidegate serve: --max-chunk must be a power of two from 16KiB to 64MiB");
+        say::error("--max-chunk must be a power of two from 16KiB to 64MiB");
+        return Ok(ExitCode::from(USAGE));
+    }
+    if let Err(e) = tidegate::server::check_dir(&args.dir) {
+        say::error(format_args!("{e}; choose another --dir"));
         return Ok(ExitCode::from(USAGE));
     }
     let mut options = ServerOptions::new(&args.dir);

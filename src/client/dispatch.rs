@@ -255,7 +255,7 @@ impl Dispatch {
                                 if let (Some(bytes), true) = (resumed, code == ErrorCode::Hash as u16) {
                                     // Those bytes will be sent after all.
                                     out.bytes_resumed = out.bytes_resumed.saturating_sub(bytes);
-                                    tracing::warn!(addr = %self.params.addr, file, %message, "resumed file did not verify; it will be sent again whole");
+                                    tracing::warn!(addr = %self.params.addr, file, reason = %message, "resumed file did not verify; it will be sent again whole");
                                     out.redo.push(file);
                                 } else {
                                     self.note(Note::Failed { file, message: message.clone() }).await;

@@ -76,13 +76,13 @@ const MIN_SWEEP: Duration = Duration::from_millis(50);
 
 impl Server {
     /// Binds `addr` (port 0 picks a free port) and prepares to serve `options.root`, which is
-    /// created if missing.
+    /// created if missing and checked with [`check_dir`](crate::server::check_dir).
     ///
     /// # Errors
-    /// When the directory cannot be created or the address cannot be bound.
+    /// When the directory cannot be created or written, or the address cannot be bound.
     pub async fn bind(addr: SocketAddr, mut options: ServerOptions) -> std::io::Result<Server> {
-        std::fs::create_dir_all(&options.root)?;
-        options.root = std::fs::canonicalize(&options.root)?;
+        options.root = super::probe::check_dir(&options.root)
+            .map_err(|e| std::io::Error::new(e.source.kind(), e))?;
         let listener = TcpListener::bind(addr).await?;
         let slots = options
             .unnamed_files

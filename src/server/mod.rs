@@ -9,6 +9,7 @@
 //! - `staging.rs`: small files written unnamed until their batch is flushed.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
+//! - `probe.rs`: checking at start that the served directory can be written.
 //! - `names.rs`: what partial files and journals beside a target are called.
 //! - `leftovers.rs`: deleting partial files and journals no transfer came back for.
 //! - `verified.rs`: which chunks of a large file are verified, folded into its root.
@@ -25,6 +26,7 @@ mod leftovers;
 mod listener;
 mod names;
 pub(crate) mod paths;
+mod probe;
 mod session;
 mod staging;
 #[cfg(test)]
@@ -37,6 +39,7 @@ use std::time::Duration;
 
 pub use leftovers::MIN_EXPIRY as MIN_PARTIAL_EXPIRY;
 pub use listener::{Server, ServerStatus};
+pub use probe::{check_dir, DirError};
 
 use crate::protocol::handshake::Key;
 

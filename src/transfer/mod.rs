@@ -268,7 +268,7 @@ impl Transfer {
         let specs = entries.filter_map(move |e: Result<Entry, WalkError>| match e {
             Ok(entry) => Some(entry),
             Err(err) => {
-                tracing::warn!(error = %err, "cannot read");
+                tracing::warn!(path = %err.path.display(), error = %err.source, "cannot read; skipped");
                 errors
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

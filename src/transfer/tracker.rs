@@ -38,6 +38,8 @@ pub(super) struct Tracker {
     acked: Vec<u64>,
     files_done: u64,
     n_dest: u64,
+    /// How long an unreachable destination is retried, for messages.
+    retry_for: std::time::Duration,
     /// How many destinations confirmed each file; the file is done when all did.
     done_count: HashMap<u64, u64>,
     /// Files larger than this are sent in chunks and may be resumed.
@@ -65,6 +67,7 @@ impl Tracker {
             acked: vec![0; addresses.len()],
             files_done: 0,
             n_dest: addresses.len() as u64,
+            retry_for: options.retry_for,
             done_count: HashMap::new(),
             chunk_len: options.pipeline.chunk_size.bytes() as u64,
             addresses,
@@ -212,7 +215,8 @@ impl Tracker {
                     ConnectionState::Unreachable => tracing::warn!(
                         %addr,
                         error = %why,
-                        "cannot connect; retrying with backoff until the retry deadline"
+                        retry_for_s = self.retry_for.as_secs(),
+                        "cannot connect; is `tidegate serve` running there?"
                     ),
                     ConnectionState::Connected => {
                         tracing::warn!(%addr, failed_dials, "connected");

@@ -6,6 +6,7 @@
 mod common;
 
 mod cli_docs;
+mod cli_errors;
 mod cli_hash;
 mod cli_send;
 mod faults;
