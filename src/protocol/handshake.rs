@@ -49,7 +49,10 @@ impl Default for Key {
 #[non_exhaustive]
 pub enum HandshakeError {
     /// The peer speaks another protocol version.
-    #[error("peer speaks protocol version {theirs}, this build speaks {ours}")]
+    #[error(
+        "peer speaks protocol version {theirs}, this build speaks {ours} (run the same \
+         release on both ends; `tidegate --version` names its protocol)"
+    )]
     Version {
         /// The peer's version.
         theirs: u16,
@@ -57,7 +60,10 @@ pub enum HandshakeError {
         ours: u16,
     },
     /// The peer's proof did not match: a different key.
-    #[error("authentication failed: the keys differ")]
+    #[error(
+        "authentication failed: the keys differ (give both ends the same --key-file or \
+         TIDEGATE_KEY)"
+    )]
     BadKey,
     /// A frame that does not belong at this point.
     #[error("unexpected frame during the handshake (type {0})")]

@@ -93,14 +93,21 @@ pub(super) async fn begin(
         return error_frame(
             file,
             ErrorCode::Limit,
-            format!("chunk size {chunk_len} not accepted"),
+            format!(
+                "chunk size {chunk_len} not accepted: this receiver takes powers of two from 16 KiB \
+                 to {} bytes (lower send's --chunk-size, or raise serve's --max-chunk)",
+                opts.max_chunk_len
+            ),
         );
     }
     if meta.size > opts.max_file_size {
         return error_frame(
             file,
             ErrorCode::Limit,
-            format!("file of {} bytes exceeds the limit", meta.size),
+            format!(
+                "file of {} bytes exceeds the limit of {} bytes",
+                meta.size, opts.max_file_size
+            ),
         );
     }
     let chunks = meta.size.div_ceil(u64::from(chunk_len));
