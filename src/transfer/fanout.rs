@@ -2,7 +2,7 @@
 //! (each chunk's `Bytes` shared by all of them), and the redo pass that reads again a resumed
 //! file whose root did not verify.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -225,7 +225,7 @@ async fn pass(
     let mut refusals = Refusals {
         skips: pipeline.skips(),
         live: destinations.len(),
-        by_file: HashMap::new(),
+        by_file: BTreeMap::new(),
     };
     let mut pipeline_open = true;
     // One waiter on the token for the whole loop, not one made and dropped per event.
@@ -282,9 +282,6 @@ async fn pass(
                             refusals.lost_destination();
                         }
                     }
-                    if refusals.live == 0 {
-                        break; // nobody is left to send to: read nothing more
-                    }
                 }
             }
         }
@@ -305,9 +302,14 @@ struct Refusals {
     skips: Skips,
     /// Destinations of this pass that have not ended.
     live: usize,
-    /// Refusals so far of files no destination confirmed yet.
-    by_file: HashMap<u64, usize>,
+    /// Refusals so far of files no destination confirmed yet. Only the file being read can
+    /// still be skipped, so the oldest entries (say, of a file one destination refused after
+    /// another had delivered it) are dropped past `REFUSALS_KEPT`.
+    by_file: BTreeMap<u64, usize>,
 }
+
+/// Files whose refusals are counted at most.
+const REFUSALS_KEPT: usize = 1024;
 
 impl Refusals {
     fn observe(&mut self, note: &Note) {
@@ -318,6 +320,8 @@ impl Refusals {
                 if *refused >= self.live {
                     self.by_file.remove(file);
                     self.skips.skip(*file);
+                } else if self.by_file.len() > REFUSALS_KEPT {
+                    self.by_file.pop_first();
                 }
             }
             // Delivered somewhere: it was read to the end anyway.

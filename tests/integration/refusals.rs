@@ -100,6 +100,8 @@ async fn a_file_one_receiver_refuses_still_reaches_the_other_and_no_data_goes_to
     refusing.stop().await;
 }
 
+/// Once every destination has failed, the transfer ends (their notes stop) and nothing more is
+/// read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_more_is_read_once_every_receiver_has_failed() {
     let src = tempfile::tempdir().unwrap();
