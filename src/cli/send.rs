@@ -128,6 +128,19 @@ async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {
 
 /// The summary: files, bytes, time, rate and retries per destination; every failure; with
 /// `-v`, each file's BLAKE3 root.
+/// `, 12.0 MiB resent, 1 receiver restart` when there is something to say.
+fn resent_and_restarts(d: &tidegate::DestinationReport) -> String {
+    let mut out = String::new();
+    if d.resent > 0 {
+        out += &format!(", {} resent", tidegate::progress::human_bytes(d.resent));
+    }
+    if d.restarts > 0 {
+        let noun = if d.restarts == 1 { "restart" } else { "restarts" };
+        out += &format!(", {} receiver {noun}", d.restarts);
+    }
+    out
+}
+
 pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::Result<()> {
     if json {
         /// `{"report": ...}`, written as it is serialized, so that a report listing a million
@@ -157,7 +170,7 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
         let rate = d.bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-3);
         writeln!(
             err,
-            "{}: {} {} delivered, {} sent in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}{}",
+            "{}: {} {} delivered, {} sent in {secs:.2} s ({rate:.0} MiB/s), {} reconnects{}{}{}",
             d.address,
             d.files_done,
             if d.files_done == 1 {
@@ -167,6 +180,7 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
             },
             tidegate::progress::human_bytes(d.bytes),
             d.reconnects,
+            resent_and_restarts(d),
             if d.resumed > 0 {
                 format!(
                     ", {} already there (resumed)",

@@ -30,16 +30,43 @@ pub(crate) enum Expect {
     Nothing,
 }
 
+/// Whether a job's bytes go out for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Again {
+    /// First time.
+    #[default]
+    No,
+    /// Sent before, not acknowledged (its connection dropped, or the receiver lacked the
+    /// file): sent again from memory.
+    Unanswered,
+    /// Acknowledged before by a receiver that lost it since: read again from the source.
+    Reread,
+}
+
 /// A frame to send, and the chunk memory it keeps alive until acknowledged.
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) frame: Frame,
     pub(crate) hold: Option<Arc<Chunk>>,
     pub(crate) expect: Expect,
+    /// The dispatcher's count of begins when the job was queued: tells a job queued before
+    /// its file was begun again from one queued after.
+    pub(crate) epoch: u64,
+    pub(crate) again: Again,
 }
 
 impl Job {
-    fn file(&self) -> Option<u64> {
+    pub(crate) fn new(frame: Frame, hold: Option<Arc<Chunk>>, expect: Expect) -> Self {
+        Job {
+            frame,
+            hold,
+            expect,
+            epoch: 0,
+            again: Again::No,
+        }
+    }
+
+    pub(crate) fn file(&self) -> Option<u64> {
         match self.expect {
             Expect::Ack { file, .. } | Expect::Ready(file) | Expect::Done(file) => Some(file),
             Expect::Finished | Expect::Nothing => None,
@@ -47,17 +74,23 @@ impl Job {
     }
 }
 
-/// What a connection tells its dispatcher.
+/// What a connection tells its dispatcher. `incarnation` is that of the server's state
+/// the connection talks to (from its `Welcome`): an answer from an incarnation the
+/// dispatcher has left behind speaks for state that is gone.
 #[derive(Debug)]
 pub(crate) enum Reply {
     Ack {
         file: u64,
+        index: u64,
         bytes: u64,
+        again: Again,
+        incarnation: u64,
     },
     /// `FileReady`: chunks `0..have` are already at the server.
     Ready {
         file: u64,
         have: u64,
+        incarnation: u64,
     },
     Done(u64),
     Failed {
@@ -66,9 +99,19 @@ pub(crate) enum Reply {
         code: u16,
         message: String,
     },
-    Finished,
+    /// The server lacks `file` (error code `Missing`), answering `job`: begin it again.
+    Missing {
+        file: u64,
+        job: Option<Job>,
+        incarnation: u64,
+    },
+    Finished {
+        incarnation: u64,
+    },
     /// The connection is up (handshake done) and takes jobs.
-    Up,
+    Up {
+        incarnation: u64,
+    },
     /// The connection dropped (`was_up`), or an attempt to make it failed; these jobs were
     /// not answered and must be resent.
     Down {
@@ -124,11 +167,12 @@ pub(crate) async fn run(
     let mut unacked: VecDeque<Job> = VecDeque::new();
     loop {
         let (failure, was_up) = match connect(&params).await {
-            Ok((mut reader, mut writer)) => {
+            Ok((mut reader, mut writer, incarnation)) => {
                 backoff.reset();
-                let _ = replies.send(Reply::Up).await;
+                let _ = replies.send(Reply::Up { incarnation }).await;
                 let pumped = pump(
                     &params,
+                    incarnation,
                     &mut reader,
                     &mut writer,
                     &jobs,
@@ -182,7 +226,7 @@ async fn give_back(
         .await;
 }
 
-async fn connect(params: &DialOptions) -> Result<(Reader, Writer), Failure> {
+async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64), Failure> {
     let stream = tokio::time::timeout(params.connect_timeout, TcpStream::connect(&params.addr))
         .await
         .map_err(|_| {
@@ -209,7 +253,12 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer), Failure> {
             .ok_or_else(|| Failure::Retry("handshake: connection closed".into()))?;
         match hs.handle(&frame) {
             Ok(Some(reply)) => writer.send(&reply).await.map_err(io)?,
-            Ok(None) => return Ok((reader, writer)),
+            Ok(None) => {
+                let incarnation = hs
+                    .incarnation()
+                    .ok_or_else(|| Failure::Retry("handshake: no incarnation".into()))?;
+                return Ok((reader, writer, incarnation));
+            }
             Err(e @ (HandshakeError::BadKey | HandshakeError::Version { .. })) => {
                 return Err(Failure::Fatal(e.to_string()))
             }
@@ -232,8 +281,10 @@ fn frame_code(frame: &Frame) -> Option<u16> {
 
 /// Moves jobs out and replies in until the queue is closed and drained (`Ok`), or the link
 /// fails.
+#[allow(clippy::too_many_arguments)] // one connection's whole context, used once
 async fn pump(
     params: &DialOptions,
+    incarnation: u64,
     reader: &mut Reader,
     writer: &mut Writer,
     jobs: &Arc<Mutex<mpsc::Receiver<Job>>>,
@@ -266,7 +317,7 @@ async fn pump(
                 }
             } => {
                 let frame = frame.map_err(link)?.ok_or_else(|| Failure::Retry("server closed the connection".into()))?;
-                handle_reply(frame, unacked, replies).await?;
+                handle_reply(frame, incarnation, unacked, replies).await?;
             }
             job = async { jobs.lock().await.recv().await }, if can_take => {
                 let Some(job) = job else {
@@ -287,6 +338,7 @@ async fn pump(
 
 async fn handle_reply(
     frame: Frame,
+    incarnation: u64,
     unacked: &mut VecDeque<Job>,
     replies: &mpsc::Sender<Reply>,
 ) -> Result<(), Failure> {
@@ -300,11 +352,21 @@ async fn handle_reply(
                 return Ok(()); // a duplicate for a job resent elsewhere
             };
             let bytes = job.hold.as_ref().map_or(0, |c| c.data.len() as u64);
-            Reply::Ack { file, bytes }
+            Reply::Ack {
+                file,
+                index,
+                bytes,
+                again: job.again,
+                incarnation,
+            }
         }
         Frame::FileReady { file, have } => {
             retire(unacked, Expect::Ready(file));
-            Reply::Ready { file, have }
+            Reply::Ready {
+                file,
+                have,
+                incarnation,
+            }
         }
         Frame::FileDone { file } => {
             retire(unacked, Expect::Done(file));
@@ -312,7 +374,7 @@ async fn handle_reply(
         }
         Frame::Finished => {
             retire(unacked, Expect::Finished);
-            Reply::Finished
+            Reply::Finished { incarnation }
         }
         Frame::Error {
             file,
@@ -327,11 +389,26 @@ async fn handle_reply(
                     Failure::Retry(format!("server: {message}"))
                 });
             }
-            unacked.retain(|j| j.file() != Some(file));
-            Reply::Failed {
-                file,
-                code,
-                message,
+            if code == ErrorCode::Missing as u16 {
+                // Answers are in request order, so it answers the oldest unanswered `Data`
+                // or `FileEnd` of that file; the others will have answers of their own.
+                let at = unacked.iter().position(|j| {
+                    j.file() == Some(file)
+                        && matches!(j.frame, Frame::Data { .. } | Frame::FileEnd { .. })
+                });
+                let job = at.and_then(|at| unacked.remove(at));
+                Reply::Missing {
+                    file,
+                    job,
+                    incarnation,
+                }
+            } else {
+                unacked.retain(|j| j.file() != Some(file));
+                Reply::Failed {
+                    file,
+                    code,
+                    message,
+                }
             }
         }
         other => {

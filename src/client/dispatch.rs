@@ -7,38 +7,24 @@
 //! dropped connection come back here and are sent again first; the server treats repeats as
 //! no-ops.
 
-use std::collections::{HashMap, VecDeque};
+//! One destination: feeds the pipeline's events to its ledger (`files.rs`), stripes the
+//! ledger's requests over the destination's connections, hands their answers back to it, and
+//! runs the re-reader (`reread.rs`) for what a receiver lost.
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, DialOptions, Expect, Job, Reply};
-use crate::pipeline::chunk::Chunk;
+use super::files::{FileNote, Files};
+use super::reread::{self, Reread};
+use crate::pipeline::budget::Budget;
 use crate::progress::ConnectionState;
-use crate::protocol::{ErrorCode, Frame, Meta};
-use crate::source::walk::{Entry, EntryKind};
+use crate::protocol::Frame;
 
-/// What the fan-out sends to each destination, in pipeline order.
-#[derive(Debug, Clone)]
-pub(crate) enum DestEvent {
-    /// A file was opened; `size` is its length when opened.
-    Start {
-        file: u64,
-        entry: Arc<Entry>,
-        size: u64,
-    },
-    /// A hashed chunk, shared by all destinations.
-    Chunk(Arc<Chunk>),
-    /// A file was read completely.
-    End { file: u64, root: [u8; 32] },
-    /// A file could not be read; abandon it.
-    Abort { file: u64 },
-    /// A directory or link.
-    Entry { file: u64, entry: Arc<Entry> },
-}
+pub(crate) use super::files::DestEvent;
 
 /// How a destination fared.
 #[derive(Debug, Default)]
@@ -49,34 +35,17 @@ pub(crate) struct Outcome {
     pub(crate) bytes_acked: u64,
     /// Chunk bytes the server already had from an interrupted transfer: not sent.
     pub(crate) bytes_resumed: u64,
+    /// Chunk bytes sent more than once: unanswered when a connection dropped, or read again
+    /// for a receiver that lost them.
+    pub(crate) bytes_resent: u64,
     pub(crate) reconnects: u64,
-    /// Resumed files that failed the root hash check: what the server had from the
-    /// interrupted transfer no longer matches the source. The server dropped its partial
-    /// file, so sending them again sends them whole (see `transfer/fanout.rs`, the redo pass).
+    /// Times the receiver lost the session's state (it restarted) and the transfer went on.
+    pub(crate) restarts: u64,
+    /// Files whose root did not verify at the receiver: sent again whole in a session of
+    /// their own (see `transfer/fanout.rs`, the redo pass).
     pub(crate) redo: Vec<u64>,
     /// Set when the destination as a whole failed.
     pub(crate) fatal: Option<String>,
-}
-
-enum FileState {
-    Small {
-        meta: Meta,
-        data: Option<Arc<Chunk>>,
-    },
-    Large {
-        ready: bool,
-        /// Chunks `0..have` the server already has (resumed): not sent.
-        have: u64,
-        waiting: Vec<Arc<Chunk>>,
-        outstanding: u64,
-        root: Option<[u8; 32]>,
-    },
-    /// A small file sent, not yet acknowledged (not yet in the server's batch).
-    SmallSent { root: [u8; 32] },
-    /// Everything sent; waiting for `FileDone`. The root lets us ask again. `batched`: the
-    /// server confirms it only when it flushes its small-file batch (on `Finish` at the
-    /// latest); others are confirmed on their own.
-    Sent { root: [u8; 32], batched: bool },
 }
 
 /// Progress a destination reports to the transfer.
@@ -124,6 +93,8 @@ pub(crate) struct Dispatch {
     pub(crate) notes: mpsc::Sender<(usize, Note)>,
     pub(crate) dest: usize,
     pub(crate) cancel: CancellationToken,
+    /// The transfer's memory budget, which chunks read again also count against.
+    pub(crate) budget: Budget,
 }
 
 /// Queue between the dispatcher and its connections: a few frames per connection.
@@ -131,20 +102,25 @@ const JOBS_PER_STREAM: usize = 4;
 /// Jobs the dispatcher may hold before it stops taking input; memory is bounded by the
 /// budget anyway, this keeps the queue short so resends go out promptly.
 const MAX_PENDING: usize = 256;
-
-fn meta_of(entry: &Entry, size: u64) -> Meta {
-    Meta {
-        path: entry.rel.clone(),
-        size,
-        mode: entry.mode,
-        mtime_ns: entry.mtime_ns,
-    }
-}
+/// Times a receiver may lose the session's state within one transfer: past that, something
+/// other than restarts is at work (two receivers behind one address, say).
+const MAX_RESTARTS: u64 = 64;
 
 impl Dispatch {
     /// Tells the transfer; if it is gone, the transfer is ending and nobody needs to know.
     async fn note(&self, note: Note) {
         let _ = self.notes.send((self.dest, note)).await;
+    }
+
+    async fn pass_notes(&self, files: &mut Files) {
+        for note in std::mem::take(&mut files.notes) {
+            let note = match note {
+                FileNote::Acked { bytes } => Note::Acked { bytes },
+                FileNote::Done { file } => Note::Done { file },
+                FileNote::Failed { file, message } => Note::Failed { file, message },
+            };
+            self.note(note).await;
+        }
     }
 
     pub(crate) async fn run(mut self) -> Outcome {
@@ -162,6 +138,10 @@ impl Dispatch {
             ));
         }
         drop(reply_tx);
+        // The re-reader idles until a receiver loses something.
+        let (reread_tx, reread_rx) = mpsc::channel(4);
+        let (reread_done_tx, mut reread_done) = mpsc::channel::<Reread>(8);
+        let rereader = tokio::spawn(reread::run(reread_rx, reread_done_tx, self.budget.clone()));
         let mut live = self.streams.max(1);
         let mut reach = Reach::default();
         // One waiter on the token for the whole run, not one per event (an owned clone: the
@@ -170,25 +150,14 @@ impl Dispatch {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         let mut out = Outcome::default();
-        let mut files: HashMap<u64, FileState> = HashMap::new();
-        // Files whose `FileReady` said some chunks were already there, with the bytes not
-        // sent because of it.
-        let mut resumed_files: HashMap<u64, u64> = HashMap::new();
-        let mut to_send: VecDeque<Job> = VecDeque::new();
+        let mut files = Files::new(self.chunk_len, conn_cancel.child_token());
         let mut input_open = true;
         let mut finish_queued = false;
         let mut finish_rounds = 0u32;
         loop {
             // Finish once only files waiting for the server's batch flush remain.
-            let only_batched = files
-                .values()
-                .all(|f| matches!(f, FileState::Sent { batched: true, .. }));
-            if !input_open && only_batched && to_send.is_empty() && !finish_queued {
-                to_send.push_back(Job {
-                    frame: Frame::Finish,
-                    hold: None,
-                    expect: Expect::Finished,
-                });
+            if !input_open && files.only_batched() && files.to_send.is_empty() && !finish_queued {
+                files.to_send.push_back(Job::new(Frame::Finish, None, Expect::Finished));
                 finish_queued = true;
             }
             tokio::select! {
@@ -200,98 +169,47 @@ impl Dispatch {
                 reply = replies.recv() => {
                     let Some(reply) = reply else { break };
                     match reply {
-                        Reply::Ack { file, bytes, .. } => {
-                            out.bytes_acked += bytes;
-                            self.note(Note::Acked { bytes }).await;
-                            if let Some(FileState::SmallSent { root }) = files.get(&file) {
-                                let root = *root;
-                                files.insert(file, FileState::Sent { root, batched: true });
-                            } else if let Some(FileState::Large { outstanding, root, ready, .. }) = files.get_mut(&file) {
-                                *outstanding = outstanding.saturating_sub(1);
-                                if *outstanding == 0 && *ready {
-                                    if let Some(root) = *root {
-                                        to_send.push_back(file_end(file, root));
-                                        files.insert(file, FileState::Sent { root, batched: false });
-                                    }
-                                }
-                            }
+                        Reply::Ack { file, index, bytes, again, incarnation } => {
+                            files.on_ack(file, index, bytes, again, incarnation);
                         }
-                        Reply::Ready { file, have: resumed } => {
-                            if let Some(FileState::Large { ready, have, waiting, outstanding, root }) = files.get_mut(&file) {
-                                if !*ready {
-                                    *ready = true;
-                                    *have = resumed;
-                                    for chunk in waiting.drain(..) {
-                                        if chunk.index < resumed {
-                                            let bytes = chunk.data.len() as u64;
-                                            out.bytes_resumed += bytes;
-                                            *resumed_files.entry(file).or_default() += bytes;
-                                            self.note(Note::Acked { bytes }).await;
-                                        } else {
-                                            *outstanding += 1;
-                                            to_send.push_back(data_job(chunk));
-                                        }
-                                    }
-                                    // Every chunk read so far was there already, and maybe
-                                    // the whole file.
-                                    if let (0, Some(root)) = (*outstanding, *root) {
-                                        to_send.push_back(file_end(file, root));
-                                        files.insert(file, FileState::Sent { root, batched: false });
-                                    }
-                                }
+                        Reply::Ready { file, have, incarnation } => files.on_ready(file, have, incarnation),
+                        Reply::Done(file) => files.on_done(file),
+                        Reply::Failed { file, code, message } => files.on_failed(file, code, message),
+                        Reply::Missing { file, job, incarnation } => files.on_missing(file, job, incarnation),
+                        Reply::Finished { incarnation } => {
+                            if !files.speaks_for(incarnation) {
+                                continue; // the state it finished is gone
                             }
-                        }
-                        Reply::Done(file) => {
-                            resumed_files.remove(&file);
-                            if files.remove(&file).is_some() {
-                                out.files_done += 1;
-                                self.note(Note::Done { file }).await;
-                            }
-                        }
-                        Reply::Failed { file, code, message } => {
-                            let resumed = resumed_files.remove(&file);
-                            if files.remove(&file).is_some() {
-                                to_send.retain(|j| !job_is_for(j, file));
-                                if let (Some(bytes), true) = (resumed, code == ErrorCode::Hash as u16) {
-                                    // Those bytes will be sent after all.
-                                    out.bytes_resumed = out.bytes_resumed.saturating_sub(bytes);
-                                    tracing::warn!(addr = %self.params.addr, file, reason = %message, "resumed file did not verify; it will be sent again whole");
-                                    out.redo.push(file);
-                                } else {
-                                    self.note(Note::Failed { file, message: message.clone() }).await;
-                                    out.files_failed.push((file, message));
-                                }
-                            }
-                        }
-                        Reply::Finished => {
                             finish_rounds += 1;
                             if files.is_empty() {
                                 break; // everything confirmed; connections are cancelled below
                             }
                             if finish_rounds >= 3 {
-                                for (file, _) in files.drain() {
-                                    out.files_failed.push((file, "the receiver never confirmed this file".into()));
-                                }
+                                files.fail_all("the receiver never confirmed this file");
                                 break;
                             }
-                            // Files whose `FileDone` was lost with a connection: ask again
-                            // (the server answers a repeated end with `FileDone`).
-                            for (&file, state) in &files {
-                                if let FileState::Sent { root, .. } = state {
-                                    to_send.push_back(file_end(file, *root));
-                                }
-                            }
+                            // Entries whose `FileDone` was lost with a connection: ask again.
+                            files.ask_again();
                             finish_queued = false;
                         }
-                        Reply::Up => {
+                        Reply::Up { incarnation } => {
                             reach.up += 1;
                             if reach.warned {
                                 reach.warned = false;
                                 let failed_dials = std::mem::take(&mut reach.failed_dials);
                                 self.note(Note::Connection { state: ConnectionState::Connected, error: None, failed_dials }).await;
                             }
+                            if files.on_up(incarnation) {
+                                tracing::info!(addr = %self.params.addr, "the receiver lost this transfer's state (it restarted?); sending again what it lacks");
+                                finish_queued = false;
+                                finish_rounds = 0;
+                                if files.counts.restarts > MAX_RESTARTS {
+                                    out.fatal = Some(format!("{}: the receiver lost this transfer's state {} times", self.params.addr, files.counts.restarts));
+                                    break;
+                                }
+                            }
                         }
-                        Reply::Down { mut unacked, error, was_up } => {
+                        Reply::Down { unacked, error, was_up } => {
                             if was_up {
                                 reach.up = reach.up.saturating_sub(1);
                                 out.reconnects += 1;
@@ -305,10 +223,11 @@ impl Dispatch {
                                     self.note(Note::Connection { state: ConnectionState::Unreachable, error: Some(error), failed_dials: 0 }).await;
                                 }
                             }
-                            // Resend first, in their original order.
-                            while let Some(job) = unacked.pop() {
-                                to_send.push_front(job);
+                            if unacked.iter().any(|j| j.expect == Expect::Finished) {
+                                finish_queued = false;
                             }
+                            // Resent first, in their original order.
+                            files.requeue(unacked);
                         }
                         Reply::Dead { error } => {
                             live -= 1;
@@ -319,32 +238,37 @@ impl Dispatch {
                         }
                     }
                 }
-                permit = jobs_tx.reserve(), if !to_send.is_empty() => {
-                    if let (Ok(permit), Some(job)) = (permit, to_send.pop_front()) {
+                permit = jobs_tx.reserve(), if !files.to_send.is_empty() => {
+                    if let (Ok(permit), Some(job)) = (permit, files.to_send.pop_front()) {
                         permit.send(job);
                     }
                 }
-                event = self.input.recv(), if input_open && to_send.len() < MAX_PENDING => {
+                permit = reread_tx.reserve(), if !files.rereads.is_empty() => {
+                    if let (Ok(permit), Some(request)) = (permit, files.rereads.pop_front()) {
+                        permit.send(request);
+                    }
+                }
+                result = reread_done.recv() => {
+                    if let Some(result) = result {
+                        files.on_reread(result);
+                    }
+                }
+                event = self.input.recv(), if input_open && files.to_send.len() < MAX_PENDING => {
                     let Some(event) = event else {
                         input_open = false;
                         continue;
                     };
-                    if let Some((file, bytes)) = self.on_event(event, &mut files, &mut to_send) {
-                        out.bytes_resumed += bytes;
-                        *resumed_files.entry(file).or_default() += bytes;
-                        self.note(Note::Acked { bytes }).await;
-                    }
+                    files.on_event(event);
                 }
             }
+            self.pass_notes(&mut files).await;
         }
         // Closing the queue lets connections drain and exit.
         drop(jobs_tx);
-        if out.fatal.is_some() {
+        rereader.abort();
+        if let Some(fatal) = &out.fatal {
             conn_cancel.cancel();
-            for (file, _) in files.drain() {
-                out.files_failed
-                    .push((file, out.fatal.clone().unwrap_or_default()));
-            }
+            files.fail_all(fatal);
         }
         // Everything was confirmed (or the destination failed): nothing left is worth
         // waiting for, not even answers to repeated questions.
@@ -353,182 +277,14 @@ impl Dispatch {
             while conns.join_next().await.is_some() {}
         })
         .await;
+        let counts = files.counts;
+        out.files_done = counts.files_done;
+        out.files_failed = counts.files_failed;
+        out.bytes_acked = counts.bytes_acked;
+        out.bytes_resumed = counts.bytes_resumed;
+        out.bytes_resent = counts.bytes_resent;
+        out.restarts = counts.restarts;
+        out.redo = counts.redo;
         out
-    }
-
-    /// Turns one pipeline event into requests. Returns the file and bytes of a chunk not sent
-    /// because the server already has it.
-    fn on_event(
-        &self,
-        event: DestEvent,
-        files: &mut HashMap<u64, FileState>,
-        to_send: &mut VecDeque<Job>,
-    ) -> Option<(u64, u64)> {
-        match event {
-            DestEvent::Start { file, entry, size } => {
-                let meta = meta_of(&entry, size);
-                if size <= u64::from(self.chunk_len) {
-                    files.insert(file, FileState::Small { meta, data: None });
-                } else {
-                    to_send.push_back(Job {
-                        frame: Frame::FileBegin {
-                            file,
-                            meta,
-                            chunk_len: self.chunk_len,
-                        },
-                        hold: None,
-                        expect: Expect::Ready(file),
-                    });
-                    files.insert(
-                        file,
-                        FileState::Large {
-                            ready: false,
-                            have: 0,
-                            waiting: Vec::new(),
-                            outstanding: 0,
-                            root: None,
-                        },
-                    );
-                }
-            }
-            DestEvent::Chunk(chunk) => match files.get_mut(&chunk.file) {
-                Some(FileState::Small { data, .. }) => *data = Some(chunk),
-                Some(FileState::Large {
-                    ready: true, have, ..
-                }) if chunk.index < *have => return Some((chunk.file, chunk.data.len() as u64)),
-                Some(FileState::Large {
-                    ready: true,
-                    outstanding,
-                    ..
-                }) => {
-                    *outstanding += 1;
-                    to_send.push_back(data_job(chunk));
-                }
-                Some(FileState::Large { waiting, .. }) => waiting.push(chunk),
-                _ => {}
-            },
-            DestEvent::End { file, root } => match files.remove(&file) {
-                Some(FileState::Small { mut meta, data }) => {
-                    let payload = data.as_ref().map_or_else(Bytes::new, |c| c.data.clone());
-                    meta.size = payload.len() as u64;
-                    to_send.push_back(Job {
-                        frame: Frame::SmallFile {
-                            file,
-                            meta,
-                            root,
-                            payload,
-                        },
-                        hold: data,
-                        expect: Expect::Ack { file, index: 0 },
-                    });
-                    files.insert(file, FileState::SmallSent { root });
-                }
-                Some(FileState::Large {
-                    ready,
-                    have,
-                    waiting,
-                    outstanding,
-                    ..
-                }) => {
-                    if ready && outstanding == 0 {
-                        to_send.push_back(file_end(file, root));
-                        files.insert(
-                            file,
-                            FileState::Sent {
-                                root,
-                                batched: false,
-                            },
-                        );
-                    } else {
-                        files.insert(
-                            file,
-                            FileState::Large {
-                                ready,
-                                have,
-                                waiting,
-                                outstanding,
-                                root: Some(root),
-                            },
-                        );
-                    }
-                }
-                other => {
-                    if let Some(state) = other {
-                        files.insert(file, state);
-                    }
-                }
-            },
-            DestEvent::Abort { file } => {
-                if let Some(state) = files.remove(&file) {
-                    to_send.retain(|j| !job_is_for(j, file));
-                    if matches!(state, FileState::Large { .. }) {
-                        to_send.push_back(Job {
-                            frame: Frame::Error {
-                                file,
-                                code: ErrorCode::Io as u16,
-                                message: b"source file failed".to_vec(),
-                            },
-                            hold: None,
-                            expect: Expect::Nothing,
-                        });
-                    }
-                }
-            }
-            DestEvent::Entry { file, entry } => {
-                let meta = meta_of(&entry, 0);
-                let frame = match &entry.kind {
-                    EntryKind::Symlink(target) => Frame::Symlink {
-                        file,
-                        meta,
-                        target: target.clone(),
-                    },
-                    _ => Frame::Dir { file, meta },
-                };
-                to_send.push_back(Job {
-                    frame,
-                    hold: None,
-                    expect: Expect::Done(file),
-                });
-                // Confirmed with the server's small-file batch. A repeated end for an entry is
-                // answered with `FileDone` once it is durable.
-                files.insert(
-                    file,
-                    FileState::Sent {
-                        root: [0; 32],
-                        batched: true,
-                    },
-                );
-            }
-        }
-        None
-    }
-}
-
-fn data_job(chunk: Arc<Chunk>) -> Job {
-    let (file, index) = (chunk.file, chunk.index);
-    Job {
-        frame: Frame::Data {
-            file,
-            index,
-            cv: chunk.digest.chaining_value.unwrap_or([0; 32]),
-            payload: chunk.data.clone(),
-        },
-        hold: Some(chunk),
-        expect: Expect::Ack { file, index },
-    }
-}
-
-fn file_end(file: u64, root: [u8; 32]) -> Job {
-    Job {
-        frame: Frame::FileEnd { file, root },
-        hold: None,
-        expect: Expect::Done(file),
-    }
-}
-
-fn job_is_for(job: &Job, file: u64) -> bool {
-    match job.expect {
-        Expect::Ack { file: f, .. } | Expect::Ready(f) | Expect::Done(f) => f == file,
-        _ => false,
     }
 }

@@ -7,3 +7,5 @@ pub(crate) mod address;
 pub(crate) mod backoff;
 pub(crate) mod connection;
 pub(crate) mod dispatch;
+mod files;
+mod reread;

@@ -165,7 +165,10 @@ mod tests {
             },
             Frame::Challenge { nonce: [1; 32] },
             Frame::Auth { mac: [2; 32] },
-            Frame::Welcome { mac: [3; 32] },
+            Frame::Welcome {
+                mac: [3; 32],
+                incarnation: 5,
+            },
             Frame::FileBegin {
                 file: 4,
                 meta: meta.clone(),

@@ -14,7 +14,7 @@ use super::error::DecodeError;
 /// `TDGT` at the start of `Hello`.
 pub const MAGIC: [u8; 4] = *b"TDGT";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Longest path or message, in bytes.
 pub const MAX_STRING_LEN: usize = 4096;
 
@@ -56,8 +56,13 @@ pub enum Frame {
     },
     /// Server → client: the client is in, and the server's proof of the key.
     Welcome {
-        /// Keyed BLAKE3 over both nonces, with the server's label.
+        /// Keyed BLAKE3 over both nonces and `incarnation`, with the server's label.
         mac: [u8; 32],
+        /// The server's id for the session's state: the same for every connection of the
+        /// session while the server holds that state, another one once it was lost (the
+        /// server restarted, or dropped the session), so that the sender sends again what
+        /// the server no longer has.
+        incarnation: u64,
     },
     /// Client → server: a file of more than one chunk begins.
     FileBegin {
@@ -167,6 +172,9 @@ pub enum ErrorCode {
     Limit = 6,
     /// The server is shutting down.
     Shutdown = 7,
+    /// The receiver lacks the file a `Data` or `FileEnd` is about, or some of its chunks:
+    /// begin it again (its `FileReady` says what the receiver has). Not a failure.
+    Missing = 8,
 }
 
 /// Type bytes.
@@ -234,7 +242,11 @@ impl Frame {
                 dst.put_slice(nonce);
             }
             Frame::Challenge { nonce } => dst.put_slice(nonce),
-            Frame::Auth { mac } | Frame::Welcome { mac } => dst.put_slice(mac),
+            Frame::Auth { mac } => dst.put_slice(mac),
+            Frame::Welcome { mac, incarnation } => {
+                dst.put_slice(mac);
+                dst.put_u64(*incarnation);
+            }
             Frame::FileBegin {
                 file,
                 meta,
@@ -310,7 +322,10 @@ impl Frame {
             }
             ty::CHALLENGE => Frame::Challenge { nonce: array(b)? },
             ty::AUTH => Frame::Auth { mac: array(b)? },
-            ty::WELCOME => Frame::Welcome { mac: array(b)? },
+            ty::WELCOME => Frame::Welcome {
+                mac: array(b)?,
+                incarnation: u64_(b)?,
+            },
             ty::FILE_BEGIN => Frame::FileBegin {
                 file: u64_(b)?,
                 meta: meta(b)?,

@@ -5,10 +5,11 @@
 //!   Hello { version, session, nonce_c }  ──►
 //!                                        ◄──  Challenge { nonce_s }
 //!   Auth { mac_c }                       ──►   (checks mac_c; a wrong key ends here)
-//!                                        ◄──  Welcome { mac_s }
+//!                                        ◄──  Welcome { mac_s, incarnation }
 //!   (checks mac_s)
 //! ```
-//! `mac_x = BLAKE3-keyed(key, label_x ‖ version ‖ session ‖ nonce_c ‖ nonce_s)`, with distinct
+//! `mac_x = BLAKE3-keyed(key, label_x ‖ version ‖ session ‖ nonce_c ‖ nonce_s)` (and, for the
+//! server's, `‖ incarnation`: the id of the server's state for the session), with distinct
 //! labels for the two sides so one proof cannot be reflected as the other. The key itself
 //! never crosses the wire; fresh nonces on both sides make every proof single-use. MACs are
 //! compared in constant time. Without `--key`, both sides use the key derived from the empty
@@ -74,12 +75,35 @@ pub enum HandshakeError {
 }
 
 fn mac(key: &Key, label: &[u8; 6], session: &[u8; 16], nc: &[u8; 32], ns: &[u8; 32]) -> [u8; 32] {
+    *transcript(key, label, session, nc, ns).finalize().as_bytes()
+}
+
+fn transcript(
+    key: &Key,
+    label: &[u8; 6],
+    session: &[u8; 16],
+    nc: &[u8; 32],
+    ns: &[u8; 32],
+) -> blake3::Hasher {
     let mut h = blake3::Hasher::new_keyed(&key.0);
     h.update(label);
     h.update(&VERSION.to_be_bytes());
     h.update(session);
     h.update(nc);
     h.update(ns);
+    h
+}
+
+/// The server's proof, which also vouches for the incarnation it announces.
+fn server_mac(
+    key: &Key,
+    session: &[u8; 16],
+    nc: &[u8; 32],
+    ns: &[u8; 32],
+    incarnation: u64,
+) -> [u8; 32] {
+    let mut h = transcript(key, b"server", session, nc, ns);
+    h.update(&incarnation.to_be_bytes());
     *h.finalize().as_bytes()
 }
 
@@ -104,6 +128,7 @@ pub struct ClientHandshake {
     session: [u8; 16],
     nonce: [u8; 32],
     server_nonce: Option<[u8; 32]>,
+    incarnation: Option<u64>,
 }
 
 impl ClientHandshake {
@@ -120,6 +145,7 @@ impl ClientHandshake {
                 session,
                 nonce,
                 server_nonce: None,
+                incarnation: None,
             },
             hello,
         )
@@ -137,9 +163,16 @@ impl ClientHandshake {
                 let mac = mac(&self.key, b"client", &self.session, &self.nonce, nonce);
                 Ok(Some(Frame::Auth { mac }))
             }
-            (Frame::Welcome { mac: theirs }, Some(ns)) => {
-                let want = mac(&self.key, b"server", &self.session, &self.nonce, &ns);
+            (
+                Frame::Welcome {
+                    mac: theirs,
+                    incarnation,
+                },
+                Some(ns),
+            ) if self.incarnation.is_none() => {
+                let want = server_mac(&self.key, &self.session, &self.nonce, &ns, *incarnation);
                 if same(theirs, &want) {
+                    self.incarnation = Some(*incarnation);
                     Ok(None)
                 } else {
                     Err(HandshakeError::BadKey)
@@ -147,6 +180,12 @@ impl ClientHandshake {
             }
             (other, _) => Err(refused(other)),
         }
+    }
+
+    /// Once the handshake is complete: the server's id for the session's state (see
+    /// [`Frame::Welcome`]).
+    pub fn incarnation(&self) -> Option<u64> {
+        self.incarnation
     }
 }
 
@@ -156,6 +195,7 @@ pub struct ServerHandshake {
     key: Key,
     nonce: [u8; 32],
     hello: Option<([u8; 16], [u8; 32])>,
+    authenticated: bool,
 }
 
 /// What a completed server handshake yields.
@@ -170,8 +210,8 @@ pub struct Accepted {
 pub enum ServerStep {
     /// Send this frame and wait for the next.
     Reply(Frame),
-    /// Send this frame (the `Welcome`); the connection is authenticated.
-    Done(Frame, Accepted),
+    /// The client is authenticated: send [`ServerHandshake::welcome`].
+    Done(Accepted),
 }
 
 impl ServerHandshake {
@@ -181,6 +221,7 @@ impl ServerHandshake {
             key,
             nonce,
             hello: None,
+            authenticated: false,
         }
     }
 
@@ -207,19 +248,26 @@ impl ServerHandshake {
                 self.hello = Some((*session, *nonce));
                 Ok(ServerStep::Reply(Frame::Challenge { nonce: self.nonce }))
             }
-            (Frame::Auth { mac: theirs }, Some((session, nc))) => {
+            (Frame::Auth { mac: theirs }, Some((session, nc))) if !self.authenticated => {
                 let want = mac(&self.key, b"client", &session, &nc, &self.nonce);
                 if !same(theirs, &want) {
                     return Err(HandshakeError::BadKey);
                 }
-                let ours = mac(&self.key, b"server", &session, &nc, &self.nonce);
-                Ok(ServerStep::Done(
-                    Frame::Welcome { mac: ours },
-                    Accepted { session },
-                ))
+                self.authenticated = true;
+                Ok(ServerStep::Done(Accepted { session }))
             }
             (other, _) => Err(HandshakeError::Unexpected(other.type_byte())),
         }
+    }
+
+    /// The `Welcome` that completes the handshake, announcing `incarnation` (the server's id
+    /// for the session's state). `None` before [`ServerStep::Done`].
+    pub fn welcome(&self, incarnation: u64) -> Option<Frame> {
+        let (session, nc) = self.hello.filter(|_| self.authenticated)?;
+        Some(Frame::Welcome {
+            mac: server_mac(&self.key, &session, &nc, &self.nonce, incarnation),
+            incarnation,
+        })
     }
 }
 
@@ -257,10 +305,12 @@ mod tests {
             panic!("challenge expected")
         };
         let auth = c.handle(&challenge)?.expect("auth");
-        let ServerStep::Done(welcome, accepted) = s.handle(&auth)? else {
+        let ServerStep::Done(accepted) = s.handle(&auth)? else {
             panic!("welcome expected")
         };
+        let welcome = s.welcome(42).expect("authenticated");
         assert_eq!(c.handle(&welcome)?, None);
+        assert_eq!(c.incarnation(), Some(42));
         Ok(accepted)
     }
 
@@ -281,9 +331,32 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            c.handle(&Frame::Welcome { mac }),
+            c.handle(&Frame::Welcome { mac, incarnation: 0 }),
             Err(HandshakeError::BadKey)
         );
+    }
+
+    #[test]
+    fn the_incarnation_is_vouched_for() {
+        // A Welcome whose incarnation was changed on the way fails the check: a man in the
+        // middle cannot make a sender believe the receiver lost (or kept) its state.
+        let key = Key::from_passphrase("k");
+        let (mut c, hello) = ClientHandshake::new(key.clone(), [1; 16], [2; 32]);
+        let mut s = ServerHandshake::new(key, [3; 32]);
+        assert!(s.welcome(1).is_none(), "no welcome before authentication");
+        let ServerStep::Reply(challenge) = s.handle(&hello).unwrap() else {
+            panic!()
+        };
+        let auth = c.handle(&challenge).unwrap().unwrap();
+        assert!(matches!(s.handle(&auth), Ok(ServerStep::Done(_))));
+        let Some(Frame::Welcome { mac, .. }) = s.welcome(7) else {
+            panic!()
+        };
+        assert_eq!(
+            c.handle(&Frame::Welcome { mac, incarnation: 8 }),
+            Err(HandshakeError::BadKey)
+        );
+        assert_eq!(c.incarnation(), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Reading without a mapping: positioned reads of regular files, plain reads of streams.
 //!
+//! Also reads parts of a file again for a receiver that lost them ([`open_again`]).
+//!
 //! Used for small files (a mapping costs more than a copy), empty files, pipes and stdin,
 //! special files such as those in `/proc` (which report a size of zero), and any file the
 //! kernel refuses to map. Full-size chunk buffers come from a [`BufPool`] and go back to it
@@ -10,9 +12,12 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+
+use super::{Input, SourceError};
 
 /// A bounded stack of equally sized buffers.
 #[derive(Debug)]
@@ -145,6 +150,74 @@ fn read_fresh(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         }
     }
     Ok(buf)
+}
+
+/// Opens `input` again, to read parts of it a receiver lost (see `client/reread.rs`): a
+/// regular file of at least `len` bytes, opened without blocking (something else put at the
+/// path since cannot stall the caller).
+///
+/// # Errors
+/// Standard input and anything that is not a regular file cannot be read again; a file
+/// shorter than `len` has shrunk since it was read.
+pub(crate) fn open_again(input: &Input, len: u64) -> Result<File, SourceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = input.display_path().to_path_buf();
+    let Input::Path(p) = input else {
+        return Err(SourceError::Open {
+            path,
+            source: io::Error::other("standard input cannot be read again"),
+        });
+    };
+    let open_err = |source| SourceError::Open {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+        .map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.file_type().is_file() {
+        return Err(open_err(io::Error::other(
+            "no longer a regular file, cannot be read again",
+        )));
+    }
+    if meta.len() < len {
+        return Err(SourceError::Truncated {
+            path,
+            offset: meta.len(),
+            expected_len: len,
+            actual_len: meta.len(),
+        });
+    }
+    Ok(file)
+}
+
+/// Reads exactly `len` bytes at `offset` of a file opened with [`open_again`].
+///
+/// # Errors
+/// A failed read, or a file that ends first (it shrank).
+pub(crate) fn read_again(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, SourceError> {
+    let buf = read_fresh(file, offset, len).map_err(|source| SourceError::Read {
+        path: path.to_path_buf(),
+        offset,
+        source,
+    })?;
+    if buf.len() < len {
+        return Err(SourceError::Truncated {
+            path: path.to_path_buf(),
+            offset: offset + buf.len() as u64,
+            expected_len: offset + len as u64,
+            actual_len: offset + buf.len() as u64,
+        });
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Reads up to one pool buffer from a stream. An empty result means end of input.

@@ -57,10 +57,10 @@ pub(super) async fn run(
     )
     .await;
 
-    // The redo pass (like rsync's): a resumed file whose root hash did not verify was sent
-    // from a partial file that no longer matches the source. The receiver dropped that
-    // partial file, so reading the file again sends it whole. Once per destination, and
-    // only once: a file that fails again is reported.
+    // The redo pass (like rsync's): a file whose root hash did not verify at the receiver
+    // was sent from a partial file that no longer matches the source, or damaged on the way.
+    // The receiver dropped what it had, so reading the file again sends it whole. Once per
+    // destination, and only once: a file that fails again is reported.
     for (dest, first) in outcomes.iter_mut().enumerate() {
         let redo = std::mem::take(&mut first.redo);
         if redo.is_empty() {
@@ -79,7 +79,9 @@ pub(super) async fn run(
         first.files_failed.extend(outcome.files_failed);
         first.bytes_acked += outcome.bytes_acked;
         first.bytes_resumed += outcome.bytes_resumed;
+        first.bytes_resent += outcome.bytes_resent;
         first.reconnects += outcome.reconnects;
+        first.restarts += outcome.restarts;
         if first.fatal.is_none() {
             first.fatal = outcome.fatal;
         }
@@ -99,7 +101,9 @@ pub(super) async fn run(
                 .collect(),
             bytes: outcome.bytes_acked,
             resumed: outcome.bytes_resumed,
+            resent: outcome.bytes_resent,
             reconnects: outcome.reconnects,
+            restarts: outcome.restarts,
             error: outcome.fatal,
         })
         .collect();
@@ -213,6 +217,7 @@ async fn pass(
             notes: note_tx.clone(),
             dest: index,
             cancel: cancel.child_token(),
+            budget: shared.budget.clone(),
         };
         destinations.push(Destination {
             index,

@@ -124,8 +124,14 @@ pub struct DestinationReport {
     /// Chunk bytes not sent because the destination already had them verified from an
     /// interrupted transfer of the same file (see the resume journal in `docs/PROTOCOL.md`).
     pub resumed: u64,
+    /// Chunk bytes sent more than once: unanswered when a connection dropped, or read again
+    /// from the source for a receiver that had lost them (it restarted).
+    pub resent: u64,
     /// Connections that dropped and were redialled.
     pub reconnects: u64,
+    /// Times the receiver lost this transfer's state (a restart, seen as a new incarnation
+    /// in its `Welcome`) and the transfer went on by sending again what it lacked.
+    pub restarts: u64,
     /// Set when the destination failed as a whole (unreachable past the deadline, wrong key).
     pub error: Option<String>,
 }

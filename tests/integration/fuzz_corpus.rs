@@ -137,7 +137,13 @@ fn write_seeds() {
     encode(&hello, &mut honest);
     encode(&Frame::Auth { mac: [9; 32] }, &mut honest);
     encode(&Frame::Challenge { nonce: [5; 32] }, &mut honest);
-    encode(&Frame::Welcome { mac: [9; 32] }, &mut honest);
+    encode(
+        &Frame::Welcome {
+            mac: [9; 32],
+            incarnation: 1,
+        },
+        &mut honest,
+    );
     write("handshake", "honest", &honest);
     write("handshake", "equal_keys", b"\x03keykey");
     write("handshake", "other_keys", b"\x03keyKEY");

@@ -36,10 +36,7 @@ where
         };
         match hs.handle(&frame) {
             Ok(ServerStep::Reply(reply)) => writer.send(&reply).await?,
-            Ok(ServerStep::Done(welcome, accepted)) => {
-                writer.send(&welcome).await?;
-                break accepted.session;
-            }
+            Ok(ServerStep::Done(accepted)) => break accepted.session,
             Err(e) => {
                 let code = if matches!(e, crate::protocol::handshake::HandshakeError::BadKey) {
                     ErrorCode::Auth
@@ -53,7 +50,13 @@ where
     };
     reader.set_max_frame_len(max_frame);
     let session = ctx.attach(session_id, Instant::now());
-    let result = frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await;
+    let result = match hs.welcome(session.incarnation) {
+        Some(welcome) => match writer.send(&welcome).await {
+            Ok(()) => frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await,
+            Err(e) => Err(e.into()),
+        },
+        None => Err(ConnError::Protocol("handshake ended without authentication")),
+    };
     ctx.detach(session_id, &session, Instant::now());
     if let Err(ConnError::Link(LinkError::Decode(e))) = &result {
         let _ = writer

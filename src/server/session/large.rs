@@ -159,10 +159,12 @@ pub(super) async fn data(
         if session.lock().done.contains(file) {
             return vec![Frame::Ack { file, index }];
         }
+        // Not a failure: the sender begins the file again (this receiver may have restarted
+        // since, or dropped the session).
         return vec![error_frame(
             file,
-            ErrorCode::Protocol,
-            "data for a file that was not begun",
+            ErrorCode::Missing,
+            "data for a file this receiver has not begun (in this session)",
         )];
     };
     let offset = index
@@ -269,6 +271,24 @@ pub(super) async fn end(file: u64, root: [u8; 32], session: &Arc<Session>) -> Ve
             // Answered with `FileDone` when its commit or flush completes.
             return Vec::new();
         }
+        let Some(large) = s.large.get(&file) else {
+            return vec![error_frame(
+                file,
+                ErrorCode::Missing,
+                "end of a file this receiver has not begun (in this session)",
+            )];
+        };
+        // An end sent before this receiver had every chunk (one the sender wrongly took as
+        // delivered, say, acknowledged by a receiver that restarted since): the file is kept,
+        // and the sender begins it again to learn what is there.
+        let have = large.have();
+        if have < large.size.div_ceil(large.chunk_len) {
+            return vec![error_frame(
+                file,
+                ErrorCode::Missing,
+                format!("end of a file whose chunk {have} this receiver does not have"),
+            )];
+        }
         let large = s.large.remove(&file);
         if large.is_some() {
             s.committing.insert(file);
@@ -276,11 +296,7 @@ pub(super) async fn end(file: u64, root: [u8; 32], session: &Arc<Session>) -> Ve
         large
     };
     let Some(large) = large else {
-        return vec![error_frame(
-            file,
-            ErrorCode::Protocol,
-            "end of a file that was not begun",
-        )];
+        return Vec::new();
     };
     let reply = end_large(file, root, large).await;
     let mut s = session.lock();

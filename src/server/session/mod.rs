@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use super::staging::Staging;
 use super::ServerOptions;
 use crate::pipeline::hash::HashPool;
 use crate::protocol::codec::LEN_PREFIX;
+use crate::protocol::handshake::random;
 use crate::protocol::{ErrorCode, Frame};
 use crate::wire::LinkError;
 
@@ -57,6 +59,9 @@ pub(crate) struct SessionState {
 #[derive(Debug)]
 pub(crate) struct Session {
     tag: String,
+    /// This state's id, announced in `Welcome`: a sender that sees it change knows the state
+    /// it built up was lost (a restart, or a session dropped after `session_linger`).
+    pub(crate) incarnation: u64,
     inner: Mutex<SessionState>,
 }
 
@@ -72,10 +77,11 @@ impl SessionState {
 }
 
 impl Session {
-    pub(crate) fn new(id: [u8; 16]) -> Self {
+    pub(crate) fn new(id: [u8; 16], incarnation: u64) -> Self {
         let tag = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
         Session {
             tag,
+            incarnation,
             inner: Mutex::new(SessionState::default()),
         }
     }
@@ -113,6 +119,9 @@ pub(crate) struct Context {
     pub(crate) staging: Staging,
     /// Flushes small files' batches (see `durability.rs`).
     pub(crate) flusher: Flusher,
+    /// Incarnations of this server's sessions: a random start, so that another process (a
+    /// restart) gives other ones, then one more per session made.
+    incarnations: AtomicU64,
 }
 
 impl Context {
@@ -126,8 +135,20 @@ impl Context {
             inline: InlineGate::default(),
             staging,
             flusher,
+            incarnations: AtomicU64::new(u64::from_le_bytes(
+                random().unwrap_or_else(|_| fallback_seed()),
+            )),
         }
     }
+}
+
+/// A start for incarnations when the kernel's random source fails: the time and the process
+/// id, different for a restarted server all the same.
+fn fallback_seed() -> [u8; 8] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes()
 }
 
 impl Context {
@@ -135,7 +156,10 @@ impl Context {
     /// the map's lock means [`Context::forget`] never drops a session a connection is joining.
     fn attach(&self, id: [u8; 16], now: Instant) -> Arc<Session> {
         let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        let s = map.entry(id).or_insert_with(|| Arc::new(Session::new(id)));
+        let s = map.entry(id).or_insert_with(|| {
+            let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed);
+            Arc::new(Session::new(id, incarnation))
+        });
         {
             let mut inner = s.lock();
             inner.connections += 1;
@@ -302,7 +326,7 @@ mod tests {
             Receiver {
                 dir,
                 ctx,
-                session: Arc::new(Session::new([7; 16])),
+                session: Arc::new(Session::new([7; 16], 1)),
             }
         }
 
@@ -438,10 +462,11 @@ mod tests {
             cv: [0; 32],
             payload: Bytes::from_static(b"x"),
         };
+        // Data for a file this receiver never began: the sender is told to begin it again.
         let refused = r.send(stray).await;
         assert_eq!(
             refused.iter().map(code).collect::<Vec<_>>(),
-            [Some(ErrorCode::Protocol as u16)]
+            [Some(ErrorCode::Missing as u16)]
         );
         let escaping = Frame::SmallFile {
             file: 2,
@@ -467,5 +492,47 @@ mod tests {
         )
         .await;
         assert!(matches!(hello, Err(ConnError::Protocol(_))), "{hello:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_end_before_every_chunk_keeps_the_file_and_asks_for_a_new_begin() {
+        let r = Receiver::new();
+        let body = data(3 * CHUNK);
+        let begin = Frame::FileBegin {
+            file: 1,
+            meta: meta("big", body.len()),
+            chunk_len: CHUNK as u32,
+        };
+        r.send(begin.clone()).await;
+        let chunk = |index: usize| {
+            let part = &body[index * CHUNK..(index + 1) * CHUNK];
+            Frame::Data {
+                file: 1,
+                index: index as u64,
+                cv: digest((index * CHUNK) as u64, part)
+                    .chaining_value
+                    .unwrap(),
+                payload: Bytes::copy_from_slice(part),
+            }
+        };
+        r.send(chunk(0)).await;
+        r.send(chunk(2)).await;
+        let root = *blake3::hash(&body).as_bytes();
+        let early = r.send(Frame::FileEnd { file: 1, root }).await;
+        assert_eq!(
+            early.iter().map(code).collect::<Vec<_>>(),
+            [Some(ErrorCode::Missing as u16)]
+        );
+        // Begun again: what it has is said, and the missing chunk completes the file.
+        assert_eq!(
+            r.send(begin).await,
+            [Frame::FileReady { file: 1, have: 1 }]
+        );
+        r.send(chunk(1)).await;
+        assert_eq!(
+            r.send(Frame::FileEnd { file: 1, root }).await,
+            [Frame::FileDone { file: 1 }]
+        );
+        assert_eq!(std::fs::read(r.root().join("big")).unwrap(), body);
     }
 }
