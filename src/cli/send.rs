@@ -129,13 +129,17 @@ async fn print_json(mut events: tokio::sync::mpsc::Receiver<Progress>) {
 /// The summary: files, bytes, time, rate and retries per destination; every failure; with
 /// `-v`, each file's BLAKE3 root.
 /// `, 12.0 MiB resent, 1 receiver restart` when there is something to say.
-fn resent_and_restarts(d: &tidegate::DestinationReport) -> String {
+fn resent_and_restarts(d: &tidegate::transfer::DestinationReport) -> String {
     let mut out = String::new();
     if d.resent > 0 {
         out += &format!(", {} resent", tidegate::progress::human_bytes(d.resent));
     }
     if d.restarts > 0 {
-        let noun = if d.restarts == 1 { "restart" } else { "restarts" };
+        let noun = if d.restarts == 1 {
+            "restart"
+        } else {
+            "restarts"
+        };
         out += &format!(", {} receiver {noun}", d.restarts);
     }
     out

@@ -157,7 +157,9 @@ impl Dispatch {
         loop {
             // Finish once only files waiting for the server's batch flush remain.
             if !input_open && files.only_batched() && files.to_send.is_empty() && !finish_queued {
-                files.to_send.push_back(Job::new(Frame::Finish, None, Expect::Finished));
+                files
+                    .to_send
+                    .push_back(Job::new(Frame::Finish, None, Expect::Finished));
                 finish_queued = true;
             }
             tokio::select! {

@@ -73,17 +73,28 @@ enum FileState {
         data: Option<Arc<Chunk>>,
     },
     /// Its `SmallFile` is out and not acknowledged: the job holds the bytes.
-    SmallSent { entry: Arc<Entry>, sent: Sent },
+    SmallSent {
+        entry: Arc<Entry>,
+        sent: Sent,
+    },
     /// Being read again for a receiver that lost it.
-    SmallReread { entry: Arc<Entry>, sent: Sent },
+    SmallReread {
+        entry: Arc<Entry>,
+        sent: Sent,
+    },
     /// A small file, directory or link in the receiver's batch, confirmed with its flush.
-    Batched { entry: Arc<Entry>, sent: Sent },
+    Batched {
+        entry: Arc<Entry>,
+        sent: Sent,
+    },
     Large(Box<Large>),
     /// A large file's `FileEnd` is out: waiting for `FileDone`.
     Ending {
         entry: Arc<Entry>,
         size: u64,
         root: [u8; 32],
+        /// Bytes not sent because the receiver had them (see `Large::resumed`).
+        resumed: u64,
     },
 }
 
@@ -258,7 +269,8 @@ impl Files {
         match event {
             DestEvent::Start { file, entry, size } => {
                 if size <= u64::from(self.chunk_len) {
-                    self.map.insert(file, FileState::Small { entry, data: None });
+                    self.map
+                        .insert(file, FileState::Small { entry, data: None });
                 } else {
                     self.epoch += 1;
                     let large = Large {
@@ -356,7 +368,14 @@ impl Files {
     }
 
     /// The receiver acknowledged a chunk or a small file (see [`super::connection::Reply`]).
-    pub(crate) fn on_ack(&mut self, file: u64, index: u64, bytes: u64, again: Again, incarnation: u64) {
+    pub(crate) fn on_ack(
+        &mut self,
+        file: u64,
+        index: u64,
+        bytes: u64,
+        again: Again,
+        incarnation: u64,
+    ) {
         if again != Again::Reread {
             self.counts.bytes_acked += bytes;
             self.notes.push(FileNote::Acked { bytes });
@@ -436,13 +455,16 @@ impl Files {
             return;
         };
         self.to_send.retain(|j| j.file() != Some(file));
-        let mut resumed = 0;
-        if let FileState::Large(large) = state {
-            resumed = large.resumed;
-            if let Some(token) = large.reread {
-                token.cancel();
+        let resumed = match state {
+            FileState::Large(large) => {
+                if let Some(token) = large.reread {
+                    token.cancel();
+                }
+                large.resumed
             }
-        }
+            FileState::Ending { resumed, .. } => resumed,
+            _ => 0,
+        };
         if code == ErrorCode::Hash as u16 {
             // What reaches the receiver did not hash to the source's root (data resumed from
             // a partial file that no longer matches, or damaged on the way): sent again whole,
@@ -462,15 +484,20 @@ impl Files {
     /// `Missing`: the receiver lacks `file`, answering `job`.
     pub(crate) fn on_missing(&mut self, file: u64, job: Option<Job>, incarnation: u64) {
         let current = self.incarnation == Some(incarnation);
-        let fresh = job.as_ref().map_or(true, |j| self.is_fresh(file, j));
+        let fresh = job.as_ref().is_none_or(|j| self.is_fresh(file, j));
         if current && fresh {
             match self.map.remove(&file) {
                 Some(FileState::Large(large)) => {
                     self.map.insert(file, FileState::Large(large));
                     self.begin_again(file, true);
                 }
-                Some(FileState::Ending { entry, size, root }) => {
-                    self.insert_lost_large(file, entry, size, root);
+                Some(FileState::Ending {
+                    entry,
+                    size,
+                    root,
+                    resumed,
+                }) => {
+                    self.insert_lost_large(file, entry, size, root, resumed);
                 }
                 Some(FileState::Batched { entry, sent }) => {
                     self.send_entry_again(file, entry, sent);
@@ -515,8 +542,13 @@ impl Files {
                             self.map.insert(file, FileState::Large(large));
                             self.begin_again(file, false);
                         }
-                        Some(FileState::Ending { entry, size, root }) => {
-                            self.insert_lost_large(file, entry, size, root);
+                        Some(FileState::Ending {
+                            entry,
+                            size,
+                            root,
+                            resumed,
+                        }) => {
+                            self.insert_lost_large(file, entry, size, root, resumed);
                         }
                         Some(FileState::Batched { entry, sent }) => {
                             self.send_entry_again(file, entry, sent);
@@ -565,10 +597,13 @@ impl Files {
                 (Frame::FileBegin { .. }, Some(FileState::Large(large))) => {
                     !large.ready && job.epoch == large.begun
                 }
-                (Frame::FileEnd { .. }, Some(FileState::Ending { .. } | FileState::Batched { .. })) => {
-                    job.epoch >= self.switched_at
+                (
+                    Frame::FileEnd { .. },
+                    Some(FileState::Ending { .. } | FileState::Batched { .. }),
+                ) => job.epoch >= self.switched_at,
+                (Frame::Dir { .. } | Frame::Symlink { .. }, Some(FileState::Batched { .. })) => {
+                    true
                 }
-                (Frame::Dir { .. } | Frame::Symlink { .. }, Some(FileState::Batched { .. })) => true,
                 (Frame::Error { .. }, _) => true,
                 _ => false,
             };
@@ -624,7 +659,8 @@ impl Files {
                     _ => false,
                 };
                 if current {
-                    let message = format!("the receiver lost it, and it cannot be read again: {error}");
+                    let message =
+                        format!("the receiver lost it, and it cannot be read again: {error}");
                     self.on_failed(file, ErrorCode::Io as u16, message);
                 }
             }
@@ -675,7 +711,14 @@ impl Files {
 
     /// A large file whose end was out when the receiver lost it: begun again with every chunk
     /// to be read again (but those its `FileReady` says it has).
-    fn insert_lost_large(&mut self, file: u64, entry: Arc<Entry>, size: u64, root: [u8; 32]) {
+    fn insert_lost_large(
+        &mut self,
+        file: u64,
+        entry: Arc<Entry>,
+        size: u64,
+        root: [u8; 32],
+        resumed: u64,
+    ) {
         let chunks = size.div_ceil(u64::from(self.chunk_len));
         let large = Large {
             entry,
@@ -691,7 +734,7 @@ impl Files {
             root: Some(root),
             begun: self.epoch,
             begins: 1,
-            resumed: 0,
+            resumed,
         };
         self.map.insert(file, FileState::Large(Box::new(large)));
         self.begin_again(file, false);
@@ -719,7 +762,8 @@ impl Files {
             what: What::Whole { root: sent.root },
             cancel: self.cancel.child_token(),
         });
-        self.map.insert(file, FileState::SmallReread { entry, sent });
+        self.map
+            .insert(file, FileState::SmallReread { entry, sent });
     }
 
     /// Asks the re-reader for the chunks `file` lacks, once its begin was answered.
@@ -764,9 +808,17 @@ impl Files {
         let (Some(root), true) = (large.root, complete) else {
             return;
         };
-        let (entry, size) = (Arc::clone(&large.entry), large.size);
+        let (entry, size, resumed) = (Arc::clone(&large.entry), large.size, large.resumed);
         self.to_send.push_back(file_end(file, root, large.begun));
-        self.map.insert(file, FileState::Ending { entry, size, root });
+        self.map.insert(
+            file,
+            FileState::Ending {
+                entry,
+                size,
+                root,
+                resumed,
+            },
+        );
     }
 }
 

@@ -73,7 +73,11 @@ pub(crate) async fn run(
 }
 
 /// Reads what `request` asks for. `Ok` also when cancelled or when nobody listens any more.
-async fn serve(request: Request, results: &mpsc::Sender<Reread>, budget: &Budget) -> Result<(), String> {
+async fn serve(
+    request: Request,
+    results: &mpsc::Sender<Reread>,
+    budget: &Budget,
+) -> Result<(), String> {
     let entry = Arc::clone(&request.entry);
     let size = request.size;
     let opened = tokio::task::spawn_blocking(move || open_again(&entry.input, size))
@@ -82,7 +86,7 @@ async fn serve(request: Request, results: &mpsc::Sender<Reread>, budget: &Budget
     let file = Arc::new(opened.map_err(|e| e.to_string())?);
     let ranges = match &request.what {
         What::Chunks(ranges) => ranges.clone(),
-        What::Whole { .. } => vec![0..1],
+        What::Whole { .. } => vec![Range { start: 0, end: 1 }],
     };
     for index in ranges.into_iter().flatten() {
         let offset = index.saturating_mul(request.chunk_len);
@@ -95,7 +99,10 @@ async fn serve(request: Request, results: &mpsc::Sender<Reread>, budget: &Budget
             () = request.cancel.cancelled() => return Ok(()),
             permit = budget.acquire(len) => permit,
         };
-        let (file, path) = (Arc::clone(&file), request.entry.input.display_path().to_path_buf());
+        let (file, path) = (
+            Arc::clone(&file),
+            request.entry.input.display_path().to_path_buf(),
+        );
         let read = tokio::task::spawn_blocking(move || {
             let data = read_again(&file, &path, offset, len).map_err(|e| e.to_string())?;
             let digest = digest(offset, &data);

@@ -75,7 +75,9 @@ pub enum HandshakeError {
 }
 
 fn mac(key: &Key, label: &[u8; 6], session: &[u8; 16], nc: &[u8; 32], ns: &[u8; 32]) -> [u8; 32] {
-    *transcript(key, label, session, nc, ns).finalize().as_bytes()
+    *transcript(key, label, session, nc, ns)
+        .finalize()
+        .as_bytes()
 }
 
 fn transcript(
@@ -331,7 +333,10 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            c.handle(&Frame::Welcome { mac, incarnation: 0 }),
+            c.handle(&Frame::Welcome {
+                mac,
+                incarnation: 0
+            }),
             Err(HandshakeError::BadKey)
         );
     }
@@ -353,7 +358,10 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            c.handle(&Frame::Welcome { mac, incarnation: 8 }),
+            c.handle(&Frame::Welcome {
+                mac,
+                incarnation: 8
+            }),
             Err(HandshakeError::BadKey)
         );
         assert_eq!(c.incarnation(), None);

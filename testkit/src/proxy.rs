@@ -1,6 +1,7 @@
 //! A TCP proxy in front of a server that cuts every live connection on demand, or after
-//! every so many forwarded bytes, as a network failure would. Used by the fault tests, the
-//! heap tests and the profiling runner.
+//! every so many forwarded bytes, as a network failure would, and that can hold the
+//! client's bytes back past a point (so that a test acts at a known place of a transfer).
+//! Used by the fault and restart tests, the heap tests and the profiling runner.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,8 @@ struct State {
     cuts: AtomicU64,
     /// Connections accepted so far.
     accepted: AtomicU64,
+    /// Client-to-server forwarding waits while `forwarded` is at least this.
+    hold: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
@@ -66,6 +69,7 @@ impl Proxy {
             limit: times,
             cuts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            hold: tokio::sync::watch::Sender::new(u64::MAX),
         });
         let stop = CancellationToken::new();
         let (st, s) = (state.clone(), stop.clone());
@@ -85,11 +89,19 @@ impl Proxy {
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
+                    let mut hold = st.hold.subscribe();
                     let up = async {
                         let mut buf = vec![0u8; 64 * 1024];
                         // Checked after every write: a cut must stop this connection at once,
                         // not after the rest of a poll's worth of reads.
                         while !token.is_cancelled() {
+                            let open = hold
+                                .wait_for(|&l| st.forwarded.load(Ordering::Relaxed) < l)
+                                .await
+                                .is_ok();
+                            if !open {
+                                return Ok(());
+                            }
                             let n = cr.read(&mut buf).await?;
                             if n == 0 {
                                 return sw.shutdown().await;
@@ -109,10 +121,18 @@ impl Proxy {
                             cw.write_all(&buf[..n]).await?;
                         }
                     };
+                    // The client may be done sending while answers still come; once the
+                    // server's side ends (it closed, or died), so does the client's, even
+                    // while its bytes are held.
+                    let up = async {
+                        let _: std::io::Result<()> = up.await;
+                        std::future::pending::<()>().await
+                    };
                     tokio::select! {
                         () = token.cancelled() => {}
                         () = stop.cancelled() => {}
-                        _ = async { tokio::join!(up, down) } => {}
+                        _ = down => {}
+                        () = up => {}
                     }
                     // Dropping both halves resets the connections.
                 });
@@ -124,6 +144,32 @@ impl Proxy {
     /// Drops every connection that is open now.
     pub async fn cut(&self) {
         self.state.cut();
+    }
+
+    /// Stops forwarding client bytes once `bytes` have gone in all (what one read brought
+    /// in still goes), until [`Proxy::release`]. New connections are held too.
+    pub fn hold_after(&self, bytes: u64) {
+        self.state.hold.send_replace(bytes);
+    }
+
+    /// Forwards again after [`Proxy::hold_after`].
+    pub fn release(&self) {
+        self.state.hold.send_replace(u64::MAX);
+    }
+
+    /// Waits until forwarding is held (`hold_after`'s count was reached), polling every few
+    /// milliseconds; panics after `patience`.
+    pub async fn until_held(&self, patience: std::time::Duration) {
+        let limit = *self.state.hold.borrow();
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.forwarded() < limit {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the transfer never reached {limit} bytes (at {})",
+                self.forwarded()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Client-to-server bytes forwarded so far.

@@ -65,9 +65,18 @@ pub fn serve(dir: &Path, extra: &[&str]) -> (Owned, String) {
 }
 
 /// [`serve`] from a prepared command (say, with a `pre_exec`).
-pub fn serve_from(mut cmd: Command, dir: &Path, extra: &[&str]) -> (Owned, String) {
+pub fn serve_from(cmd: Command, dir: &Path, extra: &[&str]) -> (Owned, String) {
+    serve_on(cmd, "127.0.0.1:0", dir, extra)
+}
+
+/// [`serve`] on a given address: a receiver started again where its senders expect it.
+pub fn serve_at(listen: &str, dir: &Path, extra: &[&str]) -> (Owned, String) {
+    serve_on(tidegate(), listen, dir, extra)
+}
+
+fn serve_on(mut cmd: Command, listen: &str, dir: &Path, extra: &[&str]) -> (Owned, String) {
     let mut child = Owned::new(
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        cmd.args(["serve", "--listen", listen, "--dir"])
             .arg(dir)
             .args(extra)
             .stderr(Stdio::piped())

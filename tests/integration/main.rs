@@ -13,6 +13,7 @@ mod faults;
 mod fuzz_corpus;
 mod hash_job;
 mod refusals;
+mod restart;
 mod resume;
 mod security;
 mod transfer;

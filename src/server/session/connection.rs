@@ -55,7 +55,9 @@ where
             Ok(()) => frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await,
             Err(e) => Err(e.into()),
         },
-        None => Err(ConnError::Protocol("handshake ended without authentication")),
+        None => Err(ConnError::Protocol(
+            "handshake ended without authentication",
+        )),
     };
     ctx.detach(session_id, &session, Instant::now());
     if let Err(ConnError::Link(LinkError::Decode(e))) = &result {

@@ -509,9 +509,7 @@ mod tests {
             Frame::Data {
                 file: 1,
                 index: index as u64,
-                cv: digest((index * CHUNK) as u64, part)
-                    .chaining_value
-                    .unwrap(),
+                cv: digest((index * CHUNK) as u64, part).chaining_value.unwrap(),
                 payload: Bytes::copy_from_slice(part),
             }
         };
@@ -524,10 +522,7 @@ mod tests {
             [Some(ErrorCode::Missing as u16)]
         );
         // Begun again: what it has is said, and the missing chunk completes the file.
-        assert_eq!(
-            r.send(begin).await,
-            [Frame::FileReady { file: 1, have: 1 }]
-        );
+        assert_eq!(r.send(begin).await, [Frame::FileReady { file: 1, have: 1 }]);
         r.send(chunk(1)).await;
         assert_eq!(
             r.send(Frame::FileEnd { file: 1, root }).await,
