@@ -112,8 +112,14 @@ impl Dispatch {
         let _ = self.notes.send((self.dest, note)).await;
     }
 
-    async fn pass_notes(&self, files: &mut Files) {
-        for note in std::mem::take(&mut files.notes) {
+    /// Passes the ledger's notes on; `spare` is an empty buffer swapped with the ledger's, so
+    /// that neither is given up and allocated again for every answer.
+    async fn pass_notes(&self, files: &mut Files, spare: &mut Vec<FileNote>) {
+        if files.notes.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut files.notes, spare);
+        for note in spare.drain(..) {
             let note = match note {
                 FileNote::Acked { bytes } => Note::Acked { bytes },
                 FileNote::Done { file } => Note::Done { file },
@@ -151,6 +157,7 @@ impl Dispatch {
         tokio::pin!(cancelled);
         let mut out = Outcome::default();
         let mut files = Files::new(self.chunk_len, conn_cancel.child_token());
+        let mut spare_notes = Vec::new();
         let mut input_open = true;
         let mut finish_queued = false;
         let mut finish_rounds = 0u32;
@@ -263,7 +270,7 @@ impl Dispatch {
                     files.on_event(event);
                 }
             }
-            self.pass_notes(&mut files).await;
+            self.pass_notes(&mut files, &mut spare_notes).await;
         }
         // Closing the queue lets connections drain and exit.
         drop(jobs_tx);

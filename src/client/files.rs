@@ -22,7 +22,7 @@
 //! - An acknowledgement from an incarnation left behind is for data that is gone: that chunk
 //!   or small file is read again.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -116,7 +116,7 @@ struct Large {
     next: u64,
     /// Chunks in memory not yet acknowledged by the receiver (held by jobs, `waiting`, or
     /// the connections). Bounded by the memory budget.
-    pending: BTreeSet<u64>,
+    pending: Pending,
     /// Chunks held until `FileReady`, and whether each went out before.
     waiting: Vec<(Arc<Chunk>, Again)>,
     /// Chunks the receiver lacks and memory no longer holds: read again once ready.
@@ -178,11 +178,36 @@ fn meta_of(entry: &Entry, size: u64) -> Meta {
     }
 }
 
+/// Chunk indices, sorted: a vector rather than a tree, so that the steady stream of inserts
+/// (mostly at the end) and removals allocates nothing once it has grown to the window.
+#[derive(Debug, Default)]
+struct Pending(Vec<u64>);
+
+impl Pending {
+    fn insert(&mut self, index: u64) {
+        if self.0.last().is_none_or(|&last| last < index) {
+            self.0.push(index);
+        } else if let Err(at) = self.0.binary_search(&index) {
+            self.0.insert(at, index);
+        }
+    }
+
+    fn remove(&mut self, index: u64) {
+        if let Ok(at) = self.0.binary_search(&index) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// `[0, next)` without `pending`, as ranges.
-fn complement(next: u64, pending: &BTreeSet<u64>) -> Vec<Range<u64>> {
+fn complement(next: u64, pending: &Pending) -> Vec<Range<u64>> {
     let mut out = Vec::new();
     let mut from = 0;
-    for &i in pending.range(..next) {
+    for &i in pending.0.iter().take_while(|&&i| i < next) {
         if i > from {
             out.push(from..i);
         }
@@ -279,7 +304,7 @@ impl Files {
                         ready: false,
                         have: 0,
                         next: 0,
-                        pending: BTreeSet::new(),
+                        pending: Pending::default(),
                         waiting: Vec::new(),
                         lost: Vec::new(),
                         rereading: 0,
@@ -394,7 +419,7 @@ impl Files {
                 }
             }
             Some(FileState::Large(large)) => {
-                large.pending.remove(&index);
+                large.pending.remove(index);
                 if gone {
                     // Acknowledged by a receiver state that is gone: read again.
                     large.lost.push(index..index + 1);
@@ -423,7 +448,7 @@ impl Files {
         trim(&mut large.lost, have);
         for (chunk, again) in std::mem::take(&mut large.waiting) {
             if chunk.index < have {
-                large.pending.remove(&chunk.index);
+                large.pending.remove(chunk.index);
                 let bytes = chunk.data.len() as u64;
                 large.resumed += bytes;
                 self.counts.bytes_resumed += bytes;
@@ -571,10 +596,10 @@ impl Files {
     /// Jobs a connection gave back unanswered (it dropped), in their original order: sent
     /// again first, or held if their file is being begun again.
     pub(crate) fn requeue(&mut self, jobs: Vec<Job>) {
-        self.requeue_in_order(jobs.into_iter().collect(), true);
+        self.requeue_in_order(jobs, true);
     }
 
-    fn requeue_in_order(&mut self, jobs: VecDeque<Job>, front: bool) {
+    fn requeue_in_order(&mut self, jobs: impl IntoIterator<Item = Job>, front: bool) {
         let mut kept = VecDeque::new();
         for mut job in jobs {
             if front && job.again == Again::No {
@@ -726,7 +751,7 @@ impl Files {
             ready: true,
             have: 0,
             next: chunks,
-            pending: BTreeSet::new(),
+            pending: Pending::default(),
             waiting: Vec::new(),
             lost: Vec::new(),
             rereading: 0,
@@ -886,4 +911,271 @@ fn file_end(file: u64, root: [u8; 32], epoch: u64) -> Job {
     let mut job = Job::new(Frame::FileEnd { file, root }, None, Expect::Done(file));
     job.epoch = epoch;
     job
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ledger driven with events and answers, no socket: what goes out when.
+
+    use super::*;
+    use crate::pipeline::budget::Budget;
+    use crate::pipeline::hash::digest;
+    use crate::source::Input;
+
+    const LEN: u32 = 16 * 1024;
+
+    fn entry(rel: &str, size: u64, kind: EntryKind) -> Arc<Entry> {
+        Arc::new(Entry {
+            input: Input::Path(rel.into()),
+            rel: rel.as_bytes().to_vec(),
+            kind,
+            size,
+            mode: 0o644,
+            mtime_ns: 0,
+        })
+    }
+
+    fn chunk(budget: &Budget, file: u64, index: u64) -> Arc<Chunk> {
+        let data = Bytes::from(vec![index as u8; LEN as usize]);
+        let offset = index * u64::from(LEN);
+        Arc::new(Chunk {
+            file,
+            index,
+            offset,
+            digest: digest(offset, &data),
+            data,
+            permit: budget.try_acquire(LEN as usize).unwrap(),
+            mapped: false,
+        })
+    }
+
+    /// Takes what is queued, as a connection would.
+    fn take(files: &mut Files) -> Vec<Job> {
+        files.to_send.drain(..).collect()
+    }
+
+    fn kinds(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| match &j.frame {
+                Frame::FileBegin { .. } => "begin".to_string(),
+                Frame::Data { index, .. } => format!("data {index} {:?}", j.again),
+                Frame::FileEnd { .. } => "end".to_string(),
+                Frame::SmallFile { .. } => format!("small {:?}", j.again),
+                Frame::Dir { .. } => "dir".to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn chunks_asked(files: &mut Files) -> Vec<Vec<Range<u64>>> {
+        files
+            .rereads
+            .drain(..)
+            .map(|r| match r.what {
+                What::Chunks(ranges) => ranges,
+                What::Whole { .. } => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// A large file of 8 chunks begun at incarnation 1, chunks `0..sent` given and sent.
+    fn large_in_flight(budget: &Budget, sent: u64) -> (Files, Vec<Job>) {
+        let mut files = Files::new(LEN, CancellationToken::new());
+        assert!(!files.on_up(1));
+        files.on_event(DestEvent::Start {
+            file: 1,
+            entry: entry("big", 8 * u64::from(LEN), EntryKind::File),
+            size: 8 * u64::from(LEN),
+        });
+        assert_eq!(kinds(&take(&mut files)), ["begin"]);
+        files.on_ready(1, 0, 1);
+        for index in 0..sent {
+            files.on_event(DestEvent::Chunk(chunk(budget, 1, index)));
+        }
+        let jobs = take(&mut files);
+        assert_eq!(jobs.len() as u64, sent);
+        (files, jobs)
+    }
+
+    #[test]
+    fn ranges_left_out() {
+        let mut pending = Pending::default();
+        for i in [7, 2, 3, 3] {
+            pending.insert(i);
+        }
+        assert_eq!(pending.0, [2, 3, 7]);
+        assert_eq!(complement(9, &pending), [0..2, 4..7, 8..9]);
+        assert_eq!(complement(3, &pending), vec![Range { start: 0, end: 2 }]);
+        pending.remove(3);
+        pending.remove(4);
+        assert_eq!(pending.0, [2, 7]);
+        let mut ranges = vec![0..2, 4..7, 8..9];
+        trim(&mut ranges, 5);
+        assert_eq!(ranges, [5..7, 8..9]);
+    }
+
+    #[test]
+    fn a_restarted_receiver_gets_a_new_begin_and_only_the_chunks_it_lost() {
+        let budget = Budget::new(1 << 20);
+        let (mut files, jobs) = large_in_flight(&budget, 6);
+        let mut jobs = jobs.into_iter();
+        // Chunks 0..4 acknowledged; 4 and 5 unanswered when the receiver went down.
+        for job in jobs.by_ref().take(4) {
+            let Expect::Ack { index, .. } = job.expect else {
+                panic!()
+            };
+            files.on_ack(1, index, u64::from(LEN), Again::No, 1);
+        }
+        files.requeue(jobs.collect());
+
+        // The receiver comes back as another incarnation; its journal had chunks 0..2.
+        assert!(files.on_up(2));
+        assert_eq!(files.counts.restarts, 1);
+        assert_eq!(
+            kinds(&take(&mut files)),
+            ["begin"],
+            "chunks wait for the begin"
+        );
+        files.on_ready(1, 2, 2);
+        assert_eq!(
+            kinds(&take(&mut files)),
+            ["data 4 Unanswered", "data 5 Unanswered"]
+        );
+        assert_eq!(
+            chunks_asked(&mut files),
+            [vec![Range { start: 2, end: 4 }]],
+            "read again: 2 and 3"
+        );
+
+        // The re-read chunks go out; the rest of the file follows; the end waits for all.
+        let epoch = files.epoch;
+        for index in 2..4 {
+            files.on_reread(Reread::Chunk {
+                epoch,
+                chunk: chunk(&budget, 1, index),
+            });
+        }
+        for index in 6..8 {
+            files.on_event(DestEvent::Chunk(chunk(&budget, 1, index)));
+        }
+        files.on_event(DestEvent::End {
+            file: 1,
+            root: [9; 32],
+        });
+        let jobs = take(&mut files);
+        assert_eq!(
+            kinds(&jobs),
+            ["data 2 Reread", "data 3 Reread", "data 6 No", "data 7 No"]
+        );
+        for index in [2, 3, 4, 5, 6, 7] {
+            assert!(files.to_send.is_empty(), "no end before chunk {index}");
+            let again = match index {
+                2 | 3 => Again::Reread,
+                4 | 5 => Again::Unanswered,
+                _ => Again::No,
+            };
+            files.on_ack(1, index, u64::from(LEN), again, 2);
+        }
+        assert_eq!(kinds(&take(&mut files)), ["end"]);
+        files.on_done(1);
+        assert!(files.is_empty());
+        let c = &files.counts;
+        assert_eq!(
+            c.bytes_resent,
+            4 * u64::from(LEN),
+            "2 read again, 2 unanswered"
+        );
+        assert_eq!(c.bytes_acked, 8 * u64::from(LEN), "each chunk counted once");
+        drop(jobs); // as the connections do once answered
+        assert_eq!(budget.in_flight_bytes(), 0, "no chunk memory kept");
+    }
+
+    #[test]
+    fn an_ack_from_a_state_that_is_gone_reads_that_chunk_again() {
+        let budget = Budget::new(1 << 20);
+        let (mut files, jobs) = large_in_flight(&budget, 3);
+        assert!(files.on_up(2));
+        assert_eq!(kinds(&take(&mut files)), ["begin"]);
+        // An answer from the old receiver still arriving: chunk 1 is gone with it. Chunks 0
+        // and 2 are still held by their jobs.
+        let _held = jobs;
+        files.on_ack(1, 1, u64::from(LEN), Again::No, 1);
+        files.on_ready(1, 0, 2);
+        assert_eq!(chunks_asked(&mut files), [vec![Range { start: 1, end: 2 }]]);
+    }
+
+    #[test]
+    fn missing_after_the_begin_was_answered_begins_again_a_late_one_only_resends() {
+        let budget = Budget::new(1 << 20);
+        let (mut files, jobs) = large_in_flight(&budget, 2);
+        let mut jobs = jobs.into_iter();
+        // A late answer (the job was queued before the latest begin): sent again as is.
+        let mut stale = jobs.next().unwrap();
+        stale.epoch = 0;
+        files.on_missing(1, Some(stale), 1);
+        assert_eq!(
+            kinds(&files.to_send.make_contiguous()[..]),
+            ["data 0 Unanswered"]
+        );
+        let _in_flight = take(&mut files);
+        // An answer to a chunk sent after `FileReady`: the receiver lost the file. Chunk 0
+        // is still held (in flight), so nothing needs reading again.
+        files.on_missing(1, jobs.next(), 1);
+        assert_eq!(kinds(&take(&mut files)), ["begin"]);
+        files.on_ready(1, 0, 1);
+        assert_eq!(kinds(&take(&mut files)), ["data 1 Unanswered"]);
+        assert!(chunks_asked(&mut files).is_empty());
+    }
+
+    #[test]
+    fn a_file_lost_again_and_again_fails() {
+        let budget = Budget::new(1 << 20);
+        let (mut files, jobs) = large_in_flight(&budget, 1);
+        let mut job = jobs.into_iter().next();
+        for _ in 0..MAX_BEGINS {
+            files.on_missing(1, job.take(), 1);
+            take(&mut files);
+            files.on_ready(1, 0, 1);
+            job = take(&mut files).into_iter().next();
+        }
+        assert!(files.is_empty());
+        assert_eq!(files.counts.files_failed.len(), 1);
+        assert!(files.counts.files_failed[0].1.contains("lost this file"));
+    }
+
+    #[test]
+    fn small_files_and_directories_not_yet_durable_are_sent_again() {
+        let budget = Budget::new(1 << 20);
+        let mut files = Files::new(LEN, CancellationToken::new());
+        files.on_up(1);
+        files.on_event(DestEvent::Entry {
+            file: 1,
+            entry: entry("d", 0, EntryKind::Dir),
+        });
+        files.on_event(DestEvent::Start {
+            file: 2,
+            entry: entry("d/s", 100, EntryKind::File),
+            size: 100,
+        });
+        files.on_event(DestEvent::Chunk(chunk(&budget, 2, 0)));
+        files.on_event(DestEvent::End {
+            file: 2,
+            root: [5; 32],
+        });
+        assert_eq!(kinds(&take(&mut files)), ["dir", "small No"]);
+        files.on_ack(2, 0, 100, Again::No, 1);
+        assert!(files.only_batched());
+        assert!(files.on_up(2));
+        assert_eq!(kinds(&take(&mut files)), ["dir"]);
+        let request = files.rereads.pop_front().unwrap();
+        assert!(matches!(request.what, What::Whole { root } if root == [5; 32]));
+        assert_eq!(request.size, u64::from(LEN), "the size it was sent with");
+        files.on_reread(Reread::Whole {
+            chunk: chunk(&budget, 2, 0),
+        });
+        assert_eq!(kinds(&take(&mut files)), ["small Reread"]);
+        files.on_done(1);
+        files.on_done(2);
+        assert!(files.is_empty());
+    }
 }

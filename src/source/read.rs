@@ -1,12 +1,11 @@
 //! Reading without a mapping: positioned reads of regular files, plain reads of streams.
 //!
-//! Also reads parts of a file again for a receiver that lost them ([`open_again`]).
-//!
 //! Used for small files (a mapping costs more than a copy), empty files, pipes and stdin,
 //! special files such as those in `/proc` (which report a size of zero), and any file the
 //! kernel refuses to map. Full-size chunk buffers come from a [`BufPool`] and go back to it
 //! when the chunk's last `Bytes` is dropped, so a long stream reuses a bounded set of buffers
-//! instead of allocating per chunk.
+//! instead of allocating per chunk. Also reads parts of a file again for a receiver that lost
+//! them ([`open_again`], [`read_again`]).
 
 use std::fs::File;
 use std::io::{self, Read};
