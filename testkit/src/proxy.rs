@@ -30,6 +30,8 @@ struct State {
     accepted: AtomicU64,
     /// Client-to-server forwarding waits while `forwarded` is at least this.
     hold: tokio::sync::watch::Sender<u64>,
+    /// The client-to-server byte to flip once (`u64::MAX`: none).
+    corrupt: AtomicU64,
 }
 
 impl State {
@@ -37,6 +39,21 @@ impl State {
         let mut token = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         token.cancel();
         *token = CancellationToken::new();
+    }
+
+    /// Flips the byte to corrupt if it falls in `buf`, the next bytes to forward.
+    fn maybe_corrupt(&self, buf: &mut [u8]) {
+        let at = self.corrupt.load(Ordering::Relaxed);
+        let start = self.forwarded.load(Ordering::Relaxed);
+        let Some(k) = at.checked_sub(start).filter(|&k| k < buf.len() as u64) else {
+            return;
+        };
+        let once =
+            self.corrupt
+                .compare_exchange(at, u64::MAX, Ordering::Relaxed, Ordering::Relaxed);
+        if once.is_ok() {
+            buf[k as usize] ^= 0xff;
+        }
     }
 
     fn forwarded(&self, n: u64) {
@@ -70,6 +87,7 @@ impl Proxy {
             cuts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             hold: tokio::sync::watch::Sender::new(u64::MAX),
+            corrupt: AtomicU64::new(u64::MAX),
         });
         let stop = CancellationToken::new();
         let (st, s) = (state.clone(), stop.clone());
@@ -106,6 +124,7 @@ impl Proxy {
                             if n == 0 {
                                 return sw.shutdown().await;
                             }
+                            st.maybe_corrupt(&mut buf[..n]);
                             sw.write_all(&buf[..n]).await?;
                             st.forwarded(n as u64);
                         }
@@ -150,6 +169,17 @@ impl Proxy {
     /// in still goes), until [`Proxy::release`]. New connections are held too.
     pub fn hold_after(&self, bytes: u64) {
         self.state.hold.send_replace(bytes);
+    }
+
+    /// Flips one client-to-server byte, the one at offset `at` of everything forwarded (on
+    /// whichever connection carries it), as a damaged link that checksums missed would.
+    pub fn corrupt_at(&self, at: u64) {
+        self.state.corrupt.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether the byte of [`Proxy::corrupt_at`] went through.
+    pub fn corrupted(&self) -> bool {
+        self.state.corrupt.load(Ordering::Relaxed) == u64::MAX
     }
 
     /// Forwards again after [`Proxy::hold_after`].

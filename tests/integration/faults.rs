@@ -54,6 +54,28 @@ async fn connections_cut_mid_transfer_still_deliver_identical_bytes() {
     server.stop().await;
 }
 
+/// A byte damaged on the way (past TCP's checksum): the receiver refuses the chunk, drops
+/// what it had of the file, and the sender sends the file again whole after the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_damaged_on_the_way_is_sent_again_and_the_transfer_succeeds() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    // Well inside the payload of a chunk of the large file (frame headers are a few dozen
+    // bytes per MiB).
+    proxy.corrupt_at((5 << 20) + 4321);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let content = data(16 << 20, 11);
+    std::fs::write(&file, &content).unwrap();
+    let report = send(vec![file], proxy.addr.to_string(), fast_options()).await;
+    assert!(proxy.corrupted(), "the byte was not damaged");
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.destinations[0].files_done, 1, "{report:#?}");
+    let got = std::fs::read(server.root().join("big.bin")).unwrap();
+    assert!(got == content, "received bytes differ");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
     // Reserve a free port, release it, and start the server there a little later.
