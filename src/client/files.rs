@@ -511,30 +511,33 @@ impl Files {
         let current = self.incarnation == Some(incarnation);
         let fresh = job.as_ref().is_none_or(|j| self.is_fresh(file, j));
         if current && fresh {
-            match self.map.remove(&file) {
-                Some(FileState::Large(large)) => {
-                    self.map.insert(file, FileState::Large(large));
-                    self.begin_again(file, true);
-                }
-                Some(FileState::Ending {
-                    entry,
-                    size,
-                    root,
-                    resumed,
-                }) => {
-                    self.insert_lost_large(file, entry, size, root, resumed);
-                }
-                Some(FileState::Batched { entry, sent }) => {
-                    self.send_entry_again(file, entry, sent);
-                }
-                Some(other) => {
-                    self.map.insert(file, other);
-                }
-                None => {}
-            }
+            self.lost(file, true);
         }
         if let Some(job) = job {
             self.requeue(vec![job]);
+        }
+    }
+
+    /// The receiver no longer has what it had of `file`: a large file is begun again
+    /// (`counted`: toward [`MAX_BEGINS`]), an entry in its batch is sent again. Entries not
+    /// yet sent, or whose request is still out, need nothing.
+    fn lost(&mut self, file: u64, counted: bool) {
+        match self.map.remove(&file) {
+            Some(FileState::Large(large)) => {
+                self.map.insert(file, FileState::Large(large));
+                self.begin_again(file, counted);
+            }
+            Some(FileState::Ending {
+                entry,
+                size,
+                root,
+                resumed,
+            }) => self.insert_lost_large(file, entry, size, root, resumed),
+            Some(FileState::Batched { entry, sent }) => self.send_entry_again(file, entry, sent),
+            Some(other) => {
+                self.map.insert(file, other);
+            }
+            None => {}
         }
     }
 
@@ -562,27 +565,7 @@ impl Files {
                 self.switched_at = self.epoch;
                 let files: Vec<u64> = self.map.keys().copied().collect();
                 for file in files {
-                    match self.map.remove(&file) {
-                        Some(FileState::Large(large)) => {
-                            self.map.insert(file, FileState::Large(large));
-                            self.begin_again(file, false);
-                        }
-                        Some(FileState::Ending {
-                            entry,
-                            size,
-                            root,
-                            resumed,
-                        }) => {
-                            self.insert_lost_large(file, entry, size, root, resumed);
-                        }
-                        Some(FileState::Batched { entry, sent }) => {
-                            self.send_entry_again(file, entry, sent);
-                        }
-                        Some(other) => {
-                            self.map.insert(file, other);
-                        }
-                        None => {}
-                    }
+                    self.lost(file, false);
                 }
                 // Requests queued for the old state: a begin again replaced each; ends are
                 // queued again once their file completes.
