@@ -40,7 +40,7 @@ pub use pipeline::budget::Budget;
 pub use pipeline::chunk::ChunkSize;
 pub use pipeline::options::{OptionsError, PipelineOptions};
 pub use progress::{ConnectionState, Progress};
-pub use server::{Server, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
+pub use server::{Server, ServerEvent, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
 pub use source::{Input, SourceError};
 pub use transfer::{Report, Transfer, TransferHandle, TransferOptions};
 

@@ -125,7 +125,8 @@ impl Flusher {
 /// Small files waiting for a flush, and directories and symlinks made since the last one.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    items: Vec<(u64, Finished)>,
+    /// Small files: entry, file, length.
+    items: Vec<(u64, Finished, u64)>,
     /// Directories and symlinks already in place, durable once their parent directory is
     /// flushed: their paths.
     made: Vec<(u64, PathBuf)>,
@@ -136,7 +137,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub(crate) fn push(&mut self, file: u64, finished: Finished, bytes: u64) {
-        self.items.push((file, finished));
+        self.items.push((file, finished, bytes));
         self.ids.insert(file);
         self.bytes += bytes;
     }
@@ -145,6 +146,13 @@ impl Batch {
     pub(crate) fn push_made(&mut self, file: u64, path: PathBuf) {
         self.made.push((file, path));
         self.ids.insert(file);
+    }
+
+    /// The small files in the batch: entry, where it goes, length.
+    pub(crate) fn files(&self) -> impl Iterator<Item = (u64, &Path, u64)> {
+        self.items
+            .iter()
+            .map(|(file, finished, bytes)| (*file, finished.target(), *bytes))
     }
 
     pub(crate) fn contains(&self, file: u64) -> bool {
@@ -165,7 +173,7 @@ impl Batch {
 
     /// Deletes every partial file (a session that will never finish).
     pub(crate) fn abandon(self) {
-        for (_, f) in self.items {
+        for (_, f, _) in self.items {
             f.abandon();
         }
     }
@@ -186,7 +194,7 @@ impl Batch {
         // its own, and its files always asked: nothing here was opened there before they
         // were written. `None`: the directory could not be looked at; treated likewise.
         let mut dev_of = BTreeMap::<PathBuf, Option<u64>>::new();
-        let targets = self.items.iter().map(|(_, partial)| partial.target());
+        let targets = self.items.iter().map(|(_, partial, _)| partial.target());
         for path in targets.chain(self.made.iter().map(|(_, path)| path.as_path())) {
             let parent = path.parent().unwrap_or(root);
             if !dev_of.contains_key(parent) {
@@ -202,7 +210,7 @@ impl Batch {
                 let failed = self
                     .items
                     .into_iter()
-                    .map(|(f, partial)| {
+                    .map(|(f, partial, _)| {
                         partial.abandon();
                         (f, flush_failed(&e))
                     })
@@ -226,7 +234,7 @@ impl Batch {
         let mut done = Vec::with_capacity(self.items.len());
         let mut failed = Vec::new();
         let mut dirs = BTreeMap::<PathBuf, Vec<u64>>::new();
-        for (file, partial) in self.items {
+        for (file, partial, _) in self.items {
             let parent = parent_of(partial.target());
             let written = match lost_at(&parent) {
                 Some(e) => Err(flush_failed(e)),

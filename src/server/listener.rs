@@ -24,7 +24,7 @@ use super::durability::Flusher;
 use super::leftovers;
 use super::session::{self, Context};
 use super::staging::{descriptor_limit, reserve_descriptors, Staging};
-use super::ServerOptions;
+use super::{ServerEvent, ServerOptions};
 
 /// A receiving server.
 #[derive(Debug)]
@@ -48,6 +48,11 @@ impl ServerStatus {
     /// reaped, so 0 means that every connection's memory has been released.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// Events a subscriber missed because it fell behind (see [`Server::subscribe`]).
+    pub fn missed_events(&self) -> u64 {
+        self.ctx.upgrade().map_or(0, |ctx| ctx.events.missed())
     }
 
     /// Sessions held: transfers with a connection, or waiting (up to `session_linger`) for a
@@ -119,6 +124,13 @@ impl Server {
     /// Cancelling this token shuts the server down gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// A stream of [`ServerEvent`]s: connections and files received. The server never waits
+    /// for it: when 1,024 events are unread, new ones are dropped and counted in
+    /// [`ServerStatus::missed_events`]. `None` when a stream was taken already.
+    pub fn subscribe(&mut self) -> Option<tokio::sync::mpsc::Receiver<ServerEvent>> {
+        self.ctx.events.subscribe()
     }
 
     /// A handle on the server's live counts.
@@ -208,7 +220,7 @@ impl Server {
             tasks.spawn(
                 async move {
                     let _permit = permit;
-                    handle(stream, ctx, stop).await;
+                    handle(stream, peer, ctx, stop).await;
                 }
                 .instrument(span),
             );
@@ -263,10 +275,10 @@ async fn expire_leftovers(root: PathBuf, expiry: Duration, stop: CancellationTok
     }
 }
 
-async fn handle(stream: TcpStream, ctx: Arc<Context>, stop: CancellationToken) {
+async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, stop: CancellationToken) {
     crate::wire::tune(&stream);
     let (rd, wr) = stream.into_split();
-    match session::serve(rd, wr, ctx, stop).await {
+    match session::serve(rd, wr, Some(peer), ctx, stop).await {
         Ok(()) => tracing::debug!("connection closed"),
         Err(e @ session::ConnError::Shutdown) => tracing::debug!(error = %e, "connection ended"),
         Err(e) => tracing::warn!(error = %e, "connection ended"),

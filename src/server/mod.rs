@@ -5,6 +5,7 @@
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
+//! - [`events`]: what a subscriber is told while the server serves.
 //! - `delivered.rs`: the entries a session has delivered, as ranges of their numbers.
 //! - `staging.rs`: small files written unnamed until their batch is flushed.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
@@ -18,6 +19,7 @@
 
 mod delivered;
 mod durability;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod inline;
@@ -37,6 +39,7 @@ pub(crate) mod writer;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use events::ServerEvent;
 pub use leftovers::MIN_EXPIRY as MIN_PARTIAL_EXPIRY;
 pub use listener::{Server, ServerStatus};
 pub use probe::{check_dir, DirError};

@@ -16,4 +16,5 @@ mod refusals;
 mod restart;
 mod resume;
 mod security;
+mod server_events;
 mod transfer;

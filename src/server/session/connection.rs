@@ -1,6 +1,7 @@
 //! One connection: the handshake, then each frame read, handled against its session, and
 //! answered. The only part of a session that touches a socket or the clock.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use super::{error_frame, handle, max_buffered, ConnError, Context, Session};
 use crate::protocol::handshake::{random, ServerHandshake, ServerStep};
 use crate::protocol::ErrorCode;
+use crate::server::events::ServerEvent;
 use crate::wire::{FrameReader, FrameWriter, LinkError};
 
 /// Serves one connection until it closes, fails, or the server shuts down.
 pub(crate) async fn serve<R, W>(
     rd: R,
     wr: W,
+    peer: Option<SocketAddr>,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnError>
@@ -44,12 +47,21 @@ where
                     ErrorCode::Protocol
                 };
                 let _ = writer.send(&error_frame(u64::MAX, code, &e)).await;
+                if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+                    ctx.events.tell(ServerEvent::Refused {
+                        peer,
+                        reason: e.to_string(),
+                    });
+                }
                 return Err(e.into());
             }
         }
     };
     reader.set_max_frame_len(max_frame);
     let session = ctx.attach(session_id, Instant::now());
+    if let Some(peer) = peer {
+        ctx.events.tell(ServerEvent::Connected { peer });
+    }
     let result = match hs.welcome(session.incarnation) {
         Some(welcome) => match writer.send(&welcome).await {
             Ok(()) => frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await,
@@ -60,6 +72,13 @@ where
         )),
     };
     ctx.detach(session_id, &session, Instant::now());
+    if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+        let error = match &result {
+            Ok(()) | Err(ConnError::Shutdown) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        ctx.events.tell(ServerEvent::Disconnected { peer, error });
+    }
     if let Err(ConnError::Link(LinkError::Decode(e))) = &result {
         let _ = writer
             .send(&error_frame(u64::MAX, ErrorCode::Protocol, e))

@@ -261,7 +261,12 @@ pub(super) async fn data(
 }
 
 /// The end of a large file: answered once its root is verified and it is in place.
-pub(super) async fn end(file: u64, root: [u8; 32], session: &Arc<Session>) -> Vec<Frame> {
+pub(super) async fn end(
+    file: u64,
+    root: [u8; 32],
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Vec<Frame> {
     let large = {
         let mut s = session.lock();
         if s.done.contains(file) {
@@ -298,11 +303,18 @@ pub(super) async fn end(file: u64, root: [u8; 32], session: &Arc<Session>) -> Ve
     let Some(large) = large else {
         return Vec::new();
     };
+    let told = ctx
+        .events
+        .on()
+        .then(|| (large.partial.target().to_path_buf(), large.size));
     let reply = end_large(file, root, large).await;
     let mut s = session.lock();
     s.committing.remove(&file);
     if matches!(reply, Frame::FileDone { .. }) {
         s.done.insert(file);
+        if let Some((target, bytes)) = told {
+            ctx.events.received(&ctx.options.root, &target, bytes);
+        }
     }
     vec![reply]
 }

@@ -119,6 +119,8 @@ pub(crate) struct Context {
     pub(crate) staging: Staging,
     /// Flushes small files' batches (see `durability.rs`).
     pub(crate) flusher: Flusher,
+    /// What a subscriber is told (see `events.rs`).
+    pub(crate) events: crate::server::events::Events,
     /// Incarnations of this server's sessions: a random start, so that another process (a
     /// restart) gives other ones, then one more per session made.
     incarnations: AtomicU64,
@@ -135,6 +137,7 @@ impl Context {
             inline: InlineGate::default(),
             staging,
             flusher,
+            events: crate::server::events::Events::default(),
             incarnations: AtomicU64::new(u64::from_le_bytes(
                 random().unwrap_or_else(|_| fallback_seed()),
             )),
@@ -269,7 +272,7 @@ pub(super) async fn handle(
             cv,
             payload,
         } => Ok(large::data(file, index, cv, payload, ctx, session).await),
-        Frame::FileEnd { file, root } => Ok(large::end(file, root, session).await),
+        Frame::FileEnd { file, root } => Ok(large::end(file, root, ctx, session).await),
         Frame::SmallFile {
             file,
             meta,

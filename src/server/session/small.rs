@@ -179,6 +179,15 @@ pub(super) async fn flush(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Fra
     if batch.is_empty() {
         return Vec::new();
     }
+    // Only files are told of; directories and links are not "received".
+    let mut told: std::collections::HashMap<u64, (std::path::PathBuf, u64)> = if ctx.events.on() {
+        batch
+            .files()
+            .map(|(file, target, bytes)| (file, (target.to_path_buf(), bytes)))
+            .collect()
+    } else {
+        std::collections::HashMap::new()
+    };
     let committing = Arc::clone(ctx);
     let committed = tokio::task::spawn_blocking(move || {
         batch.commit(&committing.options.root, &committing.flusher)
@@ -196,6 +205,9 @@ pub(super) async fn flush(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Fra
     for file in done {
         s.done.insert(file);
         replies.push(Frame::FileDone { file });
+        if let Some((target, bytes)) = told.remove(&file) {
+            ctx.events.received(&ctx.options.root, &target, bytes);
+        }
     }
     for (file, e) in failed {
         replies.push(error_frame(file, ErrorCode::Io, e));
