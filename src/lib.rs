@@ -42,7 +42,10 @@ pub use pipeline::options::{OptionsError, PipelineOptions};
 pub use progress::{ConnectionState, Progress};
 pub use server::{Server, ServerEvent, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
 pub use source::{Input, SourceError};
-pub use transfer::{Report, Transfer, TransferHandle, TransferOptions};
+pub use transfer::{
+    DestinationFailure, DestinationReport, Report, Transfer, TransferError, TransferHandle,
+    TransferOptions,
+};
 
 /// The README's Rust example, compiled and checked by `cargo test`.
 #[cfg(doctest)]

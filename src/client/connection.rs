@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::transfer::DestinationFailure;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -122,6 +123,7 @@ pub(crate) enum Reply {
     /// The connection gave up for good.
     Dead {
         error: String,
+        failure: DestinationFailure,
     },
 }
 
@@ -149,7 +151,7 @@ enum Failure {
     /// Worth retrying.
     Retry(String),
     /// Retrying cannot help (wrong key, incompatible peer).
-    Fatal(String),
+    Fatal(DestinationFailure, String),
 }
 
 /// Runs one pooled connection until the queue closes, the deadline passes, or `cancel`.
@@ -189,9 +191,9 @@ pub(crate) async fn run(
             Err(f) => (f, false),
         };
         let error = match failure {
-            Failure::Fatal(error) => {
+            Failure::Fatal(failure, error) => {
                 give_back(&replies, &mut unacked, error.clone(), was_up).await;
-                let _ = replies.send(Reply::Dead { error }).await;
+                let _ = replies.send(Reply::Dead { error, failure }).await;
                 return;
             }
             Failure::Retry(error) => error,
@@ -200,7 +202,8 @@ pub(crate) async fn run(
         give_back(&replies, &mut unacked, error.clone(), was_up).await;
         let unit = random::<2>().map_or(0.5, |b| f64::from(u16::from_le_bytes(b)) / 65536.0);
         let Some(wait) = backoff.fail(Instant::now(), unit) else {
-            let _ = replies.send(Reply::Dead { error }).await;
+            let failure = DestinationFailure::Unreachable;
+            let _ = replies.send(Reply::Dead { error, failure }).await;
             return;
         };
         tokio::select! {
@@ -241,7 +244,8 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64), Failure>
     // Replies are small (an acknowledgement is 13 bytes); 16 KiB holds a burst of them.
     let mut reader = FrameReader::with_read_ahead(rd, MAX_REPLY_FRAME, 16 * 1024);
     let mut writer = FrameWriter::new(wr);
-    let nonce = random().map_err(|e| Failure::Fatal(format!("no randomness: {e}")))?;
+    let nonce = random()
+        .map_err(|e| Failure::Fatal(DestinationFailure::Other, format!("no randomness: {e}")))?;
     let (mut hs, hello) = ClientHandshake::new(params.key.clone(), params.session, nonce);
     let io = |e: std::io::Error| Failure::Retry(format!("handshake: {e}"));
     writer.send(&hello).await.map_err(io)?;
@@ -259,13 +263,25 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64), Failure>
                     .ok_or_else(|| Failure::Retry("handshake: no incarnation".into()))?;
                 return Ok((reader, writer, incarnation));
             }
-            Err(e @ (HandshakeError::BadKey | HandshakeError::Version { .. })) => {
-                return Err(Failure::Fatal(e.to_string()))
+            Err(e @ HandshakeError::BadKey) => {
+                return Err(Failure::Fatal(
+                    DestinationFailure::Authentication,
+                    e.to_string(),
+                ))
+            }
+            Err(e @ HandshakeError::Version { .. }) => {
+                return Err(Failure::Fatal(
+                    DestinationFailure::Incompatible,
+                    e.to_string(),
+                ))
             }
             Err(HandshakeError::Refused(msg))
                 if frame_code(&frame) == Some(ErrorCode::Auth as u16) =>
             {
-                return Err(Failure::Fatal(format!("authentication failed: {msg}")))
+                return Err(Failure::Fatal(
+                    DestinationFailure::Authentication,
+                    format!("authentication failed: {msg}"),
+                ))
             }
             Err(e) => return Err(Failure::Retry(e.to_string())),
         }
@@ -384,7 +400,10 @@ async fn handle_reply(
             let message = String::from_utf8_lossy(&message).into_owned();
             if file == u64::MAX {
                 return Err(if code == ErrorCode::Auth as u16 {
-                    Failure::Fatal(format!("authentication failed: {message}"))
+                    Failure::Fatal(
+                        DestinationFailure::Authentication,
+                        format!("authentication failed: {message}"),
+                    )
                 } else {
                     Failure::Retry(format!("server: {message}"))
                 });
@@ -421,5 +440,5 @@ async fn handle_reply(
     replies
         .send(reply)
         .await
-        .map_err(|_| Failure::Fatal("transfer ended".into()))
+        .map_err(|_| Failure::Fatal(DestinationFailure::Other, "transfer ended".into()))
 }

@@ -23,6 +23,7 @@ use super::reread::{self, Reread};
 use crate::pipeline::budget::Budget;
 use crate::progress::ConnectionState;
 use crate::protocol::Frame;
+use crate::transfer::DestinationFailure;
 
 pub(crate) use super::files::DestEvent;
 
@@ -46,6 +47,8 @@ pub(crate) struct Outcome {
     pub(crate) redo: Vec<u64>,
     /// Set when the destination as a whole failed.
     pub(crate) fatal: Option<String>,
+    /// What kind of failure `fatal` is.
+    pub(crate) failure: Option<DestinationFailure>,
 }
 
 /// Progress a destination reports to the transfer.
@@ -173,6 +176,7 @@ impl Dispatch {
                 biased;
                 () = &mut cancelled => {
                     out.fatal = Some("cancelled".into());
+                    out.failure = Some(DestinationFailure::Cancelled);
                     break;
                 }
                 reply = replies.recv() => {
@@ -214,6 +218,7 @@ impl Dispatch {
                                 finish_rounds = 0;
                                 if files.counts.restarts > MAX_RESTARTS {
                                     out.fatal = Some(format!("{}: the receiver lost this transfer's state {} times", self.params.addr, files.counts.restarts));
+                                    out.failure = Some(DestinationFailure::Other);
                                     break;
                                 }
                             }
@@ -238,10 +243,11 @@ impl Dispatch {
                             // Resent first, in their original order.
                             files.requeue(unacked);
                         }
-                        Reply::Dead { error } => {
+                        Reply::Dead { error, failure } => {
                             live -= 1;
                             if live == 0 {
                                 out.fatal = Some(format!("{}: {error}", self.params.addr));
+                                out.failure = Some(failure);
                                 break;
                             }
                         }

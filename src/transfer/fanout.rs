@@ -84,6 +84,7 @@ pub(super) async fn run(
         first.restarts += outcome.restarts;
         if first.fatal.is_none() {
             first.fatal = outcome.fatal;
+            first.failure = outcome.failure;
         }
     }
 
@@ -105,6 +106,7 @@ pub(super) async fn run(
             reconnects: outcome.reconnects,
             restarts: outcome.restarts,
             error: outcome.fatal,
+            failure: outcome.failure,
         })
         .collect();
     state.tick(true).await;

@@ -134,6 +134,26 @@ pub struct DestinationReport {
     pub restarts: u64,
     /// Set when the destination failed as a whole (unreachable past the deadline, wrong key).
     pub error: Option<String>,
+    /// What kind of failure `error` is, for a front end that acts on it.
+    pub failure: Option<DestinationFailure>,
+}
+
+/// Why a destination failed as a whole ([`DestinationReport::failure`]). Serialises in
+/// snake case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DestinationFailure {
+    /// No connection could be made, or made again, within `retry_for`.
+    Unreachable,
+    /// The receiver refused the key (or the sender's).
+    Authentication,
+    /// The receiver speaks another protocol version.
+    Incompatible,
+    /// The transfer was cancelled.
+    Cancelled,
+    /// Anything else (the receiver kept losing the transfer's state, no randomness).
+    Other,
 }
 
 /// What a finished transfer did.

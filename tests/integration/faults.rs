@@ -156,6 +156,10 @@ async fn a_receiver_that_never_comes_up_fails_with_a_clear_error() {
     assert!(error.contains(&addr), "{error}");
     assert!(error.contains("connect"), "the cause is named: {error}");
     assert_eq!(
+        report.destinations[0].failure,
+        Some(tidegate::DestinationFailure::Unreachable)
+    );
+    assert_eq!(
         report.destinations[0].failed.len(),
         1,
         "the file is listed as failed"
@@ -173,6 +177,10 @@ async fn a_wrong_key_is_refused_and_creates_nothing() {
     let report = send(vec![file.clone()], server.addr.to_string(), options).await;
     let error = report.destinations[0].error.clone().expect("refused");
     assert!(error.contains("authentication failed"), "{error}");
+    assert_eq!(
+        report.destinations[0].failure,
+        Some(tidegate::DestinationFailure::Authentication)
+    );
     assert_eq!(
         std::fs::read_dir(server.root()).unwrap().count(),
         0,
