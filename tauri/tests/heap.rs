@@ -32,6 +32,10 @@ fn one(h: &Harness, file: &std::path::Path, to: &str) {
 
 #[test]
 fn two_hundred_transfers_leave_no_job_and_no_live_heap() {
+    // The heap tests' runtime: its blocking threads live for the whole test, so that none
+    // starts or retires (with its thread-local heap) in the middle of a measurement.
+    let rt = tidegate_testkit::heap::runtime();
+    tauri::async_runtime::set(rt.handle().clone());
     let h = Harness::new(&["tidegate:default"]);
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("f.bin");
@@ -61,4 +65,6 @@ fn two_hundred_transfers_leave_no_job_and_no_live_heap() {
         "live heap (bytes, blocks) changed over {TRANSFERS} transfers"
     );
     tauri::async_runtime::block_on(server.stop());
+    drop(h);
+    drop(rt);
 }
