@@ -1,0 +1,1 @@
+../../../dist-js/index.js
