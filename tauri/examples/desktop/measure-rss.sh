@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Peak RSS of the example app's own process (VmHWM, printed by the app in smoke mode), under
 # Xvfb: once idle (what WebKit and GTK take with the window open), once sending a generated
-# file of SIZE bytes (default 2 GiB) to a receiver in the same process, through its UI.
+# file of SIZE bytes (default 2 GiB) through its UI to a `tidegate serve` of its own process,
+# so that the app's memory is the sender's alone (default budget: 64 MiB).
 # Usage: tauri/examples/desktop/measure-rss.sh [SIZE]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 size=${1:-$((2 << 30))}
-cargo build --release -p tidegate-desktop >/dev/null
-app=target/release/tidegate-desktop
+profile=${PROFILE:-release}
+flag=$([ "$profile" = release ] && echo --release || true)
+cargo build $flag -p tidegate-desktop -p tidegate >/dev/null
+app=target/$profile/tidegate-desktop
+inbox=$(mktemp -d)
+port=$((20000 + RANDOM % 20000))
+target/$profile/tidegate serve --dir "$inbox" --listen 127.0.0.1:$port 2>/dev/null &
+serve=$!
+trap 'kill $serve 2>/dev/null; rm -rf "$inbox"' EXIT
+sleep 1
 echo "idle:     $(TIDEGATE_SMOKE=idle xvfb-run -a "$app" | grep '^smoke:')"
-echo "transfer: $(TIDEGATE_SMOKE=1 TIDEGATE_SMOKE_BYTES=$size xvfb-run -a "$app" | grep '^smoke:')"
+echo "transfer: $(TIDEGATE_SMOKE=1 TIDEGATE_SMOKE_BYTES=$size TIDEGATE_SMOKE_TO=127.0.0.1:$port \
+    TIDEGATE_SMOKE_INBOX="$inbox" xvfb-run -a "$app" | grep '^smoke:')"

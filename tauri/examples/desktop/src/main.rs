@@ -6,7 +6,9 @@
 //! generated file to it through the same buttons a person would use, checks that both copies
 //! hash the same, and the app exits 0 (1 on failure; 3 when a watchdog sees no result after
 //! 120 s). `TIDEGATE_SMOKE_BYTES` sets the file's size (default 64 MiB); `TIDEGATE_SMOKE=idle`
-//! only opens the window, for measuring what WebKit takes at idle. The app prints its peak
+//! only opens the window, for measuring what WebKit takes at idle; `TIDEGATE_SMOKE_TO` sends
+//! to a receiver of another process (writing into `TIDEGATE_SMOKE_INBOX`), so that the app's
+//! memory is the sender's alone. The app prints its peak
 //! RSS on exit in smoke mode.
 
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
@@ -29,6 +31,9 @@ struct SmokePlan {
     source: String,
     inbox: String,
     bytes: u64,
+    /// A receiver of another process to send to instead of the app's own
+    /// (`TIDEGATE_SMOKE_TO`, writing into `TIDEGATE_SMOKE_INBOX`).
+    to: Option<String>,
 }
 
 struct Smoke {
@@ -74,6 +79,16 @@ fn smoke_setup(mode: String) -> std::io::Result<Smoke> {
         .unwrap_or(64 << 20);
     let dir = std::env::temp_dir().join(format!("tidegate-smoke-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("inbox"))?;
+    let to = std::env::var("TIDEGATE_SMOKE_TO").ok();
+    let inbox = match (&to, std::env::var("TIDEGATE_SMOKE_INBOX")) {
+        (Some(_), Ok(inbox)) => inbox,
+        (Some(_), Err(_)) => {
+            return Err(std::io::Error::other(
+                "TIDEGATE_SMOKE_TO needs TIDEGATE_SMOKE_INBOX (where that receiver writes)",
+            ))
+        }
+        (None, _) => dir.join("inbox").display().to_string(),
+    };
     let guard = tempdir::Dir(dir.clone());
     let source: PathBuf = dir.join("generated.bin");
     if mode != "idle" {
@@ -83,8 +98,9 @@ fn smoke_setup(mode: String) -> std::io::Result<Smoke> {
         plan: Some(SmokePlan {
             mode,
             source: source.display().to_string(),
-            inbox: dir.join("inbox").display().to_string(),
+            inbox,
             bytes,
+            to,
         }),
         _dir: Some(guard),
     })
