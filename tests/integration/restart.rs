@@ -174,9 +174,11 @@ async fn large_file_restarted(how: Stop) -> u64 {
     assert!(count(&dest, "reconnects") >= 1, "{dest}");
     assert_eq!(count(&dest, "files_done"), 1, "{dest}");
     let resent = count(&dest, "resent");
-    // What the receiver had verified since its journal's last flush, and what was in flight.
+    // What the receiver had verified since its journal's last flush, and what was in flight,
+    // which may go out twice: requeued to the restarted receiver before its new incarnation is
+    // known there (answered `missing`, not written), then read again.
     assert!(
-        resent <= JOURNAL_FLUSH + BUDGET,
+        resent <= JOURNAL_FLUSH + 2 * BUDGET,
         "{} MiB resent: {dest}",
         resent / MIB
     );
