@@ -110,24 +110,25 @@ fn cancel_mid_transfer_gives_cancelled_and_leaves_nothing_under_the_final_name()
     let server = block_on(TestServer::start());
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
-    // Sparse: large enough that the transfer is still running when cancelled.
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(64 << 30)
-        .unwrap();
+    std::fs::write(&file, data(48 << 20, 5)).unwrap();
+    // A link that stops forwarding after 8 MiB: the transfer is still running when cancelled.
+    let proxy = block_on(tidegate_testkit::Proxy::start(server.addr));
+    proxy.hold_after(8 << 20);
     let (channel, events) = h.channel();
     let id = h
         .invoke(
             "send",
-            json!({"sources": [file], "destinations": [server.addr.to_string()], "onProgress": channel}),
+            json!({"sources": [file], "destinations": [proxy.addr.to_string()], "onProgress": channel}),
         )
         .unwrap();
+    block_on(proxy.until_held(std::time::Duration::from_secs(30)));
     h.wait_for(events, "progress");
     let listed = h.invoke("transfers", json!({})).unwrap();
-    assert_eq!(listed[0]["id"], id);
-    assert_eq!(listed[0]["destinations"][0], server.addr.to_string());
+    assert_eq!(listed[0]["id"], id, "{:?}", h.messages(events));
+    assert_eq!(listed[0]["destinations"][0], proxy.addr.to_string());
     assert_eq!(listed[0]["state"], "running");
     h.invoke("cancel", json!({"id": id})).unwrap();
+    proxy.release();
     let got = h.wait_for(events, "finished");
     let last = got.last().unwrap();
     assert_eq!(kind(&last["error"]), "cancelled", "{last}");
