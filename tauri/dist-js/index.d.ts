@@ -113,6 +113,11 @@ export type HashEvent = {
     files: HashedFile[];
     cancelled: boolean;
 };
+/** A connection a receiver refused. */
+export interface Refusal {
+    peer: string;
+    reason: string;
+}
 export interface ReceivedFile {
     path: string;
     bytes: number;
@@ -122,7 +127,7 @@ export type ServeEvent = {
     event: 'activity';
     connections: number;
     connected: string[];
-    refused: Failure[];
+    refused: Refusal[];
     received: ReceivedFile[];
     filesTotal: number;
     bytesTotal: number;

@@ -127,6 +127,12 @@ export type HashEvent =
     }
   | { event: 'finished'; files: HashedFile[]; cancelled: boolean }
 
+/** A connection a receiver refused. */
+export interface Refusal {
+  peer: string
+  reason: string
+}
+
 export interface ReceivedFile {
   path: string
   bytes: number
@@ -138,7 +144,7 @@ export type ServeEvent =
       event: 'activity'
       connections: number
       connected: string[]
-      refused: Failure[]
+      refused: Refusal[]
       received: ReceivedFile[]
       filesTotal: number
       bytesTotal: number

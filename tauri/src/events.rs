@@ -193,7 +193,7 @@ pub enum ServeEvent {
         /// Senders that connected since the last event (at most 32 listed).
         connected: Vec<String>,
         /// Connections refused since the last event (at most 32 listed), with why.
-        refused: Vec<Failure>,
+        refused: Vec<Refusal>,
         /// Files put in place since the last event (at most 32 listed).
         received: Vec<ReceivedFile>,
         /// Files received since the receiver started.
@@ -208,6 +208,16 @@ pub enum ServeEvent {
         /// Why, if it did not stop on `serveStop`.
         error: Option<Error>,
     },
+}
+
+/// A connection a receiver refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// Where it came from.
+    pub peer: String,
+    /// Why (a wrong key, another protocol version).
+    pub reason: String,
 }
 
 /// One file a receiver put in place.

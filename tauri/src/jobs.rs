@@ -160,10 +160,4 @@ impl Jobs {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Whether any job's task is still kept (for tests).
-    #[doc(hidden)]
-    pub fn tasks(&self) -> usize {
-        self.lock().values().filter(|j| j.task.is_some()).count()
-    }
 }

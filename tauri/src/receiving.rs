@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::args::EVENT_INTERVAL;
 use crate::error::{Error, ErrorKind};
-use crate::events::{Failure, ReceivedFile, ServeEvent};
+use crate::events::{ReceivedFile, Refusal, ServeEvent};
 
 /// Items listed per kind in one event; the rest are counted in `unlisted`.
 const LISTED: usize = 32;
@@ -19,7 +19,7 @@ const LISTED: usize = 32;
 struct Activity {
     connections: u64,
     connected: Vec<String>,
-    refused: Vec<Failure>,
+    refused: Vec<Refusal>,
     received: Vec<ReceivedFile>,
     files_total: u64,
     bytes_total: u64,
@@ -39,11 +39,12 @@ impl Activity {
                 self.connections = self.connections.saturating_sub(1);
             }
             ServerEvent::Refused { peer, reason } => {
-                let f = Failure {
-                    path: peer.to_string(),
-                    error: reason,
-                };
-                list(&mut self.refused, f, &mut self.unlisted);
+                let peer = peer.to_string();
+                list(
+                    &mut self.refused,
+                    Refusal { peer, reason },
+                    &mut self.unlisted,
+                );
             }
             ServerEvent::FileReceived { path, bytes } => {
                 self.files_total += 1;

@@ -101,7 +101,7 @@ function onServe(e) {
     while (list.children.length > 200) list.lastChild.remove()
     for (const r of e.refused) {
       const li = document.createElement('li')
-      li.textContent = `refused ${r.path}: ${r.error}`
+      li.textContent = `refused ${r.peer}: ${r.reason}`
       list.prepend(li)
     }
   } else if (e.event === 'stopped') {
