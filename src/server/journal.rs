@@ -13,10 +13,12 @@
 //! the header or record. The header names the source file's identity as the sender announced
 //! it (size, chunk size, mtime): a transfer of anything else starts the file over.
 //!
-//! Crash safety without a flush per chunk: records wait in memory until `FLUSH_EVERY` bytes
-//! of chunks are behind them, then the partial file is flushed (`fdatasync`) and only then are
-//! the records appended. A record on disk therefore always names data on disk, whatever dies
-//! when; a torn or damaged record ends the replay, and the chunks after it are sent again. The
+//! Crash safety without a flush per chunk: records wait in memory until `FLUSH_EVERY / 2`
+//! bytes of chunks are behind them, then the partial file is flushed (`fdatasync`) and only
+//! then are the records appended. A record on disk therefore always names data on disk,
+//! whatever dies when; and since a chunk that would bring the unrecorded bytes to
+//! `FLUSH_EVERY` waits for the running flush (its acknowledgement with it), a crash loses at
+//! most `FLUSH_EVERY` bytes the sender was told had arrived; a torn or damaged record ends the replay, and the chunks after it are sent again. The
 //! root hash checked at the end covers every chunk, replayed or received.
 //!
 //! The journal is locked (`flock`) while a transfer writes its file; another transfer of the
@@ -33,8 +35,21 @@ use super::names::journal_path;
 use super::verified::{Recorded, Verified};
 use super::writer::PartialFile;
 
-/// Chunk bytes verified between two journal flushes: what a crash can cost to resend.
+/// Most chunk bytes acknowledged and not yet recorded on disk: what a crash can cost to
+/// resend. A flush starts at half of it, so that the next half arrives while it runs.
 pub(crate) const FLUSH_EVERY: u64 = 64 << 20;
+
+/// What the caller of [`Journal::note`] does before acknowledging the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Noted {
+    /// Nothing: the chunk is within what a crash may cost.
+    Ack,
+    /// Start a [`flush`](Journal::flush) (the only one running) and acknowledge after it.
+    Flush,
+    /// A flush is running and the unrecorded bytes reached [`FLUSH_EVERY`]: flush (which
+    /// waits for the running one) and acknowledge after it.
+    Wait,
+}
 
 const MAGIC: [u8; 4] = *b"TDGJ";
 const VERSION: u32 = 1;
@@ -91,6 +106,8 @@ struct Pending {
     records: Vec<u8>,
     /// Chunk bytes behind `records`.
     bytes: u64,
+    /// Chunk bytes behind the records a running flush took.
+    flushing_bytes: u64,
     /// A flush is running; another is not started meanwhile.
     flushing: bool,
     /// Records on disk (replayed or appended).
@@ -103,6 +120,8 @@ pub(crate) struct Journal {
     file: File,
     path: PathBuf,
     pending: Mutex<Pending>,
+    /// Held for the whole of a flush: flushes run one after the other, in note order.
+    flush: Mutex<()>,
 }
 
 /// A resumable partial file: its journal and the chunks already verified.
@@ -130,6 +149,7 @@ pub(crate) fn open(
         file,
         path,
         pending: Mutex::new(Pending::default()),
+        flush: Mutex::new(()),
     };
     let (mut verified, on_disk) = journal.replay(id)?;
     let (partial, kept) = PartialFile::open_resumable(target, id.size, mode, mtime_ns, on_disk > 0)
@@ -225,27 +245,33 @@ impl Journal {
         (&self.file).write_all(&id.header())
     }
 
-    /// Notes chunk `index`, verified and written (`len` bytes). True when the caller should
-    /// now [`flush`](Journal::flush) (the caller then owns the only flush in progress).
-    pub(crate) fn note(&self, index: u64, cv: &[u8; 32], len: u64) -> bool {
+    /// Notes chunk `index`, verified and written (`len` bytes), and says what must happen
+    /// before it is acknowledged.
+    pub(crate) fn note(&self, index: u64, cv: &[u8; 32], len: u64) -> Noted {
         let mut p = self.lock();
         if p.records.capacity() == 0 {
             p.records.reserve(RECORD_LEN * 64);
         }
         p.records.extend_from_slice(&record(index, cv));
         p.bytes += len;
-        if p.bytes >= FLUSH_EVERY && !p.flushing {
+        if p.flushing_bytes + p.bytes >= FLUSH_EVERY {
+            Noted::Wait
+        } else if p.bytes >= FLUSH_EVERY / 2 && !p.flushing {
             p.flushing = true;
-            return true;
+            Noted::Flush
+        } else {
+            Noted::Ack
         }
-        false
     }
 
-    /// Makes the data of every noted chunk durable, then appends their records. Blocking.
+    /// Makes the data of every noted chunk durable, then appends their records; waits for a
+    /// flush already running first. Blocking.
     pub(crate) fn flush(&self, partial: &PartialFile) -> io::Result<()> {
+        let _one = self.flush.lock().unwrap_or_else(PoisonError::into_inner);
         let records = {
             let mut p = self.lock();
-            p.bytes = 0;
+            p.flushing = true;
+            p.flushing_bytes = std::mem::take(&mut p.bytes);
             let cap = p.records.capacity();
             std::mem::replace(&mut p.records, Vec::with_capacity(cap))
         };
@@ -258,6 +284,7 @@ impl Journal {
         })();
         let mut p = self.lock();
         p.flushing = false;
+        p.flushing_bytes = 0;
         if written.is_ok() {
             p.on_disk += (records.len() / RECORD_LEN) as u64;
         }
@@ -424,6 +451,31 @@ mod tests {
         r.journal.suspend(&r.partial);
         drop(r);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_crash_never_costs_more_than_flush_every_acknowledged_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = open(dir.path().join("f"), id(CHUNK as u64 * 64), 0o644, 0)
+            .unwrap()
+            .unwrap();
+        let quarter = FLUSH_EVERY / 4;
+        let cv = [7u8; 32];
+        assert_eq!(r.journal.note(0, &cv, quarter), Noted::Ack);
+        // Half unrecorded: a flush starts, and its chunk waits for it.
+        assert_eq!(r.journal.note(1, &cv, quarter), Noted::Flush);
+        // While it runs, chunks go on being acknowledged up to `FLUSH_EVERY` unrecorded bytes.
+        assert_eq!(r.journal.note(2, &cv, quarter), Noted::Ack);
+        assert_eq!(r.journal.note(3, &cv, quarter), Noted::Wait);
+        assert_eq!(r.journal.note(4, &cv, 1), Noted::Wait);
+        // Acknowledged and unrecorded now: chunks 0 and 2, half of `FLUSH_EVERY`.
+        r.journal.flush(&r.partial).unwrap();
+        assert_eq!(r.journal.lock().on_disk, 5);
+        assert_eq!(r.journal.note(5, &cv, quarter), Noted::Ack);
+        // A waiter finding the records taken by the flush it waited for writes nothing.
+        r.journal.flush(&r.partial).unwrap();
+        r.journal.flush(&r.partial).unwrap();
+        assert_eq!(r.journal.lock().on_disk, 6);
     }
 
     proptest::proptest! {

@@ -466,8 +466,8 @@ async fn open_large(
     )))
 }
 
-/// Notes a verified chunk in its file's journal, and every [`journal::FLUSH_EVERY`] bytes
-/// flushes the file and appends the notes.
+/// Notes a verified chunk in its file's journal, flushing the file and appending the notes
+/// when the journal says so (see [`journal::Noted`]); the chunk is acknowledged after.
 async fn journal_chunk(
     large: &Arc<LargeFile>,
     index: u64,
@@ -477,7 +477,7 @@ async fn journal_chunk(
     let Some(journal) = &large.journal else {
         return Ok(());
     };
-    if !journal.note(index, &cv, len) {
+    if journal.note(index, &cv, len) == journal::Noted::Ack {
         return Ok(());
     }
     let large = Arc::clone(large);
