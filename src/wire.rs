@@ -178,9 +178,25 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Errors
     /// Socket errors.
     pub async fn send(&mut self, frame: &Frame) -> io::Result<()> {
-        self.flush().await?;
+        let payload = self.encode(frame);
+        self.send_encoded(payload).await
+    }
+
+    /// Encodes `frame` for [`send_encoded`](Self::send_encoded), which then writes it: a
+    /// caller can let go of the frame before the write completes. Returns the payload, sent
+    /// without being copied.
+    pub fn encode(&mut self, frame: &Frame) -> Option<bytes::Bytes> {
         self.head.clear();
-        let payload = codec::encode_head(frame, &mut self.head);
+        codec::encode_head(frame, &mut self.head)
+    }
+
+    /// Writes the frame last [`encode`](Self::encode)d, with its `payload`, after any queued
+    /// frames.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn send_encoded(&mut self, payload: Option<bytes::Bytes>) -> io::Result<()> {
+        self.flush().await?;
         match payload {
             Some(payload) if !payload.is_empty() => {
                 let mut both = Buf::chain(&self.head[..], &payload[..]);

@@ -169,14 +169,14 @@ pub(crate) async fn run(
     let mut unacked: VecDeque<Job> = VecDeque::new();
     loop {
         let (failure, was_up) = match connect(&params).await {
-            Ok((mut reader, mut writer, incarnation)) => {
+            Ok((mut reader, writer, incarnation)) => {
                 backoff.reset();
                 let _ = replies.send(Reply::Up { incarnation }).await;
                 let pumped = pump(
                     &params,
                     incarnation,
                     &mut reader,
-                    &mut writer,
+                    writer,
                     &jobs,
                     &replies,
                     &mut unacked,
@@ -302,7 +302,7 @@ async fn pump(
     params: &DialOptions,
     incarnation: u64,
     reader: &mut Reader,
-    writer: &mut Writer,
+    writer: Writer,
     jobs: &Arc<Mutex<mpsc::Receiver<Job>>>,
     replies: &mpsc::Sender<Reply>,
     unacked: &mut VecDeque<Job>,
@@ -313,16 +313,32 @@ async fn pump(
     // One waiter on the token for the connection's life, not one per frame.
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
+    // The frame being written. Replies are read meanwhile: a link that takes a large frame
+    // slowly (or stalls) still has the replies to earlier frames counted as they come.
+    // The writer is in that write while it runs, and in `idle` otherwise.
+    let mut writing = std::pin::pin!(None);
+    let mut idle = Some(writer);
     loop {
-        if queue_closed && unacked.is_empty() {
-            let _ = writer.shutdown().await;
-            return Ok(());
+        if queue_closed && unacked.is_empty() && writing.is_none() {
+            break;
         }
-        let can_take = !queue_closed && unacked.len() < params.max_in_flight;
-        let waiting = !unacked.is_empty();
+        let can_take = !queue_closed && unacked.len() < params.max_in_flight && idle.is_some();
+        let waiting = !unacked.is_empty() || writing.is_some();
         tokio::select! {
             biased;
             () = &mut cancelled => return Ok(()),
+            // Before replies: a reply can only answer a frame whose write has completed.
+            written = async {
+                match writing.as_mut().as_pin_mut() {
+                    Some(write) => write.await,
+                    None => std::future::pending().await,
+                }
+            }, if writing.is_some() => {
+                writing.set(None);
+                let (writer, written): (Writer, std::io::Result<()>) = written;
+                written.map_err(|e| Failure::Retry(format!("sending: {e}")))?;
+                idle = Some(writer);
+            }
             // With requests outstanding, silence means a dead link; otherwise just listen, to
             // notice a server that closes or errors.
             frame = async {
@@ -340,16 +356,26 @@ async fn pump(
                     queue_closed = true;
                     continue;
                 };
-                if let Err(e) = writer.send(&job.frame).await {
-                    unacked.push_back(job);
-                    return Err(Failure::Retry(format!("sending: {e}")));
-                }
+                let Some(mut writer) = idle.take() else {
+                    continue; // not taken: `can_take` needs the writer idle
+                };
+                let payload = writer.encode(&job.frame);
+                writing.set(Some(async move {
+                    let written = writer.send_encoded(payload).await;
+                    (writer, written)
+                }));
+                // Unanswered until its reply, whatever happens to the write: a failed
+                // connection gives it back to be sent again.
                 if job.expect != Expect::Nothing {
                     unacked.push_back(job);
                 }
             }
         }
     }
+    if let Some(mut writer) = idle {
+        let _ = writer.shutdown().await;
+    }
+    Ok(())
 }
 
 async fn handle_reply(
