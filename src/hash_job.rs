@@ -208,10 +208,16 @@ impl Consumer {
     async fn run(mut self, mut pipeline: Pipeline<Input>, cancel: CancellationToken) -> HashReport {
         loop {
             // Cancellation must not wait for the producer: it may be blocked reading a pipe.
+            let owed = self.progress.as_ref().and(self.ticker.owed());
             let event = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 event = pipeline.next() => event,
+                // The count the rate limit held back, sent even if a read stalls after it.
+                () = crate::progress::sleep_until(owed), if owed.is_some() => {
+                    self.tick(false).await;
+                    continue;
+                }
             };
             let Some(event) = event else { break };
             match event {

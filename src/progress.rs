@@ -76,10 +76,13 @@ pub enum ConnectionState {
 }
 
 /// Rate limit for byte-count events: due at most once per interval, and always at the end.
+/// A count held back by the limit is owed: [`Ticker::owed`] says when to send it, so that the
+/// last count before a stall is not kept until the next event.
 #[derive(Debug, Clone)]
 pub(crate) struct Ticker {
     interval: std::time::Duration,
     last: Option<std::time::Instant>,
+    owed: bool,
 }
 
 impl Ticker {
@@ -87,6 +90,7 @@ impl Ticker {
         Ticker {
             interval,
             last: None,
+            owed: false,
         }
     }
 
@@ -94,10 +98,25 @@ impl Ticker {
     pub(crate) fn due(&mut self, last: bool) -> bool {
         let now = std::time::Instant::now();
         if !last && self.last.is_some_and(|t| now - t < self.interval) {
+            self.owed = true;
             return false;
         }
         self.last = Some(now);
+        self.owed = false;
         true
+    }
+
+    /// When a held-back event falls due, if one is owed.
+    pub(crate) fn owed(&self) -> Option<std::time::Instant> {
+        self.last.filter(|_| self.owed).map(|t| t + self.interval)
+    }
+}
+
+/// Sleeps until `at` ([`Ticker::owed`]); never returns for `None`.
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -145,6 +164,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_held_back_by_the_rate_limit_is_owed_until_sent() {
+        let mut ticker = Ticker::new(std::time::Duration::from_secs(3600));
+        assert!(ticker.due(false));
+        assert_eq!(ticker.owed(), None);
+        assert!(!ticker.due(false));
+        let owed = ticker.owed().expect("owed");
+        assert!(owed > std::time::Instant::now());
+        assert!(ticker.due(true));
+        assert_eq!(ticker.owed(), None);
+    }
 
     #[test]
     fn sizes_round_trip() {

@@ -19,6 +19,11 @@ use common::{fast_options, send, TestServer};
 /// finished file at the receiver, would be hundreds of bytes per file.
 const PER_ENTRY: usize = 32;
 
+/// How far the peaks of two runs differ with timing alone (how many files and replies are in
+/// flight at the worst moment): up to about 0.7 MB here, whatever the number of files. A cost
+/// of 100 B per file is 3 MB over the extra files, well past it.
+const PEAK_NOISE: usize = MIB;
+
 /// Fixed overhead over the budget (as for a large file, plus the walker's queue of 1,024
 /// entries, the small files in flight until their batch is flushed, and a batch of up to
 /// 2,048 files on the receiver).
@@ -72,8 +77,9 @@ fn peak_heap_does_not_grow_with_the_number_of_files() {
             s_few.max_bytes, s_many.max_bytes
         );
         assert!(
-            per_entry <= PER_ENTRY,
-            "peak heap grows by {per_entry} B per file (limit {PER_ENTRY})"
+            s_many.max_bytes <= s_few.max_bytes + extra * PER_ENTRY + PEAK_NOISE,
+            "peak heap grows by {per_entry} B per file (limit {PER_ENTRY}, and {PEAK_NOISE} B \
+             of noise over {extra} files)"
         );
         assert!(
             s_many.max_bytes <= budget + FIXED_OVERHEAD,

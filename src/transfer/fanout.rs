@@ -239,6 +239,7 @@ async fn pass(
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
     loop {
+        let owed = state.tick_owed();
         tokio::select! {
             biased;
             () = &mut cancelled => break,
@@ -249,6 +250,8 @@ async fn pass(
                 }
                 None => break,
             },
+            // The count the rate limit held back, sent even if nothing follows it (a stall).
+            () = crate::progress::sleep_until(owed), if owed.is_some() => state.tick(false).await,
             event = pipeline.next(), if pipeline_open => {
                 let Some(event) = event else {
                     pipeline_open = false;

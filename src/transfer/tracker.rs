@@ -233,6 +233,11 @@ impl Tracker {
         }
     }
 
+    /// When a byte count held back by the rate limit falls due.
+    pub(super) fn tick_owed(&self) -> Option<std::time::Instant> {
+        self.progress.as_ref().and(self.ticker.owed())
+    }
+
     /// Bytes every destination acknowledged, on average.
     pub(super) async fn tick(&mut self, last: bool) {
         if self.progress.is_none() {

@@ -260,3 +260,41 @@ async fn directories_and_symlinks_are_confirmed_when_durable() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transfer_still_reports_the_bytes_acknowledged_before_the_stall() {
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    std::fs::write(&file, data(32 << 20, 3)).unwrap();
+    // The link stops forwarding after 8 MiB, and stays silent longer than the test runs.
+    let proxy = crate::common::Proxy::start(server.addr).await;
+    proxy.hold_after(8 << 20);
+    let mut options = fast_options();
+    options.reply_timeout = std::time::Duration::from_secs(600);
+    let mut transfer =
+        tidegate::Transfer::new(vec![file], vec![proxy.addr.to_string()]).options(options);
+    let mut progress = transfer.subscribe();
+    let handle = transfer.start().unwrap();
+    proxy.until_held(std::time::Duration::from_secs(60)).await;
+    // Of the 8 MiB, at most one chunk per connection (4) is cut short: at least 3 MiB of
+    // chunks arrived whole. Their acknowledgements come in a burst, faster than the rate limit,
+    // and must be read while the next frames cannot be written; and the count the rate limit
+    // held back must be sent although nothing follows.
+    let mut done = 0;
+    while done < 3 << 20 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(60), progress.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the last count sent was {done} bytes"))
+            .unwrap();
+        if let tidegate::Progress::Bytes { done_bytes, .. } = event {
+            done = done_bytes;
+        }
+    }
+    handle.cancel();
+    proxy.release();
+    drop(progress);
+    let report = handle.wait().await.unwrap();
+    assert!(report.cancelled, "{report:#?}");
+    server.stop().await;
+}
