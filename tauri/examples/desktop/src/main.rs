@@ -124,6 +124,12 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The peak resident memory so far, in MiB: read between the smoke run's steps.
+#[tauri::command]
+fn smoke_peak() -> f64 {
+    peak_rss_kib() as f64 / 1024.0
+}
+
 /// The smoke run's verdict: printed, then the app exits 0 or 1.
 #[tauri::command]
 fn smoke_result(app: AppHandle, ok: bool, message: String) {
@@ -166,7 +172,7 @@ fn main() {
         .plugin(tauri_plugin_tidegate::init())
         .plugin(tauri_plugin_dialog::init())
         .manage(smoke)
-        .invoke_handler(tauri::generate_handler![smoke_plan, smoke_result])
+        .invoke_handler(tauri::generate_handler![smoke_plan, smoke_peak, smoke_result])
         .build(tauri::generate_context!());
     match app {
         // Returning (rather than exiting from the event loop) drops the smoke run's folder.

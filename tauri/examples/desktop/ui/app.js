@@ -165,13 +165,14 @@ if (plan) {
       $('send').click()
       const end = await finished
       if (!end.report.success) throw new Error(`transfer failed: ${JSON.stringify(end.error)}`)
+      const sendPeak = await invoke('smoke_peak')
       const received = `${plan.inbox}/generated.bin`
       const [a, b] = await hash([plan.source, received])
       if (a.blake3 == null || a.blake3 !== b.blake3 || b.bytes !== plan.bytes) {
         throw new Error(`copies differ: ${JSON.stringify([a, b])}`)
       }
       if (state.receiver) $('serve-stop').click()
-      await verdict(true, `sent ${size(plan.bytes)} through the UI, BLAKE3 ${a.blake3.slice(0, 16)}… on both copies`)
+      await verdict(true, `sent ${size(plan.bytes)} through the UI (peak RSS ${sendPeak.toFixed(1)} MiB by its end), BLAKE3 ${a.blake3.slice(0, 16)}… on both copies`)
     }
   } catch (err) {
     await verdict(false, err.message ?? JSON.stringify(err))
