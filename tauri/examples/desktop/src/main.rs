@@ -172,7 +172,11 @@ fn main() {
         .plugin(tauri_plugin_tidegate::init())
         .plugin(tauri_plugin_dialog::init())
         .manage(smoke)
-        .invoke_handler(tauri::generate_handler![smoke_plan, smoke_peak, smoke_result])
+        .invoke_handler(tauri::generate_handler![
+            smoke_plan,
+            smoke_peak,
+            smoke_result
+        ])
         .build(tauri::generate_context!());
     match app {
         // Returning (rather than exiting from the event loop) drops the smoke run's folder.
