@@ -175,6 +175,10 @@ pub(crate) struct ServeArgs {
     /// (swept at start, then every quarter of it, at most daily); at least 1h, or `never`.
     #[arg(long, default_value = "7d", value_parser = parse_expiry, value_name = "DURATION")]
     pub(crate) partial_expiry: Expiry,
+    /// Accept symlinks whose target is absolute or leads out of DIR (refused by default, as
+    /// rsync's daemon does with --safe-links).
+    #[arg(long)]
+    pub(crate) links_anywhere: bool,
     #[command(flatten)]
     pub(crate) key: KeyArgs,
 }

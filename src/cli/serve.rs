@@ -31,6 +31,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     options.idle_timeout = args.idle_timeout;
     options.max_chunk_len = max_chunk;
     options.partial_expiry = args.partial_expiry.0;
+    options.links_anywhere = args.links_anywhere;
     let server = Server::bind(args.listen, options)
         .await
         .with_context(|| format!("serving {} on {}", args.dir.display(), args.listen))?;

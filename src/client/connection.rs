@@ -423,7 +423,7 @@ async fn handle_reply(
             code,
             message,
         } => {
-            let message = String::from_utf8_lossy(&message).into_owned();
+            let message = crate::protocol::peer_text(&message);
             if file == u64::MAX {
                 return Err(if code == ErrorCode::Auth as u16 {
                     Failure::Fatal(

@@ -116,9 +116,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 fn refused(frame: &Frame) -> HandshakeError {
     match frame {
-        Frame::Error { message, .. } => {
-            HandshakeError::Refused(String::from_utf8_lossy(message).into_owned())
-        }
+        Frame::Error { message, .. } => HandshakeError::Refused(super::peer_text(message)),
         other => HandshakeError::Unexpected(other.type_byte()),
     }
 }

@@ -88,6 +88,11 @@ pub struct ServerOptions {
     /// files off. Default `None`: half the process's soft descriptor limit (`RLIMIT_NOFILE`)
     /// when the server is bound; `tidegate serve` first raises that limit to the hard one.
     pub unnamed_files: Option<usize>,
+    /// Accept symlinks whose target is absolute or climbs out of the served directory (as
+    /// rsync's daemon without `--safe-links`). Default `false`: such links are refused with a
+    /// bad-path error, since whoever follows one later (a local user, another program) would
+    /// be led outside.
+    pub links_anywhere: bool,
 }
 
 impl ServerOptions {
@@ -106,6 +111,7 @@ impl ServerOptions {
             batch_bytes: 64 * 1024 * 1024,
             partial_expiry: Some(Duration::from_secs(7 * 24 * 3600)),
             unnamed_files: None,
+            links_anywhere: false,
         }
     }
 }

@@ -70,11 +70,14 @@ pub(crate) fn journal_path(target: &Path) -> PathBuf {
     sibling(target, None, JOURNAL_SUFFIX)
 }
 
-/// Whether `name` is one the receiver uses for its own files beside a target.
+/// Whether `name` is one the receiver uses for its own files beside a target, in any case
+/// (a case-insensitive filesystem would take `.X.TIDEGATE-JOURNAL` for the journal of `x`).
 pub(crate) fn reserved(name: &[u8]) -> bool {
-    [PARTIAL_SUFFIX, JOURNAL_SUFFIX]
-        .iter()
-        .any(|s| name.starts_with(b".") && name.ends_with(s.as_bytes()))
+    name.starts_with(b".")
+        && [PARTIAL_SUFFIX, JOURNAL_SUFFIX].iter().any(|s| {
+            let s = s.as_bytes();
+            name.len() >= s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s)
+        })
 }
 
 /// The `.<stem>` of a name ending in `suffix`, if it has one.

@@ -3,8 +3,8 @@
 //!
 //! Rejected: empty paths, absolute paths, `.` and `..` components, empty components (`a//b`),
 //! NUL bytes, over-long paths, and any existing ancestor inside the served directory that is
-//! a symbolic link (following it could leave the directory), and final names like the
-//! receiver's own partial files and journals. The final component may not be
+//! a symbolic link (following it could leave the directory), and components named like the
+//! receiver's own partial files and journals, in any case. The final component may not be
 //! an existing directory when a file is expected, nor a symlink (it would be replaced, never
 //! followed).
 
@@ -30,6 +30,11 @@ pub(crate) enum PathError {
     /// An ancestor is a symbolic link.
     #[error("path {0:?} goes through a symbolic link")]
     ThroughSymlink(String),
+    /// A symlink target that is absolute or leads out of the served directory.
+    #[error(
+        "symlink {0:?} points outside the served directory (serve --links-anywhere allows it)"
+    )]
+    LinkOutside(String),
     /// Named like the receiver's own partial files or resume journals.
     #[error("path {0:?} has a name the receiver keeps for its partial files and journals")]
     Reserved(String),
@@ -40,8 +45,9 @@ pub(crate) enum PathError {
 ///
 /// # Errors
 /// [`PathError::NotRelative`], [`PathError::TooLong`], or [`PathError::Reserved`] for a
-/// final name like the receiver's partial files and journals (`.*.tidegate-partial`,
-/// `.*.tidegate-journal`): a peer could otherwise plant one for another transfer.
+/// component named like the receiver's partial files and journals (`.*.tidegate-partial`,
+/// `.*.tidegate-journal`, in any case): a peer could otherwise plant one for another
+/// transfer, or a directory that blocks one.
 pub(crate) fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
     let shown = || String::from_utf8_lossy(raw).into_owned();
     if raw.len() > MAX_PATH_LEN {
@@ -60,16 +66,37 @@ pub(crate) fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
         if depth > MAX_DEPTH {
             return Err(PathError::TooLong(shown()));
         }
+        // In every component: a directory so named would block the target it shadows.
+        if super::names::reserved(part) {
+            return Err(PathError::Reserved(shown()));
+        }
         out.push(OsStr::from_bytes(part));
     }
-    if raw
-        .rsplit(|&b| b == b'/')
-        .next()
-        .is_some_and(super::names::reserved)
-    {
-        return Err(PathError::Reserved(shown()));
-    }
     Ok(out)
+}
+
+/// Checks that a symlink at `raw` (a path that passed [`lexical`]) with `target` stays inside
+/// the served directory when followed: the target is relative, and its `..` components never
+/// climb above the root, counted from the link's own directory. Lexical, like rsync's
+/// `--safe-links`: an ancestor that is itself a symlink is refused by [`resolve`].
+///
+/// # Errors
+/// [`PathError::LinkOutside`].
+pub(crate) fn link_target(raw: &[u8], target: &[u8]) -> Result<(), PathError> {
+    let outside = || PathError::LinkOutside(String::from_utf8_lossy(raw).into_owned());
+    if target.is_empty() || target[0] == b'/' {
+        return Err(outside());
+    }
+    // The link's directory, in components below the root.
+    let mut depth = raw.split(|&b| b == b'/').count().saturating_sub(1);
+    for part in target.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => depth = depth.checked_sub(1).ok_or_else(outside)?,
+            _ => depth += 1,
+        }
+    }
+    Ok(())
 }
 
 /// [`lexical`], then checks that no existing ancestor between `root` and the target is a
@@ -154,6 +181,61 @@ mod tests {
             lexical(root, b"..a/b..").unwrap(),
             Path::new("/srv/in/..a/b..")
         );
+    }
+
+    #[test]
+    fn the_receivers_own_names_are_refused_in_every_component_and_any_case() {
+        let root = Path::new("/srv/in");
+        for bad in [
+            &b".x.tidegate-journal"[..],
+            b".x.tidegate-partial",
+            b".X.TIDEGATE-JOURNAL/y",
+            b"a/.x.Tidegate-Partial/b",
+            b"a/.b.0123.tidegate-partial",
+        ] {
+            assert!(
+                matches!(lexical(root, bad), Err(PathError::Reserved(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &b"x.tidegate-journal"[..],
+            b".tidegate-journalx",
+            b"a/.x.tidegate-partial.txt",
+        ] {
+            assert!(
+                lexical(root, good).is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+        }
+    }
+
+    #[test]
+    fn link_targets_must_stay_inside() {
+        for (at, target) in [
+            (&b"l"[..], &b"x"[..]),
+            (b"a/l", b"../x"),
+            (b"a/b/l", b"../../x"),
+            (b"a/l", b"./b/../../y"),
+            (b"a/l", b"b//c"),
+        ] {
+            assert_eq!(link_target(at, target), Ok(()), "{at:?} -> {target:?}");
+        }
+        for (at, target) in [
+            (&b"l"[..], &b"/etc/passwd"[..]),
+            (b"l", b".."),
+            (b"l", b"../x"),
+            (b"a/l", b"../../x"),
+            (b"a/l", b"b/../../../x"),
+            (b"l", b""),
+        ] {
+            assert!(
+                matches!(link_target(at, target), Err(PathError::LinkOutside(_))),
+                "{at:?} -> {target:?}"
+            );
+        }
     }
 
     #[test]

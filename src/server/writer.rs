@@ -196,7 +196,7 @@ impl PartialFile {
             if sync {
                 self.file.sync_data()?;
             }
-            let mode = self.mode & 0o7777;
+            let mode = self.mode & SAFE_MODE;
             // A named partial file is private until now. An unnamed one was created with its
             // mode, which the umask or a default ACL may have changed.
             if self.unnamed.is_none() || self.file.metadata()?.permissions().mode() & 0o7777 != mode
@@ -343,12 +343,17 @@ pub(crate) fn system_time(ns: i64) -> SystemTime {
     }
 }
 
-/// Creates a directory (and parents), applying its mode.
+/// Permission bits a peer may set: never setuid, setgid or sticky (as rsync's daemon).
+pub(crate) const SAFE_MODE: u32 = 0o777;
+
+/// Creates a directory (and parents) with `mode` (masked to [`SAFE_MODE`]). Returns whether
+/// it was made: a directory that was already there keeps its mode, whatever the peer sent.
 ///
 /// The final component must end up a real directory: an existing symlink there is refused,
 /// never followed (its mode would otherwise be applied wherever it points). Ancestors were
 /// checked by `paths::resolve`.
-pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<bool> {
+    let existed = std::fs::symlink_metadata(path).is_ok();
     std::fs::create_dir_all(path)?;
     if !std::fs::symlink_metadata(path)?.is_dir() {
         return Err(io::Error::new(
@@ -356,7 +361,11 @@ pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
             format!("{} exists and is not a directory", path.display()),
         ));
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+    if existed {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & SAFE_MODE))?;
+    Ok(true)
 }
 
 /// Opens a directory without following a symlink in its last component.

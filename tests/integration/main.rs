@@ -12,6 +12,7 @@ mod cli_send;
 mod faults;
 mod fuzz_corpus;
 mod hash_job;
+mod hostile;
 mod refusals;
 mod restart;
 mod resume;

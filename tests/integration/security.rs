@@ -161,7 +161,12 @@ async fn symlink_racing_a_file_into_a_new_directory_never_escapes() {
     let served = outer.path().join("served");
     let outside = outer.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
-    let server = TestServer::start_with(|o| o.root = served.clone()).await;
+    // Links that lead out allowed (`--links-anywhere`): the layout lock must hold even then.
+    let server = TestServer::start_with(|o| {
+        o.root = served.clone();
+        o.links_anywhere = true;
+    })
+    .await;
     let (mut fr, mut fw) = connect(server.addr, [5; 16]).await;
     let (mut lr, mut lw) = connect(server.addr, [5; 16]).await;
     // Large enough that hashing it keeps the file's placement busy for a while.

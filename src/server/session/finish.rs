@@ -1,5 +1,6 @@
 //! The end of a transfer: the last small-file batch is flushed, and the directories the
-//! transfer made get their times and modes, deepest first, with one flush for all of them.
+//! transfer sent get their times, and those it made their modes, deepest first, with one
+//! flush for all of them.
 
 use std::sync::Arc;
 
@@ -22,8 +23,10 @@ pub(super) async fn finish(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Fr
             // that may have replaced it since.
             if let Ok(f) = crate::server::writer::open_dir_nofollow(dir) {
                 let _ = f.set_modified(system_time(*mtime));
-                let _ =
-                    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777));
+                if let Some(mode) = mode {
+                    let mode = mode & crate::server::writer::SAFE_MODE;
+                    let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+                }
             }
         }
         // One flush for all of them (one journal commit on ext4), not one each.

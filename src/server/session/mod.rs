@@ -48,8 +48,9 @@ pub(crate) struct SessionState {
     /// Entries finished (see `delivered.rs`): a repeated request for one is answered at once.
     done: crate::server::delivered::Delivered,
     batch: Batch,
-    /// Directories to stamp with their mtime once everything inside is written.
-    dirs: Vec<(PathBuf, u32, i64)>,
+    /// Directories to stamp with their mtime once everything inside is written, and the mode
+    /// of those this transfer made (`None`: it was there before, and keeps its own).
+    dirs: Vec<(PathBuf, Option<u32>, i64)>,
     pub(crate) connections: usize,
     pub(crate) last_active: Option<Instant>,
     pub(crate) finished: bool,

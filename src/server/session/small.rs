@@ -104,11 +104,13 @@ pub(super) async fn dir(
     let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
     let made = ctx
         .place_blocking(meta.path, false, move |target| {
-            make_dir(&target, mode | 0o700).map(|()| target)
+            // Writable by the server until `Finish` gives it its mode.
+            make_dir(&target, mode | 0o700).map(|made| (target, made))
         })
         .await;
     match made {
-        Ok(target) => {
+        Ok((target, made)) => {
+            let mode = made.then_some(mode);
             session.lock().dirs.push((target.clone(), mode, mtime_ns));
             batch_made(ctx, session, file, target).await
         }
@@ -126,6 +128,11 @@ pub(super) async fn symlink(
 ) -> Vec<Frame> {
     if let Some(replies) = made_before(session, file) {
         return replies;
+    }
+    if !ctx.options.links_anywhere {
+        if let Err(e) = crate::server::paths::link_target(&meta.path, &target) {
+            return vec![PlaceError::Path(e).frame(file)];
+        }
     }
     let tag = session.tag.clone();
     let made = ctx

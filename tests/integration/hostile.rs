@@ -1,0 +1,329 @@
+//! Hostile peers against what the receiver applies and what the sender shows: modes with
+//! special bits, directories that were already there, symlinks that lead out, names that
+//! shadow the receiver's own files, and escape sequences in a receiver's error messages.
+//! Each ends with the server still serving an honest request.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::common::wire::{connect, finish, meta};
+use crate::common::TestServer;
+use bytes::Bytes;
+use tidegate::protocol::handshake::{Key, ServerHandshake, ServerStep};
+use tidegate::protocol::{ErrorCode, Frame, Meta};
+use tidegate::wire::{FrameReader, FrameWriter};
+
+fn with_mode(path: &[u8], size: u64, mode: u32) -> Meta {
+    let mut m = meta(path, size);
+    m.mode = mode;
+    m
+}
+
+fn small(file: u64, meta: Meta) -> Frame {
+    let payload = Bytes::from(vec![b'x'; meta.size as usize]);
+    Frame::SmallFile {
+        file,
+        root: *blake3::hash(&payload).as_bytes(),
+        meta,
+        payload,
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Sends `frames`, then `Finish`, and returns every per-file error by file.
+async fn run(addr: std::net::SocketAddr, session: [u8; 16], frames: &[Frame]) -> Vec<(u64, u16)> {
+    let (mut r, mut w) = connect(addr, session).await;
+    for f in frames {
+        w.send(f).await.unwrap();
+    }
+    w.send(&Frame::Finish).await.unwrap();
+    let mut errors = Vec::new();
+    loop {
+        match r.next().await.unwrap().unwrap() {
+            Frame::Finished => return errors,
+            Frame::Error { file, code, .. } => errors.push((file, code)),
+            _ => {}
+        }
+    }
+}
+
+/// An honest small file still arrives.
+async fn still_serves(server: &TestServer) {
+    let (mut r, mut w) = connect(server.addr, [99; 16]).await;
+    w.send(&small(1, meta(b"honest.txt", 3))).await.unwrap();
+    finish(&mut r, &mut w, true).await;
+    assert_eq!(
+        std::fs::read(server.root().join("honest.txt")).unwrap(),
+        b"xxx"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setuid_setgid_and_sticky_bits_are_never_applied() {
+    let server = TestServer::start().await;
+    let errors = run(
+        server.addr,
+        [1; 16],
+        &[
+            Frame::Dir {
+                file: 1,
+                meta: with_mode(b"d", 0, 0o3777),
+            },
+            small(2, with_mode(b"d/suid", 4, 0o4777)),
+            small(3, with_mode(b"d/sgid", 4, 0o2755)),
+        ],
+    )
+    .await;
+    assert_eq!(errors, vec![]);
+    let root = server.root();
+    assert_eq!(mode(&root.join("d/suid")), 0o777);
+    assert_eq!(mode(&root.join("d/sgid")), 0o755);
+    assert_eq!(mode(&root.join("d")), 0o777);
+
+    // A large file too.
+    let data = vec![7u8; 3 << 20];
+    let (mut r, mut w) = connect(server.addr, [2; 16]).await;
+    w.send(&Frame::FileBegin {
+        file: 1,
+        meta: with_mode(b"big", data.len() as u64, 0o6755),
+        chunk_len: 1 << 20,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileReady { .. }
+    ));
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        let digest = tidegate::pipeline::hash::digest((i as u64) << 20, c);
+        w.send(&Frame::Data {
+            file: 1,
+            index: i as u64,
+            cv: digest.chaining_value.unwrap(),
+            payload: Bytes::copy_from_slice(c),
+        })
+        .await
+        .unwrap();
+    }
+    w.send(&Frame::FileEnd {
+        file: 1,
+        root: *blake3::hash(&data).as_bytes(),
+    })
+    .await
+    .unwrap();
+    finish(&mut r, &mut w, true).await;
+    assert_eq!(mode(&root.join("big")), 0o755);
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_was_there_keeps_its_mode() {
+    let server = TestServer::start().await;
+    let root = server.root().to_path_buf();
+    for (dir, m) in [("locked", 0o750), ("open", 0o700)] {
+        std::fs::create_dir(root.join(dir)).unwrap();
+        std::fs::set_permissions(root.join(dir), std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let errors = run(
+        server.addr,
+        [3; 16],
+        &[
+            // Would lock the server out of its own tree.
+            Frame::Dir {
+                file: 1,
+                meta: with_mode(b"locked", 0, 0o000),
+            },
+            small(2, meta(b"locked/inside", 4)),
+            // Would open a private tree to every local user.
+            Frame::Dir {
+                file: 3,
+                meta: with_mode(b"open", 0, 0o777),
+            },
+            // Made by this transfer: writable until the end, then its own mode.
+            Frame::Dir {
+                file: 4,
+                meta: with_mode(b"new", 0, 0o500),
+            },
+            small(5, meta(b"new/inside", 4)),
+        ],
+    )
+    .await;
+    assert_eq!(errors, vec![]);
+    assert_eq!(mode(&root.join("locked")), 0o750);
+    assert_eq!(mode(&root.join("open")), 0o700);
+    assert_eq!(mode(&root.join("new")), 0o500);
+    assert_eq!(std::fs::read(root.join("new/inside")).unwrap(), b"xxxx");
+    assert_eq!(std::fs::read(root.join("locked/inside")).unwrap(), b"xxxx");
+    std::fs::set_permissions(root.join("new"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+fn link(file: u64, path: &[u8], target: &[u8]) -> Frame {
+    Frame::Symlink {
+        file,
+        meta: meta(path, 0),
+        target: target.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_that_lead_out_are_refused_unless_allowed() {
+    let server = TestServer::start().await;
+    let root = server.root().to_path_buf();
+    let errors = run(
+        server.addr,
+        [4; 16],
+        &[
+            link(1, b"abs", b"/etc/passwd"),
+            link(2, b"up", b"../../etc/passwd"),
+            link(3, b"a/b/up", b"../../../x"),
+            link(4, b"a/sneaky", b"b/../../../x"),
+            // Inside: kept.
+            link(5, b"a/b/ok", b"../../honest.txt"),
+            link(6, b"sib", b"a/b"),
+        ],
+    )
+    .await;
+    let bad = ErrorCode::BadPath as u16;
+    assert_eq!(errors, vec![(1, bad), (2, bad), (3, bad), (4, bad)]);
+    for refused in ["abs", "up", "a/b/up", "a/sneaky"] {
+        assert!(
+            std::fs::symlink_metadata(root.join(refused)).is_err(),
+            "{refused}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(root.join("a/b/ok")).unwrap(),
+        Path::new("../../honest.txt")
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("sib")).unwrap(),
+        Path::new("a/b")
+    );
+    still_serves(&server).await;
+    server.stop().await;
+
+    let server = TestServer::start_with(|o| o.links_anywhere = true).await;
+    let errors = run(server.addr, [5; 16], &[link(1, b"abs", b"/etc/passwd")]).await;
+    assert_eq!(errors, vec![]);
+    assert_eq!(
+        std::fs::read_link(server.root().join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_shadow_the_receivers_own_files_are_refused_in_any_component_and_case() {
+    let server = TestServer::start().await;
+    let root = server.root().to_path_buf();
+    let errors = run(
+        server.addr,
+        [6; 16],
+        &[
+            small(1, meta(b".X.TIDEGATE-JOURNAL/y", 4)),
+            Frame::Dir {
+                file: 2,
+                meta: meta(b".x.tidegate-journal", 0),
+            },
+            small(3, meta(b"a/.b.Tidegate-Partial/c", 4)),
+            Frame::FileBegin {
+                file: 4,
+                meta: meta(b".big.tidegate-partial/z", 4 << 20),
+                chunk_len: 1 << 20,
+            },
+        ],
+    )
+    .await;
+    let bad = ErrorCode::BadPath as u16;
+    assert_eq!(errors, vec![(1, bad), (2, bad), (3, bad), (4, bad)]);
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing made");
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+/// A receiver that refuses every entry with `message`.
+async fn refusing_receiver(
+    message: &'static [u8],
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (rd, wr) = stream.into_split();
+                let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+                let mut hs = ServerHandshake::new(Key::default(), [3; 32]);
+                while let Ok(Some(frame)) = r.next().await {
+                    let reply = match (&frame, hs.welcome(1)) {
+                        (_, None) => match hs.handle(&frame) {
+                            Ok(ServerStep::Reply(f)) => f,
+                            Ok(ServerStep::Done(_)) => hs.welcome(1).unwrap(),
+                            Err(_) => return,
+                        },
+                        (Frame::Finish, _) => Frame::Finished,
+                        (
+                            Frame::SmallFile { file, .. }
+                            | Frame::Dir { file, .. }
+                            | Frame::FileBegin { file, .. },
+                            _,
+                        ) => Frame::Error {
+                            file: *file,
+                            code: ErrorCode::Io as u16,
+                            message: message.to_vec(),
+                        },
+                        _ => continue,
+                    };
+                    if w.send(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receivers_escape_sequences_reach_the_sender_escaped() {
+    let (addr, task) = refusing_receiver(b"\x1b]0;owned\x07\x1b[2Jdisk \x9b full\r\nok").await;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f.txt"), b"hello").unwrap();
+    let out = crate::common::process::tidegate()
+        .args([
+            "send",
+            "--no-progress",
+            "--retry-for",
+            "5s",
+            "--to",
+            &addr.to_string(),
+        ])
+        .arg(src.path().join("f.txt"))
+        .output()
+        .unwrap();
+    task.abort();
+    let shown = [out.stdout, out.stderr].concat();
+    assert!(!out.status.success());
+    assert!(
+        !shown.iter().any(|&b| b == 0x1b || b == 0x07 || b == b'\r'),
+        "raw control bytes shown: {:?}",
+        String::from_utf8_lossy(&shown)
+    );
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(
+        shown.contains("\\u{1b}]0;owned\\u{7}\\u{1b}[2Jdisk"),
+        "{shown}"
+    );
+}
