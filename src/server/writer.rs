@@ -1,5 +1,5 @@
-//! Writing received files: partial files beside their targets, positioned writes into
-//! preallocated space, and the commit (durable, metadata applied, atomic rename).
+//! Writing received files: partial files beside their targets, positioned writes into space
+//! allocated as the data comes, and the commit (durable, metadata applied, atomic rename).
 //!
 //! A partial file is named `.<name>.<tag>.tidegate-partial` in the target's directory
 //! (`.<name>.tidegate-partial` for a resumable large file, with its journal), so
@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::names::partial_path;
@@ -38,13 +39,20 @@ pub(crate) struct PartialFile {
     /// Set for an unnamed file (`staging.rs`): `partial` is then only the name it may take
     /// on its way to replacing an existing target.
     unnamed: Option<Linker>,
+    /// Space allocated from the start of the file: it grows in [`ALLOCATE_STEP`]s ahead of
+    /// the data, never to a size a peer merely announced.
+    allocated: AtomicU64,
 }
+
+/// How far ahead of the data a large file's space is allocated at a time: few `fallocate`
+/// calls for a file written in order.
+pub(crate) const ALLOCATE_STEP: u64 = 64 << 20;
 
 impl PartialFile {
     /// Creates the partial file; its directory must exist (the session's `place` makes it).
-    /// With `size`, the space is preallocated (large files, written chunk by chunk, out of
-    /// order); small files written in one go pass `None` and leave allocation to the
-    /// filesystem.
+    /// With `size` (large files, written chunk by chunk, out of order), the file has that
+    /// length at once and its space is allocated as the data comes ([`Self::write_at`]);
+    /// small files written in one go pass `None`.
     pub(crate) fn create(
         target: PathBuf,
         size: Option<u64>,
@@ -61,8 +69,7 @@ impl PartialFile {
             .mode_private()
             .open(&partial)?;
         if let Some(size) = size.filter(|&s| s > 0) {
-            // A file that does not fit leaves nothing behind.
-            preallocate(&file, size).inspect_err(|_| {
+            file.set_len(size).inspect_err(|_| {
                 let _ = std::fs::remove_file(&partial);
             })?;
         }
@@ -73,6 +80,7 @@ impl PartialFile {
             mode,
             mtime_ns,
             unnamed: None,
+            allocated: AtomicU64::new(0),
         })
     }
 
@@ -94,6 +102,7 @@ impl PartialFile {
                 mode,
                 mtime_ns,
                 unnamed: Some(linker),
+                allocated: AtomicU64::new(0),
             }),
             None => Self::create(target, None, mode, mtime_ns, tag),
         }
@@ -101,7 +110,7 @@ impl PartialFile {
 
     /// Opens the untagged partial file of a resumable large file (see `journal.rs`). With
     /// `keep`, its contents are kept if it has the right length (returns true); otherwise it
-    /// starts empty and preallocated.
+    /// starts over, with that length and nothing allocated.
     pub(crate) fn open_resumable(
         target: PathBuf,
         size: u64,
@@ -120,10 +129,7 @@ impl PartialFile {
         if !kept {
             // Starting over: a file that does not fit leaves nothing behind (the caller holds
             // its journal's lock, and removes the journal).
-            let started = file.set_len(0).and_then(|()| match size {
-                0 => Ok(()),
-                _ => preallocate(&file, size),
-            });
+            let started = file.set_len(0).and_then(|()| file.set_len(size));
             started.inspect_err(|_| {
                 let _ = std::fs::remove_file(&partial);
             })?;
@@ -136,6 +142,7 @@ impl PartialFile {
                 mode,
                 mtime_ns,
                 unnamed: None,
+                allocated: AtomicU64::new(0),
             },
             kept,
         ))
@@ -153,11 +160,32 @@ impl PartialFile {
 
     /// Writes `data` at `offset`, in pieces of at most [`WRITE_PIECE`].
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.allocate_for(offset, offset + data.len() as u64)?;
         let mut at = offset;
         for piece in data.chunks(WRITE_PIECE) {
             self.file.write_all_at(piece, at)?;
             at += piece.len() as u64;
         }
+        Ok(())
+    }
+
+    /// Allocates the space `[offset, end)` is written to, before writing it: a full disk shows
+    /// here (`ENOSPC`) rather than as a block missing under a later mapped read. A write that
+    /// continues the allocated start of the file allocates a step ahead; one further on (out
+    /// of order, within the chunks the receiver accepts ahead) only its own range, so that
+    /// what is allocated is what arrived plus at most one step. One writer at a time per file.
+    fn allocate_for(&self, offset: u64, end: u64) -> io::Result<()> {
+        let done = self.allocated.load(Ordering::Relaxed);
+        if end <= done {
+            return Ok(());
+        }
+        if offset > done {
+            return allocate(&self.file, offset, end - offset);
+        }
+        let len = self.file.metadata()?.len();
+        let upto = end.max(done.saturating_add(ALLOCATE_STEP).min(len));
+        allocate(&self.file, done, upto - done)?;
+        self.allocated.store(upto, Ordering::Relaxed);
         Ok(())
     }
 
@@ -322,15 +350,25 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn preallocate(file: &File, size: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(size).map_err(|_| io::Error::other("file too large"))?;
-    // SAFETY: a valid descriptor and a non-negative range.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    match rc {
-        0 => Ok(()),
-        // Filesystems without fallocate: reserve the length at least.
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
-        e => Err(io::Error::from_raw_os_error(e)),
+/// Allocates `[offset, offset + len)` of `file`; filesystems without `fallocate` allocate as
+/// they write.
+fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let too_large = || io::Error::other("file too large");
+    let offset = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+    let len = libc::off_t::try_from(len).map_err(|_| too_large())?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a valid descriptor and a non-negative range. Mode 0 only allocates (and may
+    // extend the length, which is already the file's full size here).
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EINVAL) => Ok(()),
+        _ => Err(e),
     }
 }
 

@@ -327,3 +327,48 @@ async fn a_receivers_escape_sequences_reach_the_sender_escaped() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_announced_at_a_terabyte_allocates_only_what_arrives() {
+    use std::os::unix::fs::MetadataExt;
+    let server = TestServer::start().await;
+    let (mut r, mut w) = connect(server.addr, [7; 16]).await;
+    w.send(&Frame::FileBegin {
+        file: 1,
+        meta: meta(b"huge", 1 << 40),
+        chunk_len: 1 << 20,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Frame::FileReady { file: 1, have: 0 }
+    );
+    // The first chunk, and one far ahead (as out of order as the receiver accepts).
+    let chunk = vec![9u8; 1 << 20];
+    for index in [0u64, 60_000] {
+        let digest = tidegate::pipeline::hash::digest(index << 20, &chunk);
+        w.send(&Frame::Data {
+            file: 1,
+            index,
+            cv: digest.chaining_value.unwrap(),
+            payload: Bytes::from(chunk.clone()),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            r.next().await.unwrap().unwrap(),
+            Frame::Ack { file: 1, index }
+        );
+    }
+    let partial = server.root().join(".huge.tidegate-partial");
+    let on_disk = std::fs::metadata(&partial).unwrap().blocks() * 512;
+    // One step ahead of the start, and the far chunk's own megabyte.
+    assert!(
+        on_disk <= (64 << 20) + (2 << 20),
+        "{on_disk} bytes allocated for 2 MiB received"
+    );
+    drop((r, w));
+    still_serves(&server).await;
+    server.stop().await;
+}
