@@ -179,6 +179,10 @@ pub(crate) struct ServeArgs {
     /// rsync's daemon does with --safe-links).
     #[arg(long)]
     pub(crate) links_anywhere: bool,
+    /// Memory one transfer may spend remembering its directories until it finishes (each
+    /// path's length plus 64 bytes); a transfer with more is refused its further directories.
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub(crate) max_dir_bytes: u64,
     #[command(flatten)]
     pub(crate) key: KeyArgs,
 }

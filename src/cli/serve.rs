@@ -32,6 +32,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     options.max_chunk_len = max_chunk;
     options.partial_expiry = args.partial_expiry.0;
     options.links_anywhere = args.links_anywhere;
+    options.max_dir_bytes = args.max_dir_bytes;
     let server = Server::bind(args.listen, options)
         .await
         .with_context(|| format!("serving {} on {}", args.dir.display(), args.listen))?;

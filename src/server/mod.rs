@@ -93,6 +93,11 @@ pub struct ServerOptions {
     /// bad-path error, since whoever follows one later (a local user, another program) would
     /// be led outside.
     pub links_anywhere: bool,
+    /// Bytes a session may spend remembering its directories until `Finish` (each path's
+    /// length plus 64), when their modes and times are applied; past it, `Dir` is refused
+    /// with a limit error. A directory sent again counts once. Default 16 MiB: some 100,000
+    /// directories with 100-byte paths.
+    pub max_dir_bytes: u64,
 }
 
 impl ServerOptions {
@@ -112,6 +117,7 @@ impl ServerOptions {
             partial_expiry: Some(Duration::from_secs(7 * 24 * 3600)),
             unnamed_files: None,
             links_anywhere: false,
+            max_dir_bytes: 16 << 20,
         }
     }
 }

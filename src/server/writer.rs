@@ -69,9 +69,12 @@ impl PartialFile {
             .mode_private()
             .open(&partial)?;
         if let Some(size) = size.filter(|&s| s > 0) {
-            file.set_len(size).inspect_err(|_| {
-                let _ = std::fs::remove_file(&partial);
-            })?;
+            // A file that cannot fit fails now, and leaves nothing behind.
+            fits(&file, size)
+                .and_then(|()| file.set_len(size))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&partial);
+                })?;
         }
         Ok(PartialFile {
             file,
@@ -129,7 +132,10 @@ impl PartialFile {
         if !kept {
             // Starting over: a file that does not fit leaves nothing behind (the caller holds
             // its journal's lock, and removes the journal).
-            let started = file.set_len(0).and_then(|()| file.set_len(size));
+            let started = file
+                .set_len(0)
+                .and_then(|()| fits(&file, size))
+                .and_then(|()| file.set_len(size));
             started.inspect_err(|_| {
                 let _ = std::fs::remove_file(&partial);
             })?;
@@ -350,6 +356,24 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `ENOSPC` unless the filesystem of `file` has `size` bytes free for this process: an honest
+/// file too large for the disk fails at its begin, not gigabytes later.
+fn fits(file: &File, size: u64) -> io::Result<()> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid descriptor, and a buffer of the struct's size for the kernel to fill.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: filled by the successful call above.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::useless_conversion)] // 32-bit on some targets
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    if size > free {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    Ok(())
+}
+
 /// Allocates `[offset, offset + len)` of `file`; filesystems without `fallocate` allocate as
 /// they write.
 fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -443,7 +467,8 @@ impl PrivateMode for OpenOptions {
 mod tests {
     use super::*;
 
-    /// A large file that does not fit fails at once and leaves no partial file behind.
+    /// A large file that does not fit fails at once (nothing is allocated for it to find out)
+    /// and leaves no partial file behind.
     #[test]
     fn a_file_that_does_not_fit_leaves_nothing_behind() {
         let Some(fs) = crate::server::testfs::Tmpfs::new("1m") else {

@@ -332,7 +332,11 @@ async fn a_receivers_escape_sequences_reach_the_sender_escaped() {
 async fn a_file_announced_at_a_terabyte_allocates_only_what_arrives() {
     use std::os::unix::fs::MetadataExt;
     let server = TestServer::start().await;
+    let allocated =
+        |name: &str| std::fs::metadata(server.root().join(name)).map_or(0, |m| m.blocks() * 512);
     let (mut r, mut w) = connect(server.addr, [7; 16]).await;
+    // More than this disk has: refused at once (or, on a disk that large, taken), and in
+    // neither case allocated.
     w.send(&Frame::FileBegin {
         file: 1,
         meta: meta(b"huge", 1 << 40),
@@ -340,16 +344,30 @@ async fn a_file_announced_at_a_terabyte_allocates_only_what_arrives() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        r.next().await.unwrap().unwrap(),
-        Frame::FileReady { file: 1, have: 0 }
-    );
-    // The first chunk, and one far ahead (as out of order as the receiver accepts).
+    match r.next().await.unwrap().unwrap() {
+        Frame::FileReady { file: 1, have: 0 } => {}
+        Frame::Error { file: 1, code, .. } => assert_eq!(code, ErrorCode::Io as u16),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(allocated(".huge.tidegate-partial") <= 1 << 20);
+    // 16 GiB, which the disk has: chunks go to the first one, and to one far ahead (as out
+    // of order as the receiver accepts).
+    w.send(&Frame::FileBegin {
+        file: 2,
+        meta: meta(b"big", 16 << 30),
+        chunk_len: 1 << 20,
+    })
+    .await
+    .unwrap();
+    if r.next().await.unwrap().unwrap() != (Frame::FileReady { file: 2, have: 0 }) {
+        eprintln!("SKIPPED: the disk has less than 16 GiB free");
+        return;
+    }
     let chunk = vec![9u8; 1 << 20];
-    for index in [0u64, 60_000] {
+    for index in [0u64, 10_000] {
         let digest = tidegate::pipeline::hash::digest(index << 20, &chunk);
         w.send(&Frame::Data {
-            file: 1,
+            file: 2,
             index,
             cv: digest.chaining_value.unwrap(),
             payload: Bytes::from(chunk.clone()),
@@ -358,17 +376,58 @@ async fn a_file_announced_at_a_terabyte_allocates_only_what_arrives() {
         .unwrap();
         assert_eq!(
             r.next().await.unwrap().unwrap(),
-            Frame::Ack { file: 1, index }
+            Frame::Ack { file: 2, index }
         );
     }
-    let partial = server.root().join(".huge.tidegate-partial");
-    let on_disk = std::fs::metadata(&partial).unwrap().blocks() * 512;
+    let on_disk = allocated(".big.tidegate-partial");
     // One step ahead of the start, and the far chunk's own megabyte.
     assert!(
         on_disk <= (64 << 20) + (2 << 20),
         "{on_disk} bytes allocated for 2 MiB received"
     );
     drop((r, w));
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_records_are_one_per_path_and_bounded() {
+    // Room for 14 records of a 5-byte path (69 bytes each).
+    let server = TestServer::start_with(|o| o.max_dir_bytes = 1000).await;
+    let dir = |file: u64, path: String| Frame::Dir {
+        file,
+        meta: meta(path.into_bytes(), 0),
+    };
+    // One path sent 5,000 times is one record.
+    let same: Vec<Frame> = (0..5000).map(|i| dir(i, "same0".into())).collect();
+    assert_eq!(run(server.addr, [8; 16], &same).await, vec![]);
+
+    let (mut r, mut w) = connect(server.addr, [9; 16]).await;
+    for i in 0..20u64 {
+        w.send(&dir(i, format!("d{i:04}"))).await.unwrap();
+    }
+    // A path already recorded is still taken past the limit.
+    w.send(&dir(100, "d0000".into())).await.unwrap();
+    w.send(&Frame::Finish).await.unwrap();
+    let mut refused = Vec::new();
+    loop {
+        match r.next().await.unwrap().unwrap() {
+            Frame::Finished => break,
+            Frame::Error {
+                file,
+                code,
+                message,
+            } => {
+                assert_eq!(code, ErrorCode::Limit as u16);
+                let message = String::from_utf8_lossy(&message);
+                assert!(message.contains("--max-dir-bytes"), "{message}");
+                refused.push(file);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(refused, (14..20).collect::<Vec<u64>>());
+    // Other sessions are unaffected.
     still_serves(&server).await;
     server.stop().await;
 }

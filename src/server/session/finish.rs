@@ -12,11 +12,15 @@ use crate::server::writer::system_time;
 /// `Finish`: answered with `Finished` once everything before it is durable.
 pub(super) async fn finish(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Frame> {
     let mut replies = flush(ctx, session).await;
-    let dirs = std::mem::take(&mut session.lock().dirs);
+    let dirs = {
+        let mut s = session.lock();
+        s.dir_bytes = 0;
+        std::mem::take(&mut s.dirs)
+    };
     // Deepest first, so stamping a parent is not undone by work in a child.
     let stamping = Arc::clone(ctx);
     let stamped = tokio::task::spawn_blocking(move || {
-        let mut dirs = dirs;
+        let mut dirs: Vec<_> = dirs.into_iter().map(|(p, (m, t))| (p, m, t)).collect();
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
         for (dir, mode, mtime) in &dirs {
             // Checked to be a real directory when made; never follow a symlink

@@ -49,8 +49,11 @@ pub(crate) struct SessionState {
     done: crate::server::delivered::Delivered,
     batch: Batch,
     /// Directories to stamp with their mtime once everything inside is written, and the mode
-    /// of those this transfer made (`None`: it was there before, and keeps its own).
-    dirs: Vec<(PathBuf, Option<u32>, i64)>,
+    /// of those this transfer made (`None`: it was there before, and keeps its own). One
+    /// record per path however often it is sent.
+    dirs: HashMap<PathBuf, (Option<u32>, i64)>,
+    /// What `dirs` costs, as counted against `max_dir_bytes`.
+    dir_bytes: u64,
     pub(crate) connections: usize,
     pub(crate) last_active: Option<Instant>,
     pub(crate) finished: bool,

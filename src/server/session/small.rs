@@ -3,6 +3,8 @@
 //! (`FileDone`) only when the batch is flushed, once their parent directory is durable:
 //! confirmed at once, one could be lost with the machine after the sender stopped asking.
 
+use std::collections::hash_map::Entry;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -101,6 +103,28 @@ pub(super) async fn dir(
     if let Some(replies) = made_before(session, file) {
         return replies;
     }
+    let cost = dir_record_cost(&meta.path);
+    let limit = ctx.options.max_dir_bytes;
+    {
+        let s = session.lock();
+        if s.dir_bytes + cost > limit {
+            let again = ctx
+                .options
+                .root
+                .join(std::ffi::OsStr::from_bytes(&meta.path));
+            if !s.dirs.contains_key(&again) {
+                return vec![error_frame(
+                    file,
+                    ErrorCode::Limit,
+                    format!(
+                        "this session's directories take more than {limit} bytes to remember \
+                         until it finishes (serve's --max-dir-bytes raises the limit; or send \
+                         the tree in parts)"
+                    ),
+                )];
+            }
+        }
+    }
     let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
     let made = ctx
         .place_blocking(meta.path, false, move |target| {
@@ -110,12 +134,34 @@ pub(super) async fn dir(
         .await;
     match made {
         Ok((target, made)) => {
-            let mode = made.then_some(mode);
-            session.lock().dirs.push((target.clone(), mode, mtime_ns));
+            {
+                let mut guard = session.lock();
+                let s = &mut *guard;
+                match s.dirs.entry(target.clone()) {
+                    // Sent again: the latest time, and the latest mode if this session made
+                    // it (then it existed for the repeat).
+                    Entry::Occupied(mut e) => {
+                        let (made_mode, time) = e.get_mut();
+                        *time = mtime_ns;
+                        if made_mode.is_some() {
+                            *made_mode = Some(mode);
+                        }
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert((made.then_some(mode), mtime_ns));
+                        s.dir_bytes += cost;
+                    }
+                }
+            }
             batch_made(ctx, session, file, target).await
         }
         Err(e) => vec![e.frame(file)],
     }
+}
+
+/// What remembering a directory until `Finish` costs: its path and the record around it.
+fn dir_record_cost(path: &[u8]) -> u64 {
+    path.len() as u64 + 64
 }
 
 /// A symlink: made, and put in the batch.
