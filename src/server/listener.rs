@@ -141,10 +141,11 @@ impl Server {
         }
     }
 
-    /// Serves until the shutdown token is cancelled.
+    /// Serves until the shutdown token is cancelled. A failing `accept` (out of descriptors,
+    /// say) is retried after a wait of at most 640 ms, for as long as it fails.
     ///
     /// # Errors
-    /// Only when accepting fails persistently (after retries with backoff).
+    /// None: a failed `accept` is retried, so this returns `Ok` once shut down.
     pub async fn serve(self) -> std::io::Result<()> {
         let Server {
             listener,
@@ -203,13 +204,20 @@ impl Server {
                     a
                 }
                 Err(e) => {
-                    // Out of descriptors and the like: back off, then keep serving.
+                    // Out of descriptors (`EMFILE`, `ENFILE`) and the like: never a reason to
+                    // stop serving. Wait, for a connection to end or the error to pass, and
+                    // try again; said once, then every hundredth time.
                     accept_failures += 1;
-                    tracing::warn!(error = %e, "accept failed");
-                    if accept_failures > 16 {
-                        return Err(e);
+                    if accept_failures % 100 == 1 {
+                        tracing::warn!(error = %e, failures = accept_failures, "accept failed; retrying");
                     }
-                    tokio::time::sleep(Duration::from_millis(10 << accept_failures.min(8))).await;
+                    let wait = Duration::from_millis(10 << accept_failures.min(6));
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        Some(_) = tasks.join_next(), if !tasks.is_empty() => reaped(),
+                        () = tokio::time::sleep(wait) => {}
+                    }
                     continue;
                 }
             };

@@ -431,3 +431,71 @@ async fn directory_records_are_one_per_path_and_bounded() {
     still_serves(&server).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_out_of_descriptors_keeps_serving() {
+    use crate::common::process::{serve_from, stop, succeeds, tidegate};
+    use std::os::unix::process::CommandExt;
+    // Soft and hard limit 64, so that `serve` cannot raise it: accepting runs out of
+    // descriptors (`EMFILE`) long before its 64 connection slots are taken.
+    let mut cmd = tidegate();
+    // SAFETY: only setrlimit, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = serve_from(cmd, dir.path(), &["--idle-timeout", "60s"]);
+    // 300 connection attempts at once; those that get in complete the handshake and are held
+    // for longer than a receiver that gives up on accepting would take to do so (the
+    // connections it took hold its descriptors meanwhile), the rest wait or time out.
+    let attempts: Vec<_> = (0..300u16)
+        .map(|i| {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            tokio::spawn(async move {
+                let patience = std::time::Duration::from_secs(2);
+                let mut session = [0; 16];
+                session[..2].copy_from_slice(&i.to_le_bytes());
+                tokio::time::timeout(patience, connect(addr, session))
+                    .await
+                    .ok()
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for attempt in attempts {
+        held.extend(attempt.await.unwrap());
+    }
+    assert!(
+        !held.is_empty() && held.len() < 64,
+        "{} connections in",
+        held.len()
+    );
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(server.try_wait().unwrap().is_none(), "serve exited");
+    }
+    drop(held);
+    // Once they are gone, a transfer goes through.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("after.txt"), b"still here").unwrap();
+    succeeds(
+        tidegate()
+            .args(["send", "--no-progress", "--retry-for", "30s", "--to", &addr])
+            .arg(src.path().join("after.txt")),
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("after.txt")).unwrap(),
+        b"still here"
+    );
+    assert!(stop(server).success());
+}
