@@ -22,6 +22,9 @@ struct State {
     cut: std::sync::Mutex<CancellationToken>,
     /// Client-to-server bytes forwarded so far.
     forwarded: AtomicU64,
+    /// Client-to-server bytes read so far, each read's range taken atomically, so that
+    /// concurrent connections never both miss (or both see) the byte to corrupt.
+    read: AtomicU64,
     /// Automatic cuts: one each time `forwarded` passes another `every` bytes, `limit` times.
     every: u64,
     limit: u64,
@@ -43,8 +46,8 @@ impl State {
 
     /// Flips the byte to corrupt if it falls in `buf`, the next bytes to forward.
     fn maybe_corrupt(&self, buf: &mut [u8]) {
+        let start = self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let at = self.corrupt.load(Ordering::Relaxed);
-        let start = self.forwarded.load(Ordering::Relaxed);
         let Some(k) = at.checked_sub(start).filter(|&k| k < buf.len() as u64) else {
             return;
         };
@@ -82,6 +85,7 @@ impl Proxy {
         let state = Arc::new(State {
             cut: std::sync::Mutex::new(CancellationToken::new()),
             forwarded: AtomicU64::new(0),
+            read: AtomicU64::new(0),
             every,
             limit: times,
             cuts: AtomicU64::new(0),
