@@ -131,6 +131,8 @@ pub struct FrameWriter<W> {
     head: BytesMut,
     /// Frames queued by [`FrameWriter::queue`], not yet written.
     pending: BytesMut,
+    /// Each write must complete within this (see [`FrameWriter::set_write_timeout`]).
+    timeout: Option<Duration>,
 }
 
 /// Queued frames are written once this much has gathered, even without a flush.
@@ -143,7 +145,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             inner,
             head: BytesMut::with_capacity(256),
             pending: BytesMut::new(),
+            timeout: None,
         }
+    }
+
+    /// Fails each later write (a flush, or one frame) that takes longer than `timeout` with
+    /// [`io::ErrorKind::TimedOut`]: for a peer that stops reading. For small frames; a large
+    /// one on a slow link may need longer.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
     }
 
     /// Queues a small frame (it is copied) to go out with others in one write, at the next
@@ -166,7 +176,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Socket errors.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
-            self.inner.write_all(&self.pending).await?;
+            within(self.timeout, self.inner.write_all(&self.pending)).await?;
             self.pending.clear();
         }
         Ok(())
@@ -197,18 +207,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Socket errors.
     pub async fn send_encoded(&mut self, payload: Option<bytes::Bytes>) -> io::Result<()> {
         self.flush().await?;
-        match payload {
-            Some(payload) if !payload.is_empty() => {
-                let mut both = Buf::chain(&self.head[..], &payload[..]);
-                while both.has_remaining() {
-                    if self.inner.write_buf(&mut both).await? == 0 {
-                        return Err(io::ErrorKind::WriteZero.into());
+        let (inner, head) = (&mut self.inner, &self.head);
+        within(self.timeout, async move {
+            match payload {
+                Some(payload) if !payload.is_empty() => {
+                    let mut both = Buf::chain(&head[..], &payload[..]);
+                    while both.has_remaining() {
+                        if inner.write_buf(&mut both).await? == 0 {
+                            return Err(io::ErrorKind::WriteZero.into());
+                        }
                     }
+                    Ok(())
                 }
+                _ => inner.write_all(head).await,
             }
-            _ => self.inner.write_all(&self.head).await?,
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// The underlying writer.
@@ -223,6 +237,24 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await
     }
+}
+
+/// `write` within `limit`, if any; past it, [`io::ErrorKind::TimedOut`].
+async fn within(
+    limit: Option<Duration>,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    let Some(limit) = limit else {
+        return write.await;
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer read nothing for {limit:?}"),
+            ))
+        })
 }
 
 /// Large socket buffers and keepalive; small acknowledgements go out at once.

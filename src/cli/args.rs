@@ -162,10 +162,8 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:7878", value_name = "ADDR")]
     pub(crate) listen: SocketAddr,
-    /// Connections served at once.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub(crate) max_connections: usize,
-    /// Close a connection that sends nothing for this long.
+    /// Close a connection that gets nothing done for this long: silent, or sending only
+    /// repeats and refused requests.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) idle_timeout: Duration,
     /// Largest chunk a sender may use (bounds memory per connection).
@@ -185,6 +183,51 @@ pub(crate) struct ServeArgs {
     pub(crate) max_dir_bytes: u64,
     #[command(flatten)]
     pub(crate) key: KeyArgs,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+/// What peers may make the receiver hold. A peer past one gets a limit error (code 6) that
+/// names the flag; other transfers go on.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub(crate) struct LimitArgs {
+    /// Authenticated connections served at once; one more waits up to --handshake-timeout
+    /// for a slot, then is refused (its sender tries again).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub(crate) max_connections: usize,
+    /// Authenticated connections from one address at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub(crate) max_connections_per_address: usize,
+    /// Connections still in their handshake; past it, the one waiting longest is closed.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub(crate) max_handshakes: usize,
+    /// Time a connection has to authenticate.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) handshake_timeout: Duration,
+    /// Close a connection whose peer reads no reply for this long; also how long a shutdown
+    /// waits for busy connections.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) write_timeout: Duration,
+    /// Transfers held at once (including those waiting for their sender to come back).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub(crate) max_sessions: usize,
+    /// Transfers begun from one address and held at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub(crate) max_sessions_per_address: usize,
+    /// Large files one transfer may have open at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub(crate) max_open_files: usize,
+    /// Bytes of large files one transfer may have begun and not yet sent.
+    #[arg(long, default_value = "16TiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub(crate) max_session_unfinished: u64,
+    /// Bytes of large files begun and not yet received, over all transfers.
+    #[arg(long, default_value = "64TiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub(crate) max_unfinished: u64,
+    /// Free space every new file must leave on DIR's filesystem (what files being received
+    /// still lack counts as taken).
+    #[arg(long, default_value = "512MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub(crate) min_free: u64,
 }
 
 #[derive(Debug, Args)]

@@ -27,7 +27,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut options = ServerOptions::new(&args.dir);
     options.key = load_key(&args.key)?;
-    options.max_connections = args.max_connections.max(1);
+    let limits = &args.limits;
+    options.max_connections = limits.max_connections.max(1);
+    options.max_connections_per_address = limits.max_connections_per_address.max(1);
+    options.max_handshakes = limits.max_handshakes.max(1);
+    options.handshake_timeout = limits.handshake_timeout;
+    options.write_timeout = limits.write_timeout;
+    options.max_sessions = limits.max_sessions.max(1);
+    options.max_sessions_per_address = limits.max_sessions_per_address.max(1);
+    options.max_open_files = limits.max_open_files.max(1);
+    options.max_session_unfinished_bytes = limits.max_session_unfinished;
+    options.max_unfinished_bytes = limits.max_unfinished;
+    options.min_free_bytes = limits.min_free;
     options.idle_timeout = args.idle_timeout;
     options.max_chunk_len = max_chunk;
     options.partial_expiry = args.partial_expiry.0;

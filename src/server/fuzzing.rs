@@ -240,7 +240,7 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
     let staging = Staging::probe(&arena.served, 16);
     let flusher = Flusher::open(&arena.served).expect("the served directory");
     let ctx = Arc::new(Context::new(options, staging, flusher));
-    let session = Arc::new(Session::new([0x5a; 16], 1));
+    let session = Arc::new(Session::new([0x5a; 16], 1, None));
     let mut buf = BytesMut::from(rest);
     let (mut chunk_len, mut sent) = (HashMap::new(), HashMap::new());
     runtime().block_on(async {

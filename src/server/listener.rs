@@ -1,5 +1,5 @@
-//! The [`Server`]: bind, accept under a connection cap, expire idle sessions, shut down
-//! gracefully.
+//! The [`Server`]: bind, accept (never waiting: what a connection may take is decided in
+//! `admission.rs`), expire idle sessions, shut down gracefully within a bounded time.
 //!
 //! A failed connection is logged and dropped; it never stops the server. Shutdown stops
 //! accepting, tells every connection to stop (in-flight chunks are abandoned, and a partial
@@ -15,11 +15,11 @@ use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission::Handshaking;
 use super::durability::Flusher;
 use super::leftovers;
 use super::session::{self, Context};
@@ -48,6 +48,14 @@ impl ServerStatus {
     /// reaped, so 0 means that every connection's memory has been released.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted and still in their handshake (see
+    /// [`ServerOptions::max_handshakes`](crate::ServerOptions::max_handshakes)).
+    pub fn handshakes(&self) -> usize {
+        self.ctx
+            .upgrade()
+            .map_or(0, |ctx| ctx.admission.handshakes())
     }
 
     /// Events a subscriber missed because it fell behind (see [`Server::subscribe`]).
@@ -97,7 +105,10 @@ impl Server {
         if staging.is_on() {
             // A batch filling while the one before waits for its flush, and the sockets.
             let held = slots.min(2 * options.batch_files);
-            reserve_descriptors(listener.as_fd(), held + options.max_connections + 256);
+            reserve_descriptors(
+                listener.as_fd(),
+                held + options.max_connections + options.max_handshakes + 256,
+            );
         }
         tracing::debug!(
             on = staging.is_on(),
@@ -160,7 +171,6 @@ impl Server {
                 shutdown.clone(),
             ))
         });
-        let slots = Arc::new(Semaphore::new(ctx.options.max_connections.max(1)));
         let mut tasks = JoinSet::new();
         // Often enough that a short `session_linger` is honoured closely.
         let every = SWEEP_EVERY
@@ -173,18 +183,8 @@ impl Server {
             connections.fetch_sub(1, Ordering::AcqRel);
         };
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                    reaped();
-                    continue;
-                }
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+            // Never waits for a slot: a connection takes one only once authenticated
+            // (`admission.rs`).
             let accepted = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -222,21 +222,34 @@ impl Server {
                 }
             };
             connections.fetch_add(1, Ordering::AcqRel);
+            let handshaking = ctx.admission.handshaking();
             let ctx = Arc::clone(&ctx);
             let stop = shutdown.child_token();
             let span = tracing::debug_span!("connection", %peer);
-            tasks.spawn(
-                async move {
-                    let _permit = permit;
-                    handle(stream, peer, ctx, stop).await;
-                }
-                .instrument(span),
-            );
+            tasks.spawn(handle(stream, peer, ctx, stop, handshaking).instrument(span));
         }
         drop(listener);
         shutdown.cancel();
-        while tasks.join_next().await.is_some() {
-            reaped();
+        // Each connection stops at its next frame, or its next write's timeout; past that
+        // (a handler stuck on the disk), it is dropped where it stands (a partial file is
+        // never put in place by a dropped handler).
+        let grace = ctx.options.write_timeout + Duration::from_secs(1);
+        let drained = tokio::time::timeout(grace, async {
+            while tasks.join_next().await.is_some() {
+                reaped();
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = tasks.len(),
+                ?grace,
+                "connections still busy at shutdown; dropping them"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {
+                reaped();
+            }
         }
         let sessions: Vec<_> = {
             let mut map = ctx.sessions.lock().unwrap_or_else(PoisonError::into_inner);
@@ -283,12 +296,23 @@ async fn expire_leftovers(root: PathBuf, expiry: Duration, stop: CancellationTok
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, stop: CancellationToken) {
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+    handshaking: Handshaking,
+) {
     crate::wire::tune(&stream);
     let (rd, wr) = stream.into_split();
-    match session::serve(rd, wr, Some(peer), ctx, stop).await {
+    match session::serve(rd, wr, Some(peer), ctx, stop, handshaking).await {
         Ok(()) => tracing::debug!("connection closed"),
-        Err(e @ session::ConnError::Shutdown) => tracing::debug!(error = %e, "connection ended"),
+        Err(
+            e @ (session::ConnError::Shutdown
+            | session::ConnError::PushedOut
+            | session::ConnError::Link(crate::wire::LinkError::Idle(_))),
+        ) => tracing::debug!(error = %e, "connection ended"),
+        Err(e @ session::ConnError::Refused(_)) => tracing::info!(error = %e, "connection refused"),
         Err(e) => tracing::warn!(error = %e, "connection ended"),
     }
 }

@@ -1,7 +1,8 @@
 //! The receiving side: a [`Server`] accepts authenticated connections, groups them into
 //! sessions, verifies every chunk and writes files into the served directory.
 //!
-//! - `listener.rs`: binding, accepting, the connection cap, session expiry, graceful shutdown.
+//! - `listener.rs`: binding, accepting, session expiry, graceful shutdown.
+//! - `admission.rs`: the handshake pool, connection slots, per-address connection counts.
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
@@ -10,6 +11,7 @@
 //! - `staging.rs`: small files written unnamed until their batch is flushed.
 //! - `inline.rs`: whether small files are written on the connection's task or the blocking pool.
 //! - [`journal`]: resume journals of large files, beside their partial files.
+//! - `space.rs`: free space on the served filesystem, and the reserve new files must leave.
 //! - `probe.rs`: checking at start that the served directory can be written.
 //! - `names.rs`: what partial files and journals beside a target are called.
 //! - `leftovers.rs`: deleting partial files and journals no transfer came back for.
@@ -17,6 +19,7 @@
 //! - [`paths`]: hostile path checks.
 //! - [`fuzzing`]: the properties the receiver's fuzz targets check.
 
+mod admission;
 mod delivered;
 mod durability;
 pub mod events;
@@ -30,6 +33,7 @@ mod names;
 pub(crate) mod paths;
 mod probe;
 mod session;
+mod space;
 mod staging;
 #[cfg(test)]
 mod testfs;
@@ -46,6 +50,15 @@ pub use probe::{check_dir, DirError};
 
 use crate::protocol::handshake::Key;
 
+/// Free bytes for this process on the filesystem holding `path`, as new files are checked
+/// against [`ServerOptions::min_free_bytes`].
+///
+/// # Errors
+/// When `path` cannot be opened or `statvfs` fails.
+pub fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
+    space::free_bytes(&std::fs::File::open(path)?)
+}
+
 /// Server settings. `ServerOptions::new(dir)` gives the documented defaults.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -54,12 +67,43 @@ pub struct ServerOptions {
     pub root: PathBuf,
     /// The pre-shared key. Default: the empty passphrase (no authentication).
     pub key: Key,
-    /// Connections served at once; more wait in the accept queue. Default 64.
+    /// Authenticated connections served at once. One that finds every slot taken waits up
+    /// to `handshake_timeout` for one, then is refused with a limit error (its sender tries
+    /// again later). Default 64.
     pub max_connections: usize,
-    /// A connection with no frame for this long is closed. Default 60 s.
+    /// Authenticated connections from one source address at once. Default 32.
+    pub max_connections_per_address: usize,
+    /// Connections still in their handshake. They take no connection slot; when this many
+    /// wait, a new connection closes the one that has waited longest, so that idle or slow
+    /// sockets never keep an authenticated sender out. Default 256.
+    pub max_handshakes: usize,
+    /// A connection that gets nothing done for this long is closed, whether it is silent or
+    /// sends frames that change nothing (repeats, refused requests). Default 60 s.
     pub idle_timeout: Duration,
-    /// The handshake must finish within this. Default 10 s.
+    /// The handshake must finish within this, from the connection's accept. Default 10 s.
     pub handshake_timeout: Duration,
+    /// A reply that the peer does not read within this closes its connection (a peer that
+    /// stops reading holds nothing for longer); it also bounds a graceful shutdown's wait for
+    /// connections. Default 30 s.
+    pub write_timeout: Duration,
+    /// Transfers (sessions) held at once, including those waiting `session_linger` for their
+    /// sender to come back; a new one past this is refused with a limit error. Default 256.
+    pub max_sessions: usize,
+    /// Sessions begun from one source address and held at once. Default 32.
+    pub max_sessions_per_address: usize,
+    /// Large files (of more than one chunk) one session may have open at once, each holding
+    /// a partial file and its journal. Default 256.
+    pub max_open_files: usize,
+    /// Bytes of large files a session has announced and not yet sent. Default 16 TiB.
+    pub max_session_unfinished_bytes: u64,
+    /// Bytes of large files announced and not yet received, over all sessions. A new large
+    /// file must also fit, with all of these, in the free space above `min_free_bytes`.
+    /// Default 64 TiB.
+    pub max_unfinished_bytes: u64,
+    /// Free space (as `statvfs` gives it to this process) a new file must leave on the served
+    /// directory's filesystem; a file that would go below it is refused with a limit error
+    /// instead of filling the disk. Default 512 MiB.
+    pub min_free_bytes: u64,
     /// Largest chunk a client may use. With `max_connections`, this bounds memory: each
     /// connection buffers at most one frame. Default 16 MiB.
     pub max_chunk_len: u32,
@@ -107,8 +151,17 @@ impl ServerOptions {
             root: root.into(),
             key: Key::default(),
             max_connections: 64,
+            max_connections_per_address: 32,
+            max_handshakes: 256,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_sessions: 256,
+            max_sessions_per_address: 32,
+            max_open_files: 256,
+            max_session_unfinished_bytes: 16 << 40,
+            max_unfinished_bytes: 64 << 40,
+            min_free_bytes: 512 << 20,
             max_chunk_len: 16 * 1024 * 1024,
             max_file_size: 16 << 40,
             session_linger: Duration::from_secs(120),

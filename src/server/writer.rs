@@ -359,16 +359,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// `ENOSPC` unless the filesystem of `file` has `size` bytes free for this process: an honest
 /// file too large for the disk fails at its begin, not gigabytes later.
 fn fits(file: &File, size: u64) -> io::Result<()> {
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: a valid descriptor, and a buffer of the struct's size for the kernel to fill.
-    if unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: filled by the successful call above.
-    let st = unsafe { st.assume_init() };
-    #[allow(clippy::useless_conversion)] // 32-bit on some targets
-    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
-    if size > free {
+    if size > super::space::free_bytes(file)? {
         return Err(io::Error::from_raw_os_error(libc::ENOSPC));
     }
     Ok(())

@@ -26,6 +26,32 @@ pub async fn connect(addr: std::net::SocketAddr, session: [u8; 16]) -> Conn {
     }
 }
 
+/// Connects from `from` (a loopback address such as 127.0.0.2, so that a test plays a peer
+/// of its own) with the default key, and completes the handshake for `session`; a refusal
+/// comes back as its error code and message.
+pub async fn try_connect_from(
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    session: [u8; 16],
+) -> Result<Conn, (u16, String)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let (rd, wr) = socket.connect(addr).await.unwrap().into_split();
+    let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
+    let (mut hs, hello) = ClientHandshake::new(Key::default(), session, [7; 32]);
+    w.send(&hello).await.unwrap();
+    loop {
+        let frame = r.next().await.unwrap().unwrap();
+        if let Frame::Error { code, message, .. } = &frame {
+            return Err((*code, String::from_utf8_lossy(message).into_owned()));
+        }
+        match hs.handle(&frame).unwrap() {
+            Some(reply) => w.send(&reply).await.unwrap(),
+            None => return Ok((r, w)),
+        }
+    }
+}
+
 /// Metadata of a plain file at `path`.
 pub fn meta(path: impl Into<Vec<u8>>, size: u64) -> Meta {
     Meta {

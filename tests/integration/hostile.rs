@@ -454,7 +454,20 @@ async fn serve_out_of_descriptors_keeps_serving() {
         });
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = serve_from(cmd, dir.path(), &["--idle-timeout", "60s"]);
+    // Each attempt is a transfer of its own from this one address: the per-address limits are
+    // raised so that descriptors run out first.
+    let (mut server, addr) = serve_from(
+        cmd,
+        dir.path(),
+        &[
+            "--idle-timeout",
+            "60s",
+            "--max-sessions-per-address",
+            "1000",
+            "--max-connections-per-address",
+            "1000",
+        ],
+    );
     // 300 connection attempts at once; those that get in complete the handshake and are held
     // for longer than a receiver that gives up on accepting would take to do so (the
     // connections it took hold its descriptors meanwhile), the rest wait or time out.

@@ -13,6 +13,7 @@ mod faults;
 mod fuzz_corpus;
 mod hash_job;
 mod hostile;
+mod limits;
 mod refusals;
 mod restart;
 mod resume;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{error_frame, handle, max_buffered, ConnError, Context, Session};
 use crate::protocol::handshake::{random, ServerHandshake, ServerStep};
 use crate::protocol::ErrorCode;
+use crate::server::admission::Handshaking;
 use crate::server::events::ServerEvent;
 use crate::wire::{FrameReader, FrameWriter, LinkError};
 
@@ -21,6 +22,7 @@ pub(crate) async fn serve<R, W>(
     peer: Option<SocketAddr>,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
+    handshaking: Handshaking,
 ) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
@@ -31,34 +33,80 @@ where
     // Until authenticated, a peer may only send small frames.
     let mut reader = FrameReader::new(rd, 256);
     let mut writer = FrameWriter::new(wr);
+    writer.set_write_timeout(Some(opts.write_timeout));
     let mut hs = ServerHandshake::new(opts.key.clone(), random()?);
-    let deadline = opts.handshake_timeout;
-    let session_id = loop {
-        let Some(frame) = reader.next_within(deadline).await? else {
-            return Ok(());
-        };
-        match hs.handle(&frame) {
-            Ok(ServerStep::Reply(reply)) => writer.send(&reply).await?,
-            Ok(ServerStep::Done(accepted)) => break accepted.session,
-            Err(e) => {
-                let code = if matches!(e, crate::protocol::handshake::HandshakeError::BadKey) {
-                    ErrorCode::Auth
-                } else {
-                    ErrorCode::Protocol
-                };
-                let _ = writer.send(&error_frame(u64::MAX, code, &e)).await;
-                if let Some(peer) = peer.filter(|_| ctx.events.on()) {
-                    ctx.events.tell(ServerEvent::Refused {
-                        peer,
-                        reason: e.to_string(),
-                    });
+    let limit = opts.handshake_timeout;
+    // The whole handshake, not each frame, has `handshake_timeout`: a peer trickling its
+    // frames holds its place no longer than a silent one.
+    let handshake = tokio::time::timeout(limit, async {
+        loop {
+            let Some(frame) = reader.next().await? else {
+                return Ok(None);
+            };
+            match hs.handle(&frame) {
+                Ok(ServerStep::Reply(reply)) => writer.send(&reply).await?,
+                Ok(ServerStep::Done(accepted)) => return Ok(Some(accepted.session)),
+                Err(e) => {
+                    let code = if matches!(e, crate::protocol::handshake::HandshakeError::BadKey) {
+                        ErrorCode::Auth
+                    } else {
+                        ErrorCode::Protocol
+                    };
+                    let _ = writer.send(&error_frame(u64::MAX, code, &e)).await;
+                    if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+                        ctx.events.tell(ServerEvent::Refused {
+                            peer,
+                            reason: e.to_string(),
+                        });
+                    }
+                    return Err(ConnError::from(e));
                 }
-                return Err(e.into());
             }
         }
+    });
+    let admitting = async {
+        let Some(session) = handshake
+            .await
+            .map_err(|_| ConnError::Link(LinkError::Idle(limit)))??
+        else {
+            return Ok::<_, ConnError>(None);
+        };
+        // Authenticated: now it may take a connection slot (waiting as long as a handshake
+        // may take for one to come free), and its session may be made.
+        let admitted = ctx.admission.admit(peer, limit).await;
+        let attached = admitted.and_then(|admitted| {
+            let session = ctx.attach(session, Instant::now(), peer)?;
+            Ok((admitted, session))
+        });
+        Ok(Some(attached))
     };
+    let attached = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return Err(ConnError::Shutdown),
+        () = handshaking.pushed_out.cancelled() => return Err(ConnError::PushedOut),
+        attached = admitting => attached?,
+    };
+    drop(handshaking);
+    let Some(attached) = attached else {
+        return Ok(());
+    };
+    let (_admitted, session) = match attached {
+        Ok(attached) => attached,
+        Err(refused) => {
+            let _ = writer
+                .send(&error_frame(u64::MAX, ErrorCode::Limit, &refused))
+                .await;
+            if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+                ctx.events.tell(ServerEvent::Refused {
+                    peer,
+                    reason: refused.to_string(),
+                });
+            }
+            return Err(ConnError::Refused(refused));
+        }
+    };
+    let session_id = session.id;
     reader.set_max_frame_len(max_frame);
-    let session = ctx.attach(session_id, Instant::now());
     if let Some(peer) = peer {
         ctx.events.tell(ServerEvent::Connected { peer });
     }
@@ -108,6 +156,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let idle = ctx.options.idle_timeout;
+    // Closed after `idle_timeout` without progress (see `Session::progressed`), whether the
+    // peer is silent or trickles frames that change nothing.
+    let mut progress = (session.progress(), tokio::time::Instant::now());
     loop {
         // Frames already received are answered at once, and their replies (mostly
         // acknowledgements of a dozen bytes) go out together when the reader has to wait.
@@ -115,19 +166,29 @@ where
             Some(frame) => Some(frame),
             None => {
                 writer.flush().await?;
+                let deadline = progress.1 + idle;
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Err(ConnError::Shutdown),
-                    frame = reader.next_within(idle) => frame?,
+                    frame = tokio::time::timeout_at(deadline, reader.next()) => {
+                        frame.map_err(|_| LinkError::Idle(idle))??
+                    }
                 }
             }
         };
         let Some(frame) = frame else {
             return Ok(());
         };
-        session.lock().last_active = Some(Instant::now());
+        let now = Instant::now();
+        session.lock().last_active = Some(now);
         for reply in handle(frame, ctx, session).await? {
             writer.queue(&reply).await?;
+        }
+        let seen = session.progress();
+        if seen != progress.0 {
+            progress = (seen, tokio::time::Instant::now());
+        } else if progress.1.elapsed() >= idle {
+            return Err(ConnError::Stalled(idle));
         }
     }
 }

@@ -49,6 +49,7 @@ pub(super) async fn finish(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Fr
         Err(e) => tracing::warn!(error = %e, "stamping directory times failed"),
     }
     session.lock().finished = true;
+    session.progressed();
     replies.push(Frame::Finished);
     replies
 }

@@ -2,6 +2,7 @@
 //! journal, each `Data` frame is verified against its chaining value and written at its
 //! offset, and `FileEnd` checks the root, makes the file durable and renames it into place.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +31,49 @@ pub(super) struct LargeFile {
     verified: Mutex<Verified>,
     /// Held while a chunk is written.
     writing: Mutex<()>,
+    /// What of it has not arrived yet, counted against the receiver's limits.
+    unfinished: Unfinished,
+}
+
+/// Bytes of a large file announced and not yet received, counted in the server's total
+/// ([`Context::unfinished`]) from its begin until the file is dropped, whichever way it ends.
+#[derive(Debug)]
+pub(super) struct Unfinished {
+    total: Arc<AtomicU64>,
+    left: AtomicU64,
+}
+
+impl Unfinished {
+    /// Counts `bytes` more in `total`; returns the reservation and the total with it.
+    fn reserve(total: &Arc<AtomicU64>, bytes: u64) -> (Self, u64) {
+        let before = total.fetch_add(bytes, Ordering::AcqRel);
+        let reserved = Unfinished {
+            total: Arc::clone(total),
+            left: AtomicU64::new(bytes),
+        };
+        (reserved, before.saturating_add(bytes))
+    }
+
+    /// `bytes` of the file arrived (or were there already).
+    fn received(&self, bytes: u64) {
+        let taken = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left.saturating_sub(bytes))
+            })
+            .map_or(0, |before| before.min(bytes));
+        self.total.fetch_sub(taken, Ordering::AcqRel);
+    }
+
+    pub(super) fn left(&self) -> u64 {
+        self.left.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.total.fetch_sub(*self.left.get_mut(), Ordering::AcqRel);
+    }
 }
 
 impl LargeFile {
@@ -118,15 +162,32 @@ pub(super) async fn begin(
             "a file of one chunk must be sent as a small file",
         );
     }
+    let reserved = match admit(file, meta.size, ctx, session) {
+        Ok(reserved) => reserved,
+        Err(refused) => return refused,
+    };
     let (size, mode, mtime_ns) = (meta.size, meta.mode, meta.mtime_ns);
     let id = Identity {
         size,
         chunk_len: u64::from(chunk_len),
         mtime_ns,
     };
-    let large = match open_large(ctx, session, file, meta.path, id, mode).await {
+    let large = match open_large(ctx, session, file, meta.path, id, mode, reserved).await {
         Ok(large) => large,
         Err(e) => return e.frame(file),
+    };
+    let ours = session
+        .lock()
+        .large
+        .get(&file)
+        .is_some_and(|l| Arc::ptr_eq(l, &large));
+    let large = if ours {
+        large
+    } else {
+        match fits(file, large, ctx).await {
+            Ok(large) => large,
+            Err(refused) => return refused,
+        }
     };
     // A repeated begin that raced this one may have got there first: keep that one, and
     // drop this one's partial file if it made its own.
@@ -138,10 +199,75 @@ pub(super) async fn begin(
     if !Arc::ptr_eq(&kept, &extra) && kept.partial.path() != extra.partial.path() {
         extra.abandon();
     }
+    session.progressed();
     Frame::FileReady {
         file,
         have: kept.have(),
     }
+}
+
+/// Checks a new large file of `size` bytes against the receiver's limits: files open in the
+/// session, bytes unfinished in the session and overall, and free space. Returns its bytes'
+/// reservation in the overall count, or the refusal to answer.
+fn admit(
+    file: u64,
+    size: u64,
+    ctx: &Arc<Context>,
+    session: &Arc<Session>,
+) -> Result<Unfinished, Frame> {
+    let opts = &ctx.options;
+    let refuse = |why: String| Err(error_frame(file, ErrorCode::Limit, why));
+    let (open, left) = {
+        let s = session.lock();
+        let left: u64 = s.large.values().map(|l| l.unfinished.left()).sum();
+        (s.large.len(), left)
+    };
+    if open >= opts.max_open_files {
+        return refuse(format!(
+            "this transfer has {open} large files open on the receiver, its limit (serve's \
+             --max-open-files raises it)"
+        ));
+    }
+    if left.saturating_add(size) > opts.max_session_unfinished_bytes {
+        return refuse(format!(
+            "this transfer would have more than {} bytes of files begun and not yet sent \
+             (serve's --max-session-unfinished raises the limit)",
+            opts.max_session_unfinished_bytes
+        ));
+    }
+    let (reserved, total) = Unfinished::reserve(&ctx.unfinished, size);
+    if total > opts.max_unfinished_bytes {
+        return refuse(format!(
+            "the receiver would have more than {} bytes of files begun and not yet received \
+             (serve's --max-unfinished raises the limit)",
+            opts.max_unfinished_bytes
+        ));
+    }
+    Ok(reserved)
+}
+
+/// Whether what `large` still lacks fits in the free space, with everything promised to the
+/// other files being received; if not, it is put aside (what a resumed file has is kept for a
+/// later transfer) and the refusal is returned.
+async fn fits(
+    file: u64,
+    large: Arc<LargeFile>,
+    ctx: &Arc<Context>,
+) -> Result<Arc<LargeFile>, Frame> {
+    let left = large.unfinished.left();
+    let others = ctx.unfinished.load(Ordering::Acquire).saturating_sub(left);
+    let Err(e) = ctx.space.admit(others, left) else {
+        return Ok(large);
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        if large.have() == 0 {
+            large.abandon();
+        } else {
+            large.suspend();
+        }
+    })
+    .await;
+    Err(error_frame(file, ErrorCode::Limit, e))
 }
 
 /// A chunk of a large file: verified against its chaining value, written at its offset,
@@ -236,6 +362,8 @@ pub(super) async fn data(
                 .record(index, cv);
             match recorded {
                 Recorded::New => {
+                    session.progressed();
+                    large.unfinished.received(expected);
                     if let Err(e) = journal_chunk(&large, index, cv, expected).await {
                         return vec![fail_large(session, file, ErrorCode::Io, e)];
                     }
@@ -311,6 +439,7 @@ pub(super) async fn end(
     let mut s = session.lock();
     s.committing.remove(&file);
     if matches!(reply, Frame::FileDone { .. }) {
+        session.progressed();
         s.done.insert(file);
         if let Some((target, bytes)) = told {
             ctx.events.received(&ctx.options.root, &target, bytes);
@@ -401,15 +530,25 @@ async fn open_large(
     path: Vec<u8>,
     id: Identity,
     mode: u32,
+    reserved: Unfinished,
 ) -> Result<Arc<LargeFile>, PlaceError> {
-    let large = |partial, journal, verified| LargeFile {
-        partial,
-        size: id.size,
-        chunk_len: id.chunk_len,
-        mtime_ns: id.mtime_ns,
-        journal,
-        verified: Mutex::new(verified),
-        writing: Mutex::new(()),
+    let mut reserved = Some(reserved);
+    let mut large = |partial, journal, verified: Verified| {
+        let unfinished = reserved
+            .take()
+            .unwrap_or_else(|| Unfinished::reserve(&ctx.unfinished, id.size).0);
+        // Chunks resumed from an earlier transfer are there already.
+        unfinished.received(verified.next().saturating_mul(id.chunk_len));
+        LargeFile {
+            partial,
+            size: id.size,
+            chunk_len: id.chunk_len,
+            mtime_ns: id.mtime_ns,
+            journal,
+            verified: Mutex::new(verified),
+            writing: Mutex::new(()),
+            unfinished,
+        }
     };
     let mut tries = 0;
     loop {

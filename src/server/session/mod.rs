@@ -14,13 +14,16 @@
 //! - `finish.rs`: the end of a transfer: the last flush and the directories' times.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use super::admission::{canonical, Admission, Refused};
 use super::durability::{Batch, Flusher};
 use super::inline::InlineGate;
+use super::space::Space;
 use super::staging::Staging;
 use super::ServerOptions;
 use crate::pipeline::hash::HashPool;
@@ -62,6 +65,12 @@ pub(crate) struct SessionState {
 /// One transfer's state on the server.
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// The id its sender chose.
+    pub(crate) id: [u8; 16],
+    /// The address that began it, for the per-address session limit.
+    owner: Option<IpAddr>,
+    /// Counts what its connections got done (see [`Session::progressed`]).
+    progress: AtomicU64,
     tag: String,
     /// This state's id, announced in `Welcome`: a sender that sees it change knows the state
     /// it built up was lost (a restart, or a session dropped after `session_linger`).
@@ -81,9 +90,12 @@ impl SessionState {
 }
 
 impl Session {
-    pub(crate) fn new(id: [u8; 16], incarnation: u64) -> Self {
+    pub(crate) fn new(id: [u8; 16], incarnation: u64, owner: Option<IpAddr>) -> Self {
         let tag = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
         Session {
+            id,
+            owner,
+            progress: AtomicU64::new(0),
             tag,
             incarnation,
             inner: Mutex::new(SessionState::default()),
@@ -92,6 +104,18 @@ impl Session {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that a request did something new: a chunk or a small file written, a file
+    /// begun or put in place, a directory or link made, the transfer finished. A connection
+    /// whose session sees none of this for `idle_timeout` is closed, however many frames it
+    /// sends (repeats and refusals change nothing).
+    pub(super) fn progressed(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// Ends a session that will never finish: small files not yet flushed are deleted
@@ -125,6 +149,13 @@ pub(crate) struct Context {
     pub(crate) flusher: Flusher,
     /// What a subscriber is told (see `events.rs`).
     pub(crate) events: crate::server::events::Events,
+    /// Handshakes, connection slots and per-address counts (see `admission.rs`).
+    pub(crate) admission: Arc<Admission>,
+    /// Bytes announced by the large files being received and not yet received, over every
+    /// session (see `large.rs`).
+    pub(crate) unfinished: Arc<AtomicU64>,
+    /// Free space, and the reserve new files leave (see `space.rs`).
+    pub(crate) space: Space,
     /// Incarnations of this server's sessions: a random start, so that another process (a
     /// restart) gives other ones, then one more per session made.
     incarnations: AtomicU64,
@@ -133,7 +164,15 @@ pub(crate) struct Context {
 impl Context {
     /// A receiver's shared state for `options`, with its small-file staging and flusher.
     pub(crate) fn new(options: ServerOptions, staging: Staging, flusher: Flusher) -> Self {
+        let admission = Arc::new(Admission::new(
+            options.max_handshakes,
+            options.max_connections,
+            options.max_connections_per_address,
+        ));
         Context {
+            admission,
+            unfinished: Arc::new(AtomicU64::new(0)),
+            space: Space::new(&options.root, options.min_free_bytes),
             options,
             pool: HashPool::default(),
             sessions: Mutex::new(HashMap::new()),
@@ -161,18 +200,38 @@ fn fallback_seed() -> [u8; 8] {
 impl Context {
     /// The session `id` (created if new), with this connection counted in it. Counting under
     /// the map's lock means [`Context::forget`] never drops a session a connection is joining.
-    fn attach(&self, id: [u8; 16], now: Instant) -> Arc<Session> {
+    /// A new session is refused past `max_sessions`, or `max_sessions_per_address` begun from
+    /// `peer`'s address.
+    fn attach(
+        &self,
+        id: [u8; 16],
+        now: Instant,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<Session>, Refused> {
         let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let owner = peer.map(|p| canonical(p.ip()));
+        if !map.contains_key(&id) {
+            let limit = self.options.max_sessions;
+            if map.len() >= limit {
+                return Err(Refused::Sessions { limit });
+            }
+            if let Some(ip) = owner {
+                let limit = self.options.max_sessions_per_address;
+                if map.values().filter(|s| s.owner == Some(ip)).count() >= limit {
+                    return Err(Refused::AddressSessions { ip, limit });
+                }
+            }
+        }
         let s = map.entry(id).or_insert_with(|| {
             let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed);
-            Arc::new(Session::new(id, incarnation))
+            Arc::new(Session::new(id, incarnation, owner))
         });
         {
             let mut inner = s.lock();
             inner.connections += 1;
             inner.last_active = Some(now);
         }
-        Arc::clone(s)
+        Ok(Arc::clone(s))
     }
 
     /// Takes the large file whose partial file is `partial` from a session other than `ours`
@@ -239,6 +298,12 @@ pub(crate) enum ConnError {
     Protocol(&'static str),
     #[error("server shutting down")]
     Shutdown,
+    #[error("refused: {0}")]
+    Refused(#[from] Refused),
+    #[error("closed in its handshake to make room for newer connections")]
+    PushedOut,
+    #[error("no progress for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 impl From<std::io::Error> for ConnError {
@@ -333,7 +398,7 @@ mod tests {
             Receiver {
                 dir,
                 ctx,
-                session: Arc::new(Session::new([7; 16], 1)),
+                session: Arc::new(Session::new([7; 16], 1, None)),
             }
         }
 

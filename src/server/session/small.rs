@@ -36,6 +36,10 @@ pub(super) async fn file(
     if meta.size > opts.max_file_size {
         return vec![error_frame(file, ErrorCode::Limit, "file too large")];
     }
+    let committed = ctx.unfinished.load(std::sync::atomic::Ordering::Acquire);
+    if let Err(e) = ctx.space.admit_small(committed, payload.len() as u64) {
+        return vec![error_frame(file, ErrorCode::Limit, e)];
+    }
     let tag = session.tag.clone();
     let bytes = payload.len() as u64;
     let placing = Arc::clone(ctx);
@@ -72,6 +76,7 @@ pub(super) async fn file(
         .unwrap_or_else(|e| Err(Some(PlaceError::Io(e))));
     match written {
         Ok(finished) => {
+            session.progressed();
             let full = {
                 let mut s = session.lock();
                 s.batch.push(file, finished, bytes);
@@ -213,6 +218,7 @@ async fn batch_made(
     file: u64,
     path: std::path::PathBuf,
 ) -> Vec<Frame> {
+    session.progressed();
     let full = {
         let mut s = session.lock();
         s.batch.push_made(file, path);
