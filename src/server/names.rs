@@ -20,9 +20,9 @@ const NAME_MAX: usize = 255;
 /// our additions.
 const NAME_DIGEST: usize = 16;
 
-/// `.<name>[.<tag>]<suffix>` beside `target`: partial files (tagged with their session, so
-/// concurrent sessions never share one; untagged for resumable large files, whose journal
-/// says who holds them) and journals.
+/// `.<name>[.<tag>]<suffix>` beside `target`: partial files (tagged with a name of their own,
+/// random and never used before, see `Session::partial_tag`; untagged for resumable large
+/// files, whose journal says who holds them) and journals.
 ///
 /// A name too long for these additions (they take up to about 40 bytes, and a name may have
 /// 255) is cut, at a character boundary if it is UTF-8, and followed by `~` and a digest of the
@@ -54,8 +54,8 @@ pub(crate) fn sibling(target: &Path, tag: Option<&str>, suffix: &str) -> PathBuf
     target.with_file_name(OsStr::from_bytes(&name))
 }
 
-/// The partial path of `target` tagged with a session (small files, and large files that
-/// another transfer's journal holds).
+/// The partial path of `target` with `tag` (small files, and large files that another
+/// transfer's journal holds).
 pub(crate) fn partial_path(target: &Path, tag: &str) -> PathBuf {
     sibling(target, Some(tag), PARTIAL_SUFFIX)
 }

@@ -64,8 +64,7 @@ impl PartialFile {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode_private()
             .open(&partial)?;
         if let Some(size) = size.filter(|&s| s > 0) {
@@ -282,8 +281,8 @@ impl Finished {
             linked => return linked,
         }
         let named = match linker.link(file, &self.partial) {
-            // Our session's tag: a leftover of this very session (say, a link whose rename
-            // failed). Never somebody else's.
+            // This file's own tag, used for no other file: whatever has the name is a
+            // leftover, not another transfer's file.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 std::fs::remove_file(&self.partial)?;
                 linker.link(file, &self.partial)
@@ -434,7 +433,6 @@ pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<File> {
 /// directory must exist (the session's `place` makes it).
 pub(crate) fn make_symlink(path: &Path, target: &[u8], tag: &str) -> io::Result<()> {
     let tmp = partial_path(path, tag);
-    let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
@@ -502,6 +500,25 @@ mod tests {
         assert_eq!(names, ["t"]);
         let mode = std::fs::metadata(&target).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o640);
+    }
+
+    /// A partial file's name that is taken (say, by a local user who guessed it) fails that
+    /// file; what is there is neither written through nor truncated.
+    #[test]
+    fn a_taken_partial_name_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::write(partial_path(&target, "tag"), b"someone's").unwrap();
+        let created = PartialFile::create(target.clone(), None, 0o644, 0, "tag");
+        assert_eq!(
+            created.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(
+            std::fs::read(partial_path(&target, "tag")).unwrap(),
+            b"someone's"
+        );
+        assert!(!target.exists());
     }
 
     /// Abandoning an unnamed file deletes nothing that has a name.

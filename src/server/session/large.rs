@@ -591,7 +591,7 @@ async fn open_large(
             }
         }
     }
-    let tag = session.tag.clone();
+    let tag = session.partial_tag();
     let mtime_ns = id.mtime_ns;
     let partial = ctx
         .place_blocking(path, false, move |target| {

@@ -71,7 +71,10 @@ pub(crate) struct Session {
     owner: Option<IpAddr>,
     /// Counts what its connections got done (see [`Session::progressed`]).
     progress: AtomicU64,
+    /// Random, so that nobody can put anything in a partial file's place beforehand; with
+    /// `partials`, one name per partial file (see [`Session::partial_tag`]).
     tag: String,
+    partials: AtomicU64,
     /// This state's id, announced in `Welcome`: a sender that sees it change knows the state
     /// it built up was lost (a restart, or a session dropped after `session_linger`).
     pub(crate) incarnation: u64,
@@ -91,12 +94,17 @@ impl SessionState {
 
 impl Session {
     pub(crate) fn new(id: [u8; 16], incarnation: u64, owner: Option<IpAddr>) -> Self {
-        let tag = id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let tag = random::<8>()
+            .unwrap_or_else(|_| fallback_seed())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Session {
             id,
             owner,
             progress: AtomicU64::new(0),
             tag,
+            partials: AtomicU64::new(0),
             incarnation,
             inner: Mutex::new(SessionState::default()),
         }
@@ -112,6 +120,14 @@ impl Session {
     /// sends (repeats and refusals change nothing).
     pub(super) fn progressed(&self) {
         self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A tag no partial file had before: the session's random tag and a count. Partial files
+    /// are created with `O_EXCL`, so a name taken (by a local user guessing it, say) fails
+    /// that file instead of being written through.
+    pub(super) fn partial_tag(&self) -> String {
+        let n = self.partials.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:x}", self.tag)
     }
 
     pub(super) fn progress(&self) -> u64 {

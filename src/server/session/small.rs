@@ -40,7 +40,7 @@ pub(super) async fn file(
     if let Err(e) = ctx.space.admit_small(committed, payload.len() as u64) {
         return vec![error_frame(file, ErrorCode::Limit, e)];
     }
-    let tag = session.tag.clone();
+    let tag = session.partial_tag();
     let bytes = payload.len() as u64;
     let placing = Arc::clone(ctx);
     // Not on the hashing pool: most of this is creating and writing the file, and the
@@ -185,7 +185,7 @@ pub(super) async fn symlink(
             return vec![PlaceError::Path(e).frame(file)];
         }
     }
-    let tag = session.tag.clone();
+    let tag = session.partial_tag();
     let made = ctx
         .place_blocking(meta.path, true, move |path| {
             make_symlink(&path, &target, &tag).map(|()| path)
