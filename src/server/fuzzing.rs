@@ -220,13 +220,15 @@ fn fix_hashes(
 }
 
 /// Property of the `session` fuzz target. The first byte holds flags (bit 0: make hashes
-/// correct); the rest is a sequence of encoded frames, handled in order by one session of a
+/// correct; bit 1: limits small enough to reach: 2 open large files, 64 KiB unfinished per
+/// session and 96 KiB in all, 4 KiB of directory records); the rest is a sequence of encoded frames, handled in order by one session of a
 /// receiver serving `arena`'s `served` directory, as one authenticated connection would.
 ///
 /// # Panics
 /// On a finding: something outside the served directory was created or changed, or a partial
 /// file (other than a resumable one with its journal) or a lone journal survived the ended
-/// session, or the receiver itself panicked.
+/// session, the count of unfinished bytes went over its limit or did not return to zero, or
+/// the receiver itself panicked.
 pub fn check_session(arena: &Arena, data: &[u8]) {
     let _one = arena_lock().lock().unwrap_or_else(|e| e.into_inner());
     arena.reset().expect("reset the arena");
@@ -237,6 +239,13 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
     options.max_chunk_len = FUZZ_MAX_CHUNK;
     options.max_file_size = 1 << 20;
     options.batch_files = 3;
+    if flags & 2 == 2 {
+        options.max_open_files = 2;
+        options.max_session_unfinished_bytes = 64 << 10;
+        options.max_unfinished_bytes = 96 << 10;
+        options.max_dir_bytes = 4 << 10;
+    }
+    let most = options.max_unfinished_bytes;
     let staging = Staging::probe(&arena.served, 16);
     let flusher = Flusher::open(&arena.served).expect("the served directory");
     let ctx = Arc::new(Context::new(options, staging, flusher));
@@ -251,9 +260,13 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
             if session::handle(frame, &ctx, &session).await.is_err() {
                 break; // a protocol violation ends the connection
             }
+            let unfinished = ctx.unfinished.load(std::sync::atomic::Ordering::Acquire);
+            assert!(unfinished <= most, "{unfinished} bytes unfinished, over {most}");
         }
     });
     session.suspend();
+    let unfinished = ctx.unfinished.load(std::sync::atomic::Ordering::Acquire);
+    assert_eq!(unfinished, 0, "unfinished bytes counted after the session ended");
     arena.assert_contained();
     let mut left = Vec::new();
     partial_files(&arena.served, &mut left);
