@@ -38,7 +38,6 @@ struct SmokePlan {
 
 struct Smoke {
     plan: Option<SmokePlan>,
-    _dir: Option<tempdir::Dir>,
 }
 
 mod tempdir {
@@ -72,7 +71,9 @@ fn generate(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
     out.flush()
 }
 
-fn smoke_setup(mode: String) -> std::io::Result<Smoke> {
+/// The smoke run's plan, and its folder: held by `main`, not by the app's managed state, which
+/// Tauri does not drop before the process exits.
+fn smoke_setup(mode: String) -> std::io::Result<(Smoke, tempdir::Dir)> {
     let bytes = std::env::var("TIDEGATE_SMOKE_BYTES")
         .ok()
         .and_then(|b| b.parse().ok())
@@ -94,7 +95,7 @@ fn smoke_setup(mode: String) -> std::io::Result<Smoke> {
     if mode != "idle" {
         generate(&source, bytes)?;
     }
-    Ok(Smoke {
+    let smoke = Smoke {
         plan: Some(SmokePlan {
             mode,
             source: source.display().to_string(),
@@ -102,8 +103,8 @@ fn smoke_setup(mode: String) -> std::io::Result<Smoke> {
             bytes,
             to,
         }),
-        _dir: Some(guard),
-    })
+    };
+    Ok((smoke, guard))
 }
 
 /// The smoke run's plan, or nothing when the app runs for a person.
@@ -143,11 +144,14 @@ fn smoke_result(app: AppHandle, ok: bool, message: String) {
 }
 
 fn main() {
-    let smoke = match std::env::var("TIDEGATE_SMOKE") {
+    let (smoke, folder) = match std::env::var("TIDEGATE_SMOKE") {
         Ok(mode) if !mode.is_empty() => {
-            std::thread::spawn(|| {
+            let folder =
+                std::env::temp_dir().join(format!("tidegate-smoke-{}", std::process::id()));
+            std::thread::spawn(move || {
                 std::thread::sleep(WATCHDOG);
                 eprintln!("smoke: FAILED: no result after {} s", WATCHDOG.as_secs());
+                let _ = std::fs::remove_dir_all(&folder);
                 std::process::exit(3);
             });
             let mode = if mode == "idle" {
@@ -156,17 +160,14 @@ fn main() {
                 "transfer".into()
             };
             match smoke_setup(mode) {
-                Ok(smoke) => smoke,
+                Ok((smoke, folder)) => (smoke, Some(folder)),
                 Err(e) => {
                     eprintln!("smoke: FAILED: cannot prepare the test file: {e}");
                     std::process::exit(1);
                 }
             }
         }
-        _ => Smoke {
-            plan: None,
-            _dir: None,
-        },
+        _ => (Smoke { plan: None }, None),
     };
     let app = tauri::Builder::default()
         .plugin(tauri_plugin_tidegate::init())
@@ -179,10 +180,15 @@ fn main() {
         ])
         .build(tauri::generate_context!());
     match app {
-        // Returning (rather than exiting from the event loop) drops the smoke run's folder.
-        Ok(app) => std::process::exit(app.run_return(|_, _| {})),
+        Ok(app) => {
+            let code = app.run_return(|_, _| {});
+            // `exit` runs no destructors: the smoke run's folder goes first.
+            drop(folder);
+            std::process::exit(code)
+        }
         Err(e) => {
             eprintln!("tidegate-desktop: {e}");
+            drop(folder);
             std::process::exit(1);
         }
     }
