@@ -261,12 +261,18 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
                 break; // a protocol violation ends the connection
             }
             let unfinished = ctx.unfinished.load(std::sync::atomic::Ordering::Acquire);
-            assert!(unfinished <= most, "{unfinished} bytes unfinished, over {most}");
+            assert!(
+                unfinished <= most,
+                "{unfinished} bytes unfinished, over {most}"
+            );
         }
     });
     session.suspend();
     let unfinished = ctx.unfinished.load(std::sync::atomic::Ordering::Acquire);
-    assert_eq!(unfinished, 0, "unfinished bytes counted after the session ended");
+    assert_eq!(
+        unfinished, 0,
+        "unfinished bytes counted after the session ended"
+    );
     arena.assert_contained();
     let mut left = Vec::new();
     partial_files(&arena.served, &mut left);
