@@ -391,3 +391,27 @@ async fn a_peer_trickling_frames_that_change_nothing_is_closed_after_the_idle_ti
     still_serves(&server).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_whatever_a_peer_that_stops_reading_does() {
+    let server = TestServer::start_with(|o| o.write_timeout = Duration::from_secs(1)).await;
+    let (r, mut w) = connect(server.addr, [9; 16]).await;
+    // Flood until the receiver's replies fill the socket and its writes block.
+    let flooding = tokio::spawn(async move {
+        for index in 0..2_000_000u64 {
+            if w.queue(&stray(index)).await.is_err() {
+                return;
+            }
+        }
+    });
+    while server.status.connections() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The peer is still connected and still reads nothing.
+    tokio::time::timeout(Duration::from_secs(60), server.stop())
+        .await
+        .expect("shutdown waited on a peer that reads nothing");
+    drop(r);
+    flooding.abort();
+}
