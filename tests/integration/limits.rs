@@ -43,6 +43,21 @@ fn stray(index: u64) -> Frame {
     }
 }
 
+/// Sends 2,000,000 stray chunks, each answered with an error, reading none of the answers;
+/// ends with the first failed write's error (`None`: every frame went out).
+fn flood(
+    mut w: tidegate::wire::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+) -> tokio::task::JoinHandle<Option<std::io::Error>> {
+    tokio::spawn(async move {
+        for index in 0..2_000_000u64 {
+            if let Err(e) = w.queue(&stray(index)).await {
+                return Some(e);
+            }
+        }
+        w.flush().await.err()
+    })
+}
+
 /// An honest transfer of a small tree from 127.0.0.1 arrives whole.
 async fn still_serves(server: &TestServer) {
     let src = tempfile::tempdir().unwrap();
@@ -338,16 +353,9 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
         o.idle_timeout = Duration::from_secs(600);
     })
     .await;
-    let (r, mut w) = connect(server.addr, [7; 16]).await;
+    let (r, w) = connect(server.addr, [7; 16]).await;
     // Each stray chunk is answered with an error; none of the answers is read.
-    let writing = tokio::spawn(async move {
-        for index in 0..2_000_000u64 {
-            if let Err(e) = w.queue(&stray(index)).await {
-                return Some(e);
-            }
-        }
-        w.flush().await.err()
-    });
+    let writing = flood(w);
     let ended = tokio::time::timeout(Duration::from_secs(120), writing)
         .await
         .expect("the receiver kept a peer that reads nothing")
@@ -395,15 +403,9 @@ async fn a_peer_trickling_frames_that_change_nothing_is_closed_after_the_idle_ti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_whatever_a_peer_that_stops_reading_does() {
     let server = TestServer::start_with(|o| o.write_timeout = Duration::from_secs(1)).await;
-    let (r, mut w) = connect(server.addr, [9; 16]).await;
+    let (r, w) = connect(server.addr, [9; 16]).await;
     // Flood until the receiver's replies fill the socket and its writes block.
-    let flooding = tokio::spawn(async move {
-        for index in 0..2_000_000u64 {
-            if w.queue(&stray(index)).await.is_err() {
-                return;
-            }
-        }
-    });
+    let flooding = flood(w);
     while server.status.connections() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -179,15 +179,15 @@ where
         let Some(frame) = frame else {
             return Ok(());
         };
-        let now = Instant::now();
-        session.lock().last_active = Some(now);
+        let now = tokio::time::Instant::now();
+        session.lock().last_active = Some(now.into_std());
         for reply in handle(frame, ctx, session).await? {
             writer.queue(&reply).await?;
         }
         let seen = session.progress();
         if seen != progress.0 {
-            progress = (seen, tokio::time::Instant::now());
-        } else if progress.1.elapsed() >= idle {
+            progress = (seen, now);
+        } else if now.duration_since(progress.1) >= idle {
             return Err(ConnError::Stalled(idle));
         }
     }
