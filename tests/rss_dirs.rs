@@ -30,9 +30,10 @@ fn a_million_directories_with_4_kib_paths_keep_the_receiver_under_96_mib() {
         .unwrap()
         .block_on(async {
             let (mut r, mut w) = connect(addr.parse().unwrap(), [1; 16]).await;
-            // 19 components of 200 bytes, then one of its own: 4,000 bytes, so that with the served
-            // directory before it the whole path is within PATH_MAX (4,096).
-            let prefix: Vec<u8> = (0..19)
+            // 20 components of 200 bytes, then one of its own: 4,096 bytes, the longest path
+            // accepted (longer than PATH_MAX with the served directory before it: the receiver
+            // reaches it from the served directory's descriptor).
+            let prefix: Vec<u8> = (0..20)
                 .flat_map(|i| {
                     let mut c = vec![b'a' + i as u8; 200];
                     c.push(b'/');
@@ -64,8 +65,8 @@ fn a_million_directories_with_4_kib_paths_keep_the_receiver_under_96_mib() {
             });
             for file in 0..FRAMES {
                 let mut path = prefix.clone();
-                path.extend_from_slice(format!("{file:0>181}").as_bytes());
-                assert_eq!(path.len(), 4000);
+                path.extend_from_slice(format!("{file:0>76}").as_bytes());
+                assert_eq!(path.len(), 4096);
                 w.queue(&Frame::Dir {
                     file,
                     meta: meta(path, 0),

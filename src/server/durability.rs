@@ -17,6 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use super::beneath::Root;
 use super::writer::{sync_dir, Finished};
 
 /// Flushes the served filesystem for batches of small files, and keeps track of whether a
@@ -182,12 +183,13 @@ impl Batch {
     /// place, and those that failed with why.
     pub(crate) fn commit(
         self,
-        root: &Path,
+        served: &Root,
         flusher: &Flusher,
     ) -> (Vec<u64>, Vec<(u64, std::io::Error)>) {
         if self.is_empty() {
             return (Vec::new(), Vec::new());
         }
+        let root = served.path();
         let parent_of = |path: &Path| path.parent().unwrap_or(root).to_path_buf();
         // The flusher reaches only the served directory's own filesystem. A directory on
         // another one (a mount inside the served directory) has its filesystem flushed on
@@ -198,7 +200,11 @@ impl Batch {
         for path in targets.chain(self.made.iter().map(|(_, path)| path.as_path())) {
             let parent = path.parent().unwrap_or(root);
             if !dev_of.contains_key(parent) {
-                let dev = std::fs::metadata(parent).ok().map(|m| m.dev());
+                let dev = served
+                    .open_dir(parent)
+                    .and_then(|d| d.metadata())
+                    .ok()
+                    .map(|m| m.dev());
                 dev_of.insert(parent.to_path_buf(), dev);
             }
         }
@@ -264,14 +270,14 @@ impl Batch {
             dirs.into_iter().partition(|(dir, _)| home(dev_at(dir)));
         let synced_here = match here.as_slice() {
             [] => Ok(()),
-            [(dir, _)] => sync_dir(dir),
+            [(dir, _)] => sync_dir(served, dir),
             _ => flusher.flush().map(|_| ()),
         };
         let synced = here
             .into_iter()
             .map(|group| (group, synced_here.as_ref().copied().map_err(clone_error)))
             .chain(away.into_iter().map(|group| {
-                let synced = sync_dir(&group.0);
+                let synced = sync_dir(served, &group.0);
                 (group, synced)
             }));
         for ((dir, files), synced) in synced {
@@ -329,17 +335,18 @@ mod tests {
         let dir = root.join("d");
         let data = vec![7u8; 256 << 10];
         let mut batch = Batch::default();
+        let served = Root::open(&root).unwrap();
         let on = Staging::on_for_test(&dir);
         let off = Staging::default();
         for (id, name, staging) in [(1, "unnamed", &on), (2, "named", &off)] {
-            let file = PartialFile::create_small(dir.join(name), 0o644, 0, "tag", staging)
+            let file = PartialFile::create_small(&served, dir.join(name), 0o644, 0, "tag", staging)
                 .expect("create");
             file.write_at(0, &data).expect("write");
             batch.push(id, file.finish(false).expect("finish"), data.len() as u64);
         }
         before(&root, &flusher);
 
-        let (done, failed) = batch.commit(&root, &flusher);
+        let (done, failed) = batch.commit(&served, &flusher);
         assert!(done.is_empty(), "put in place: {done:?}");
         let mut ids: Vec<u64> = failed.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
@@ -387,16 +394,17 @@ mod tests {
         let served = fs.base();
         let flusher = Flusher::open(served).unwrap();
         let staging = Staging::on_for_test(served);
+        let root = Root::open(served).unwrap();
         let mut batch = Batch::default();
         let here = served.join("here");
         let lost = fs.root().join("d").join("lost");
         for (id, target) in [(1, &here), (2, &lost)] {
-            let file = PartialFile::create_small(target.clone(), 0o644, 0, "tag", &staging)
+            let file = PartialFile::create_small(&root, target.clone(), 0o644, 0, "tag", &staging)
                 .expect("create");
             file.write_at(0, &vec![1u8; 256 << 10]).expect("write");
             batch.push(id, file.finish(false).expect("finish"), 256 << 10);
         }
-        let (done, failed) = batch.commit(served, &flusher);
+        let (done, failed) = batch.commit(&root, &flusher);
         assert_eq!(done, [1], "{failed:?}");
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert_eq!(failed[0].0, 2);
@@ -449,14 +457,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let flusher = Flusher::open(dir.path()).unwrap();
         let staging = Staging::on_for_test(dir.path());
+        let root = Root::open(dir.path()).unwrap();
         let mut batch = Batch::default();
         for (id, name) in [(1, "a"), (2, "b")] {
-            let file = PartialFile::create_small(dir.path().join(name), 0o644, 0, "tag", &staging)
-                .unwrap();
+            let file =
+                PartialFile::create_small(&root, dir.path().join(name), 0o644, 0, "tag", &staging)
+                    .unwrap();
             file.write_at(0, name.as_bytes()).unwrap();
             batch.push(id, file.finish(false).unwrap(), 1);
         }
-        let (done, failed) = batch.commit(dir.path(), &flusher);
+        let (done, failed) = batch.commit(&root, &flusher);
         assert_eq!(done, [1, 2]);
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"b");

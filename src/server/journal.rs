@@ -24,12 +24,14 @@
 //! The journal is locked (`flock`) while a transfer writes its file; another transfer of the
 //! same target meanwhile gets a private partial file and no journal.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::beneath::{Dir, Root};
 
 use super::names::journal_path;
 use super::verified::{Recorded, Verified};
@@ -118,6 +120,7 @@ struct Pending {
 #[derive(Debug)]
 pub(crate) struct Journal {
     file: File,
+    root: Arc<Root>,
     path: PathBuf,
     pending: Mutex<Pending>,
     /// Held for the whole of a flush: flushes run one after the other, in note order.
@@ -136,24 +139,27 @@ pub(crate) struct Resumable {
 /// records when it matches `id` and the partial file is still there. `None` when another
 /// transfer holds the journal. Blocking.
 pub(crate) fn open(
+    root: &Arc<Root>,
     target: PathBuf,
     id: Identity,
     mode: u32,
     mtime_ns: i64,
 ) -> io::Result<Option<Resumable>> {
     let path = journal_path(&target);
-    let Some(file) = open_locked(&path)? else {
+    let Some(file) = open_locked(root, &path)? else {
         return Ok(None);
     };
     let journal = Journal {
         file,
+        root: Arc::clone(root),
         path,
         pending: Mutex::new(Pending::default()),
         flush: Mutex::new(()),
     };
     let (mut verified, on_disk) = journal.replay(id)?;
-    let (partial, kept) = PartialFile::open_resumable(target, id.size, mode, mtime_ns, on_disk > 0)
-        .inspect_err(|_| journal.remove())?;
+    let (partial, kept) =
+        PartialFile::open_resumable(root, target, id.size, mode, mtime_ns, on_disk > 0)
+            .inspect_err(|_| journal.remove())?;
     if !kept && on_disk > 0 {
         journal.reset(id)?;
         verified = Verified::new(id.chunks());
@@ -183,21 +189,19 @@ pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
 /// Opens (creating) and locks the journal at `path`. `None` when another transfer holds it.
 /// A journal deleted between the open and the lock (its transfer committed, or a sweep of
 /// expired leftovers took it) is opened again, so the lock is always on the file at `path`.
-fn open_locked(path: &Path) -> io::Result<Option<File>> {
+fn open_locked(root: &Root, path: &Path) -> io::Result<Option<File>> {
     for _ in 0..3 {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
+        let file = root.at(path, false, |d, name| {
+            d.open(name, libc::O_RDWR | libc::O_APPEND | libc::O_CREAT, 0o600)
+        })?;
         if !try_lock(&file)? {
             return Ok(None);
         }
         let held = file.metadata()?;
-        match std::fs::symlink_metadata(path) {
-            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+        match root.at(path, false, |d, name| d.lstat(name)) {
+            Ok(now) if now.st_dev == held.dev() && now.st_ino == held.ino() => {
+                return Ok(Some(file))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -303,7 +307,7 @@ impl Journal {
 
     /// Deletes the journal (the file was committed or abandoned).
     pub(crate) fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.root.at(&self.path, false, Dir::remove);
     }
 }
 
@@ -329,6 +333,17 @@ mod tests {
     use crate::server::names::resumable_path;
 
     const CHUNK: usize = 16 * 1024;
+
+    /// [`super::open`] in the target's own directory.
+    fn open(
+        target: PathBuf,
+        id: Identity,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> io::Result<Option<Resumable>> {
+        let root = Root::open(target.parent().unwrap()).unwrap();
+        super::open(&root, target, id, mode, mtime_ns)
+    }
 
     fn id(size: u64) -> Identity {
         Identity {

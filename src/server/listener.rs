@@ -115,7 +115,8 @@ impl Server {
             slots,
             "unnamed staging of small files"
         );
-        let ctx = Arc::new(Context::new(options, staging, flusher));
+        let root = super::beneath::Root::open(&options.root)?;
+        let ctx = Arc::new(Context::new(options, root, staging, flusher));
         Ok(Server {
             listener,
             ctx,

@@ -3,6 +3,7 @@
 //!
 //! - `listener.rs`: binding, accepting, session expiry, graceful shutdown.
 //! - `admission.rs`: the handshake pool, connection slots, per-address connection counts.
+//! - `beneath.rs`: reaching directories of the served tree without following a symlink.
 //! - `session.rs`: one connection's frames, against its session's shared state.
 //! - `writer.rs`: partial files, positioned writes, commit and rename.
 //! - `durability.rs`: batched flushing of small files.
@@ -20,6 +21,7 @@
 //! - [`fuzzing`]: the properties the receiver's fuzz targets check.
 
 mod admission;
+mod beneath;
 mod delivered;
 mod durability;
 pub mod events;

@@ -1,12 +1,11 @@
 //! Hostile path checks: every path from the network is turned into a location inside the
 //! served directory, or rejected.
 //!
-//! Rejected: empty paths, absolute paths, `.` and `..` components, empty components (`a//b`),
-//! NUL bytes, over-long paths, and any existing ancestor inside the served directory that is
-//! a symbolic link (following it could leave the directory), and components named like the
-//! receiver's own partial files and journals, in any case. The final component may not be
-//! an existing directory when a file is expected, nor a symlink (it would be replaced, never
-//! followed).
+//! Rejected here, before the filesystem is touched: empty paths, absolute paths, `.` and `..`
+//! components, empty components (`a//b`), NUL bytes, over-long paths, and components named
+//! like the receiver's own partial files and journals, in any case. A path through a symbolic
+//! link inside the served directory is refused by the kernel as it is reached
+//! (`beneath.rs`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -78,7 +77,8 @@ pub(crate) fn lexical(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
 /// Checks that a symlink at `raw` (a path that passed [`lexical`]) with `target` stays inside
 /// the served directory when followed: the target is relative, and its `..` components never
 /// climb above the root, counted from the link's own directory. Lexical, like rsync's
-/// `--safe-links`: an ancestor that is itself a symlink is refused by [`resolve`].
+/// `--safe-links`: an ancestor that is itself a symlink is refused as it is reached
+/// (`beneath.rs`).
 ///
 /// # Errors
 /// [`PathError::LinkOutside`].
@@ -94,46 +94,6 @@ pub(crate) fn link_target(raw: &[u8], target: &[u8]) -> Result<(), PathError> {
             b"" | b"." => {}
             b".." => depth = depth.checked_sub(1).ok_or_else(outside)?,
             _ => depth += 1,
-        }
-    }
-    Ok(())
-}
-
-/// [`lexical`], then checks that no existing ancestor between `root` and the target is a
-/// symlink. The target itself may be anything; callers replace it atomically, never follow
-/// it.
-///
-/// # Errors
-/// As [`lexical`], plus [`PathError::ThroughSymlink`].
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn resolve(root: &Path, raw: &[u8]) -> Result<PathBuf, PathError> {
-    let target = lexical(root, raw)?;
-    check_ancestors(root, &target, raw)?;
-    Ok(target)
-}
-
-/// The filesystem half of [`resolve`], for a `target` that [`lexical`] made from `raw`.
-///
-/// # Errors
-/// [`PathError::ThroughSymlink`].
-pub(crate) fn check_ancestors(root: &Path, target: &Path, raw: &[u8]) -> Result<(), PathError> {
-    let mut at = root.to_path_buf();
-    let rel = target.strip_prefix(root).unwrap_or(target);
-    let mut parts = rel.components().peekable();
-    while let Some(part) = parts.next() {
-        if parts.peek().is_none() {
-            break; // the target itself
-        }
-        at.push(part);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(PathError::ThroughSymlink(
-                    String::from_utf8_lossy(raw).into_owned(),
-                ))
-            }
-            // A missing ancestor is created later as a real directory; other errors surface
-            // when the file is created.
-            _ => {}
         }
     }
     Ok(())
@@ -236,21 +196,5 @@ mod tests {
                 "{at:?} -> {target:?}"
             );
         }
-    }
-
-    #[test]
-    fn symlinked_ancestors_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        std::fs::create_dir(dir.path().join("real")).unwrap();
-        assert!(matches!(
-            resolve(dir.path(), b"link/x"),
-            Err(PathError::ThroughSymlink(_))
-        ));
-        assert!(resolve(dir.path(), b"real/x").is_ok());
-        assert!(resolve(dir.path(), b"new/dir/x").is_ok());
-        // The target itself being a link is allowed: it is replaced by rename, not followed.
-        assert!(resolve(dir.path(), b"link").is_ok());
     }
 }

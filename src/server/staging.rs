@@ -19,10 +19,10 @@
 //! found once, when the server is bound, by a probe in the served directory; when neither
 //! does, staging is off.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -32,6 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::beneath::Dir;
 use super::names::PARTIAL_SUFFIX;
 
 /// How an unnamed file is given a name.
@@ -96,9 +97,12 @@ impl Staging {
             ".probe-{}-{nanos}{PARTIAL_SUFFIX}",
             std::process::id()
         ));
+        let Ok(at) = CString::new(name.as_os_str().as_bytes()) else {
+            return Staging::default();
+        };
         let via = [LinkVia::EmptyPath, LinkVia::ProcFd]
             .into_iter()
-            .find(|&via| match link(&file, via, &name) {
+            .find(|&via| match link(&file, via, libc::AT_FDCWD, &at) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&name);
                     true
@@ -122,7 +126,7 @@ impl Staging {
     ///
     /// # Errors
     /// What creating a file in `dir` fails with (`NotFound` if `dir` is gone, …).
-    pub(crate) fn create(&self, dir: &Path, mode: u32) -> io::Result<Option<(File, Linker)>> {
+    pub(crate) fn create(&self, dir: &Dir, mode: u32) -> io::Result<Option<(File, Linker)>> {
         let Some(via) = self.via else {
             return Ok(None);
         };
@@ -132,7 +136,7 @@ impl Staging {
         let Ok(slot) = Arc::clone(&self.free).try_acquire_owned() else {
             return Ok(None);
         };
-        match open_unnamed(dir, mode & 0o777)? {
+        match unnamed_or_none(dir.unnamed(mode & 0o777))? {
             Some(file) => Ok(Some((file, Linker { via, _slot: slot }))),
             None => {
                 self.refused.store(true, Ordering::Relaxed);
@@ -160,21 +164,30 @@ impl Staging {
 }
 
 impl Linker {
-    /// Gives the unnamed `file` the name `target`, which must not exist (`AlreadyExists`).
-    pub(crate) fn link(&self, file: &File, target: &Path) -> io::Result<()> {
-        link(file, self.via, target)
+    /// Gives the unnamed `file` the name `name` in `dir`, which must not exist
+    /// (`AlreadyExists`).
+    pub(crate) fn link(&self, file: &File, dir: &Dir, name: &OsStr) -> io::Result<()> {
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))?;
+        link(file, self.via, dir.raw(), &name)
     }
 }
 
 /// An unnamed file in `dir`; `Ok(None)` when its filesystem (or kernel) has none. Never
 /// follows a symlink in `dir`'s last component.
 fn open_unnamed(dir: &Path, mode: u32) -> io::Result<Option<File>> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(mode)
-        .custom_flags(libc::O_TMPFILE | libc::O_NOFOLLOW)
-        .open(dir);
+    unnamed_or_none(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(mode)
+            .custom_flags(libc::O_TMPFILE | libc::O_NOFOLLOW)
+            .open(dir),
+    )
+}
+
+/// What opening an unnamed file gave: `Ok(None)` when its filesystem (or kernel) has none.
+fn unnamed_or_none(opened: io::Result<File>) -> io::Result<Option<File>> {
     match opened {
         Ok(file) => Ok(Some(file)),
         // EOPNOTSUPP: the filesystem has none; EISDIR or EINVAL: a kernel that predates them.
@@ -229,16 +242,16 @@ pub(crate) fn reserve_descriptors(beside: BorrowedFd<'_>, upto: usize) -> Option
     Some(copy)
 }
 
-fn link(file: &File, via: LinkVia, target: &Path) -> io::Result<()> {
-    let to = CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))?;
+/// Links `file` as `to` in the directory `dir` (or relative to the working directory, with
+/// `AT_FDCWD`).
+fn link(file: &File, via: LinkVia, dir: RawFd, to: &CStr) -> io::Result<()> {
     let rc = match via {
         // SAFETY: a valid descriptor and NUL-terminated strings that outlive the call.
         LinkVia::EmptyPath => unsafe {
             libc::linkat(
                 file.as_raw_fd(),
                 c"".as_ptr(),
-                libc::AT_FDCWD,
+                dir,
                 to.as_ptr(),
                 libc::AT_EMPTY_PATH,
             )
@@ -251,7 +264,7 @@ fn link(file: &File, via: LinkVia, target: &Path) -> io::Result<()> {
                 libc::linkat(
                     libc::AT_FDCWD,
                     from.as_ptr(),
-                    libc::AT_FDCWD,
+                    dir,
                     to.as_ptr(),
                     libc::AT_SYMLINK_FOLLOW,
                 )
@@ -272,6 +285,10 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::fs::PermissionsExt;
 
+    fn d(path: &Path) -> Dir {
+        Dir::at_path(path).unwrap()
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -290,16 +307,18 @@ mod tests {
             "the probe left {:?}",
             names(dir.path())
         );
-        let (mut file, linker) = staging.create(dir.path(), 0o640).unwrap().unwrap();
+        let (mut file, linker) = staging.create(&d(dir.path()), 0o640).unwrap().unwrap();
         file.write_all(b"contents").unwrap();
         assert!(names(dir.path()).is_empty());
         let target = dir.path().join("a");
-        linker.link(&file, &target).unwrap();
+        linker.link(&file, &d(dir.path()), OsStr::new("a")).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"contents");
         assert_eq!(names(dir.path()), ["a"]);
         // An existing name is never replaced by a link.
-        let (other, linker) = staging.create(dir.path(), 0o600).unwrap().unwrap();
-        let e = linker.link(&other, &target).unwrap_err();
+        let (other, linker) = staging.create(&d(dir.path()), 0o600).unwrap().unwrap();
+        let e = linker
+            .link(&other, &d(dir.path()), OsStr::new("a"))
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&target).unwrap(), b"contents");
         let mode = std::fs::metadata(&target).unwrap().permissions().mode();
@@ -316,7 +335,8 @@ mod tests {
             let mut file = open_unnamed(dir.path(), 0o600).unwrap().unwrap();
             file.write_all(format!("file {i}").as_bytes()).unwrap();
             let target = dir.path().join(format!("f{i}"));
-            match link(&file, via, &target) {
+            let to = CString::new(target.as_os_str().as_bytes()).unwrap();
+            match link(&file, via, libc::AT_FDCWD, &to) {
                 Ok(()) => assert_eq!(
                     std::fs::read(&target).unwrap(),
                     format!("file {i}").as_bytes()
@@ -332,14 +352,14 @@ mod tests {
     fn slots_run_out_and_come_back() {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::probe(dir.path(), 2);
-        let a = staging.create(dir.path(), 0o600).unwrap();
-        let b = staging.create(dir.path(), 0o600).unwrap();
+        let a = staging.create(&d(dir.path()), 0o600).unwrap();
+        let b = staging.create(&d(dir.path()), 0o600).unwrap();
         assert!(a.is_some() && b.is_some());
         assert_eq!(staging.free(), 0);
-        assert!(staging.create(dir.path(), 0o600).unwrap().is_none());
+        assert!(staging.create(&d(dir.path()), 0o600).unwrap().is_none());
         drop(a);
         assert_eq!(staging.free(), 1);
-        assert!(staging.create(dir.path(), 0o600).unwrap().is_some());
+        assert!(staging.create(&d(dir.path()), 0o600).unwrap().is_some());
         assert_eq!(
             staging.free(),
             1,
@@ -352,10 +372,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let off = Staging::probe(dir.path(), 0);
         assert!(!off.is_on());
-        assert!(off.create(dir.path(), 0o600).unwrap().is_none());
+        assert!(off.create(&d(dir.path()), 0o600).unwrap().is_none());
         let staging = Staging::probe(dir.path(), 2);
-        let e = staging.create(&dir.path().join("gone"), 0o600).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        std::fs::create_dir(dir.path().join("gone")).unwrap();
+        let gone = d(&dir.path().join("gone"));
+        std::fs::remove_dir(dir.path().join("gone")).unwrap();
+        assert!(staging.create(&gone, 0o600).is_err());
         assert_eq!(staging.free(), 2, "a failed create keeps no slot");
     }
 
@@ -371,9 +393,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::on_for_test(dir.path());
-        assert!(staging.create(Path::new("/proc"), 0o600).unwrap().is_none());
+        assert!(staging
+            .create(&d(Path::new("/proc")), 0o600)
+            .unwrap()
+            .is_none());
         assert!(!staging.is_on());
-        assert!(staging.create(dir.path(), 0o600).unwrap().is_none());
+        assert!(staging.create(&d(dir.path()), 0o600).unwrap().is_none());
         assert_eq!(staging.free(), 4, "no slot kept");
     }
 
@@ -415,15 +440,5 @@ mod tests {
         assert!(is_open(held), "the descriptor in use was closed");
         // SAFETY: `held` was made above and is closed only here.
         drop(unsafe { OwnedFd::from_raw_fd(held) });
-    }
-
-    #[test]
-    fn a_symlinked_directory_is_not_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let elsewhere = tempfile::tempdir().unwrap();
-        let link_path = dir.path().join("link");
-        std::os::unix::fs::symlink(elsewhere.path(), &link_path).unwrap();
-        let staging = Staging::probe(dir.path(), 2);
-        assert!(staging.create(&link_path, 0o600).is_err());
     }
 }

@@ -9,15 +9,17 @@
 //! (`fdatasync`); small files are committed in batches by `durability.rs`, which flushes many
 //! at once.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::beneath::{Dir, Root};
 use super::names::partial_path;
 use super::staging::{Linker, Staging};
 
@@ -32,6 +34,8 @@ pub(crate) const WRITE_PIECE: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct PartialFile {
     file: File,
+    /// The served directory, through which every name below is reached (`beneath.rs`).
+    root: Arc<Root>,
     partial: PathBuf,
     target: PathBuf,
     mode: u32,
@@ -54,6 +58,7 @@ impl PartialFile {
     /// length at once and its space is allocated as the data comes ([`Self::write_at`]);
     /// small files written in one go pass `None`.
     pub(crate) fn create(
+        root: &Arc<Root>,
         target: PathBuf,
         size: Option<u64>,
         mode: u32,
@@ -61,22 +66,18 @@ impl PartialFile {
         tag: &str,
     ) -> io::Result<Self> {
         let partial = partial_path(&target, tag);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode_private()
-            .open(&partial)?;
+        let file = root.at(&partial, false, |d, name| {
+            d.open(name, PRIVATE | libc::O_CREAT | libc::O_EXCL, 0o600)
+        })?;
         if let Some(size) = size.filter(|&s| s > 0) {
             // A file that cannot fit fails now, and leaves nothing behind.
             fits(&file, size)
                 .and_then(|()| file.set_len(size))
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&partial);
-                })?;
+                .inspect_err(|_| remove(root, &partial))?;
         }
         Ok(PartialFile {
             file,
+            root: Arc::clone(root),
             partial,
             target,
             mode,
@@ -89,16 +90,17 @@ impl PartialFile {
     /// Creates a small file, to be written in one go: unnamed in its target's directory when
     /// `staging` can, else as [`PartialFile::create`] does.
     pub(crate) fn create_small(
+        root: &Arc<Root>,
         target: PathBuf,
         mode: u32,
         mtime_ns: i64,
         tag: &str,
         staging: &Staging,
     ) -> io::Result<Self> {
-        let dir = target.parent().unwrap_or(Path::new("."));
-        match staging.create(dir, mode)? {
+        match root.at(&target, false, |d, _| staging.create(d, mode))? {
             Some((file, linker)) => Ok(PartialFile {
                 file,
+                root: Arc::clone(root),
                 partial: partial_path(&target, tag),
                 target,
                 mode,
@@ -106,7 +108,7 @@ impl PartialFile {
                 unnamed: Some(linker),
                 allocated: AtomicU64::new(0),
             }),
-            None => Self::create(target, None, mode, mtime_ns, tag),
+            None => Self::create(root, target, None, mode, mtime_ns, tag),
         }
     }
 
@@ -114,6 +116,7 @@ impl PartialFile {
     /// `keep`, its contents are kept if it has the right length (returns true); otherwise it
     /// starts over, with that length and nothing allocated.
     pub(crate) fn open_resumable(
+        root: &Arc<Root>,
         target: PathBuf,
         size: u64,
         mode: u32,
@@ -121,12 +124,9 @@ impl PartialFile {
         keep: bool,
     ) -> io::Result<(Self, bool)> {
         let partial = super::names::resumable_path(&target);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode_private()
-            .open(&partial)?;
+        let file = root.at(&partial, false, |d, name| {
+            d.open(name, PRIVATE | libc::O_CREAT, 0o600)
+        })?;
         let kept = keep && file.metadata()?.len() == size;
         if !kept {
             // Starting over: a file that does not fit leaves nothing behind (the caller holds
@@ -135,13 +135,12 @@ impl PartialFile {
                 .set_len(0)
                 .and_then(|()| fits(&file, size))
                 .and_then(|()| file.set_len(size));
-            started.inspect_err(|_| {
-                let _ = std::fs::remove_file(&partial);
-            })?;
+            started.inspect_err(|_| remove(root, &partial))?;
         }
         Ok((
             PartialFile {
                 file,
+                root: Arc::clone(root),
                 partial,
                 target,
                 mode,
@@ -245,6 +244,7 @@ impl PartialFile {
         }
         Ok(Finished {
             unnamed: self.unnamed.map(|linker| (self.file, linker)),
+            root: self.root,
             partial: self.partial,
             target: self.target,
         })
@@ -255,7 +255,7 @@ impl PartialFile {
     /// nothing to delete: it is freed when closed.
     pub(crate) fn abandon(&self) {
         if self.unnamed.is_none() {
-            let _ = std::fs::remove_file(&self.partial);
+            remove(&self.root, &self.partial);
         }
     }
 }
@@ -264,6 +264,7 @@ impl PartialFile {
 /// still open.
 #[derive(Debug)]
 pub(crate) struct Finished {
+    root: Arc<Root>,
     partial: PathBuf,
     target: PathBuf,
     unnamed: Option<(File, Linker)>,
@@ -273,25 +274,28 @@ impl Finished {
     /// Puts the file in place, atomically, replacing what was there: renames a partial file;
     /// links an unnamed one, by way of its partial name and a rename if the target exists.
     pub(crate) fn put_in_place(&self) -> io::Result<()> {
-        let Some((file, linker)) = &self.unnamed else {
-            return std::fs::rename(&self.partial, &self.target);
-        };
-        match linker.link(file, &self.target) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            linked => return linked,
-        }
-        let named = match linker.link(file, &self.partial) {
-            // This file's own tag, used for no other file: whatever has the name is a
-            // leftover, not another transfer's file.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                std::fs::remove_file(&self.partial)?;
-                linker.link(file, &self.partial)
+        let partial = name_of(&self.partial);
+        self.root.at(&self.target, false, |d, target| {
+            let Some((file, linker)) = &self.unnamed else {
+                return d.rename(partial, target);
+            };
+            match linker.link(file, d, target) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                linked => return linked,
             }
-            named => named,
-        };
-        named?;
-        std::fs::rename(&self.partial, &self.target).inspect_err(|_| {
-            let _ = std::fs::remove_file(&self.partial);
+            let named = match linker.link(file, d, partial) {
+                // This file's own tag, used for no other file: whatever has the name is a
+                // leftover, not another transfer's file.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    d.remove(partial)?;
+                    linker.link(file, d, partial)
+                }
+                named => named,
+            };
+            named?;
+            d.rename(partial, target).inspect_err(|_| {
+                let _ = d.remove(partial);
+            })
         })
     }
 
@@ -308,10 +312,9 @@ impl Finished {
         let file = match &self.unnamed {
             Some((file, _)) => file,
             None => {
-                opened = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&self.partial)?;
+                opened = self.root.at(&self.partial, false, |d, name| {
+                    d.open(name, libc::O_RDONLY, 0)
+                })?;
                 &opened
             }
         };
@@ -345,14 +348,24 @@ impl Finished {
     /// Deletes the partial file (an unnamed one is freed when dropped).
     pub(crate) fn abandon(&self) {
         if self.unnamed.is_none() {
-            let _ = std::fs::remove_file(&self.partial);
+            remove(&self.root, &self.partial);
         }
     }
 }
 
+/// The last component of a path made by `names.rs` (which always has one).
+fn name_of(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or_default()
+}
+
+/// Deletes the file at `path`, if it can.
+fn remove(root: &Root, path: &Path) {
+    let _ = root.at(path, false, Dir::remove);
+}
+
 /// Makes a directory entry durable (after renames into it).
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+pub(crate) fn sync_dir(root: &Root, dir: &Path) -> io::Result<()> {
+    root.open_dir(dir)?.sync_all()
 }
 
 /// `ENOSPC` unless the filesystem of `file` has `size` bytes free for this process: an honest
@@ -404,57 +417,57 @@ pub(crate) const SAFE_MODE: u32 = 0o777;
 /// The final component must end up a real directory: an existing symlink there is refused,
 /// never followed (its mode would otherwise be applied wherever it points). Ancestors were
 /// checked by `paths::resolve`.
-pub(crate) fn make_dir(path: &Path, mode: u32) -> io::Result<bool> {
-    let existed = std::fs::symlink_metadata(path).is_ok();
-    std::fs::create_dir_all(path)?;
-    if !std::fs::symlink_metadata(path)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a directory", path.display()),
-        ));
-    }
-    if existed {
-        return Ok(false);
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & SAFE_MODE))?;
-    Ok(true)
-}
-
-/// Opens a directory without following a symlink in its last component.
-pub(crate) fn open_dir_nofollow(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(path)
+pub(crate) fn make_dir(root: &Root, path: &Path, mode: u32) -> io::Result<bool> {
+    root.at(path, false, |d, name| {
+        // Made with the server's own access; the peer's mode is set below, masked.
+        let made = match d.make_dir(name, 0o700) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        let dir = d
+            .open(name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| {
+                if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) {
+                    io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a directory", path.display()),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        if made {
+            dir.set_permissions(std::fs::Permissions::from_mode(mode & SAFE_MODE))?;
+        }
+        Ok(made)
+    })
 }
 
 /// Creates or replaces a symlink at `path` pointing to `target` (never followed). Its
 /// directory must exist (the session's `place` makes it).
-pub(crate) fn make_symlink(path: &Path, target: &[u8], tag: &str) -> io::Result<()> {
+pub(crate) fn make_symlink(root: &Root, path: &Path, target: &[u8], tag: &str) -> io::Result<()> {
     let tmp = partial_path(path, tag);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    let tmp = name_of(&tmp);
+    root.at(path, false, |d, name| {
+        d.symlink(target, tmp)?;
+        d.rename(tmp, name).inspect_err(|_| {
+            let _ = d.remove(tmp);
+        })
     })
 }
 
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for OpenOptions {
-    /// Partial files are private until their real mode is applied at commit, and never opened
-    /// through a symlink: their names are predictable, and a peer may make links.
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
-    }
-}
+/// How partial files are opened: read and write, and never through a symlink (`Dir::open`
+/// adds `O_NOFOLLOW`); they are private (0600) until their real mode is applied at commit.
+const PRIVATE: libc::c_int = libc::O_RDWR;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn root_of(target: &Path) -> Arc<Root> {
+        Root::open(target.parent().unwrap()).unwrap()
+    }
 
     /// A large file that does not fit fails at once (nothing is allocated for it to find out)
     /// and leaves no partial file behind.
@@ -464,12 +477,20 @@ mod tests {
             return;
         };
         let target = fs.path().join("big");
-        let created = PartialFile::create(target.clone(), Some(4 << 20), 0o644, 0, "tag");
+        let created = PartialFile::create(
+            &root_of(&target),
+            target.clone(),
+            Some(4 << 20),
+            0o644,
+            0,
+            "tag",
+        );
         assert_eq!(
             created.err().and_then(|e| e.raw_os_error()),
             Some(libc::ENOSPC)
         );
-        let opened = PartialFile::open_resumable(target, 4 << 20, 0o644, 0, false);
+        let opened =
+            PartialFile::open_resumable(&root_of(&target), target, 4 << 20, 0o644, 0, false);
         assert_eq!(
             opened.err().and_then(|e| e.raw_os_error()),
             Some(libc::ENOSPC)
@@ -487,7 +508,9 @@ mod tests {
         let target = dir.path().join("t");
         std::fs::write(&target, b"old").unwrap();
         std::fs::write(partial_path(&target, "tag"), b"left behind").unwrap();
-        let file = PartialFile::create_small(target.clone(), 0o640, 0, "tag", &staging).unwrap();
+        let file =
+            PartialFile::create_small(&root_of(&target), target.clone(), 0o640, 0, "tag", &staging)
+                .unwrap();
         file.write_at(0, b"new contents").unwrap();
         let finished = file.finish(false).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
@@ -509,7 +532,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("t");
         std::fs::write(partial_path(&target, "tag"), b"someone's").unwrap();
-        let created = PartialFile::create(target.clone(), None, 0o644, 0, "tag");
+        let created = PartialFile::create(&root_of(&target), target.clone(), None, 0o644, 0, "tag");
         assert_eq!(
             created.err().map(|e| e.kind()),
             Some(io::ErrorKind::AlreadyExists)
@@ -528,7 +551,9 @@ mod tests {
         let staging = Staging::on_for_test(dir.path());
         let target = dir.path().join("t");
         std::fs::write(partial_path(&target, "tag"), b"someone's").unwrap();
-        let file = PartialFile::create_small(target.clone(), 0o600, 0, "tag", &staging).unwrap();
+        let file =
+            PartialFile::create_small(&root_of(&target), target.clone(), 0o600, 0, "tag", &staging)
+                .unwrap();
         file.write_at(0, b"data").unwrap();
         file.finish(false).unwrap().abandon();
         assert!(partial_path(&target, "tag").exists());

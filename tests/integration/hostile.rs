@@ -222,6 +222,73 @@ async fn symlinks_that_lead_out_are_refused_unless_allowed() {
     server.stop().await;
 }
 
+/// A local user with write access to the served tree swaps a directory for a symlink to
+/// elsewhere, over and over, while a peer sends files into it: the kernel refuses the path
+/// through the symlink at every step (`openat2`, or a walk with `O_NOFOLLOW`), so nothing is
+/// ever created outside; each file lands in the real directory or fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_symlink_meanwhile_redirects_no_write() {
+    // Small files unnamed until their batch is linked into place, and under partial names.
+    for unnamed in [None, Some(0)] {
+        let server = TestServer::start_with(|o| o.unnamed_files = unnamed).await;
+        swap_race(&server).await;
+        server.stop().await;
+    }
+}
+
+async fn swap_race(server: &TestServer) {
+    let root = server.root().to_path_buf();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.join("d/e")).unwrap();
+    std::fs::create_dir_all(outside.path().join("e")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, root, outside) = (stop.clone(), root.clone(), outside.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::fs::rename(root.join("d"), root.join("real")).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&outside, root.join("d"));
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    let _ = std::fs::remove_file(root.join("d"));
+                    let _ = std::fs::rename(root.join("real"), root.join("d"));
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let frames: Vec<Frame> = (0..3000u64)
+        .map(|i| small(i, meta(format!("d/e/f{i}").into_bytes(), 3)))
+        .collect();
+    let errors = run(server.addr, [10; 16], &frames).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 0);
+    let leaked: Vec<_> = std::fs::read_dir(outside.path().join("e"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} files created outside, such as {:?}",
+        leaked.len(),
+        &leaked[..leaked.len().min(5)]
+    );
+    let landed = std::fs::read_dir(root.join("d/e")).unwrap().count();
+    assert_eq!(landed + errors.len(), frames.len(), "{errors:?}");
+    let allowed = [ErrorCode::BadPath as u16, ErrorCode::Io as u16];
+    assert!(
+        errors.iter().all(|(_, code)| allowed.contains(code)),
+        "{errors:?}"
+    );
+    eprintln!(
+        "{swaps} swaps: {landed} files in place, {} refused",
+        errors.len()
+    );
+    still_serves(server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_shadow_the_receivers_own_files_are_refused_in_any_component_and_case() {
     let server = TestServer::start().await;

@@ -23,9 +23,8 @@ pub(super) async fn finish(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Fr
         let mut dirs: Vec<_> = dirs.into_iter().map(|(p, (m, t))| (p, m, t)).collect();
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
         for (dir, mode, mtime) in &dirs {
-            // Checked to be a real directory when made; never follow a symlink
-            // that may have replaced it since.
-            if let Ok(f) = crate::server::writer::open_dir_nofollow(dir) {
+            // Reached without following a symlink, should one have replaced it since.
+            if let Ok(f) = stamping.root.open_dir(dir) {
                 let _ = f.set_modified(system_time(*mtime));
                 if let Some(mode) = mode {
                     let mode = mode & crate::server::writer::SAFE_MODE;

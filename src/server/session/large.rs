@@ -435,7 +435,7 @@ pub(super) async fn end(
         .events
         .on()
         .then(|| (large.partial.target().to_path_buf(), large.size));
-    let reply = end_large(file, root, large).await;
+    let reply = end_large(file, root, large, &ctx.root).await;
     let mut s = session.lock();
     s.committing.remove(&file);
     if matches!(reply, Frame::FileDone { .. }) {
@@ -458,7 +458,12 @@ pub(super) fn abandon(file: u64, session: &Arc<Session>) {
 
 /// Verifies a large file's root from its chunks' chaining values, then makes it durable and
 /// renames it into place.
-async fn end_large(file: u64, root: [u8; 32], large: Arc<LargeFile>) -> Frame {
+async fn end_large(
+    file: u64,
+    root: [u8; 32],
+    large: Arc<LargeFile>,
+    served: &Arc<crate::server::beneath::Root>,
+) -> Frame {
     let large = match Arc::try_unwrap(large) {
         Ok(large) => large,
         Err(shared) => {
@@ -495,6 +500,7 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<LargeFile>) -> Frame {
         };
         return error_frame(file, ErrorCode::Hash, why);
     }
+    let served = Arc::clone(served);
     let committed = tokio::task::spawn_blocking(move || {
         let target = partial.target().to_path_buf();
         let finished = partial.finish(true);
@@ -505,7 +511,7 @@ async fn end_large(file: u64, root: [u8; 32], large: Arc<LargeFile>) -> Frame {
             finished.abandon();
             return Err(e);
         }
-        crate::server::writer::sync_dir(target.parent().unwrap_or(&target))
+        crate::server::writer::sync_dir(&served, target.parent().unwrap_or(&target))
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -552,9 +558,10 @@ async fn open_large(
     };
     let mut tries = 0;
     loop {
+        let root = Arc::clone(&ctx.root);
         let opened = ctx
-            .place_blocking(path.clone(), false, move |target| {
-                Ok(journal::open(target.clone(), id, mode, id.mtime_ns)?.ok_or(target))
+            .place_blocking(path.clone(), move |target| {
+                Ok(journal::open(&root, target.clone(), id, mode, id.mtime_ns)?.ok_or(target))
             })
             .await?;
         let target = match opened {
@@ -593,9 +600,10 @@ async fn open_large(
     }
     let tag = session.partial_tag();
     let mtime_ns = id.mtime_ns;
+    let root = Arc::clone(&ctx.root);
     let partial = ctx
-        .place_blocking(path, false, move |target| {
-            PartialFile::create(target, Some(id.size), mode, mtime_ns, &tag)
+        .place_blocking(path, move |target| {
+            PartialFile::create(&root, target, Some(id.size), mode, mtime_ns, &tag)
         })
         .await?;
     Ok(Arc::new(large(

@@ -38,9 +38,9 @@ mod large;
 mod place;
 mod small;
 
+use crate::server::beneath::Root;
 pub(crate) use connection::serve;
 use large::LargeFile;
-use place::Placement;
 
 /// State shared by a session's connections.
 #[derive(Debug, Default)]
@@ -155,8 +155,9 @@ pub(crate) struct Context {
     pub(crate) options: ServerOptions,
     pub(crate) pool: HashPool,
     pub(crate) sessions: Mutex<HashMap<[u8; 16], Arc<Session>>>,
-    /// Checks and creates paths from the network (see `place.rs`).
-    placement: Placement,
+    /// The served directory, through which every path from the network is made (see
+    /// `place.rs` and `beneath.rs`).
+    pub(crate) root: Arc<Root>,
     /// Where small files are written (see `inline.rs`).
     pub(crate) inline: InlineGate,
     /// How small files wait for their flush (see `staging.rs`).
@@ -179,7 +180,12 @@ pub(crate) struct Context {
 
 impl Context {
     /// A receiver's shared state for `options`, with its small-file staging and flusher.
-    pub(crate) fn new(options: ServerOptions, staging: Staging, flusher: Flusher) -> Self {
+    pub(crate) fn new(
+        options: ServerOptions,
+        root: Arc<Root>,
+        staging: Staging,
+        flusher: Flusher,
+    ) -> Self {
         let admission = Arc::new(Admission::new(
             options.max_handshakes,
             options.max_connections,
@@ -192,7 +198,7 @@ impl Context {
             options,
             pool: HashPool::default(),
             sessions: Mutex::new(HashMap::new()),
-            placement: Placement::default(),
+            root,
             inline: InlineGate::default(),
             staging,
             flusher,
@@ -410,7 +416,13 @@ mod tests {
             std::fs::create_dir(&root).unwrap();
             let staging = Staging::probe(&root, 16);
             let flusher = Flusher::open(&root).unwrap();
-            let ctx = Arc::new(Context::new(ServerOptions::new(&root), staging, flusher));
+            let served = Root::open(&root).unwrap();
+            let ctx = Arc::new(Context::new(
+                ServerOptions::new(&root),
+                served,
+                staging,
+                flusher,
+            ));
             Receiver {
                 dir,
                 ctx,

@@ -53,8 +53,9 @@ pub(super) async fn file(
                 return Err(None);
             }
             let partial = placing
-                .place(&meta.path, false, |target| {
+                .place(&meta.path, |target| {
                     PartialFile::create_small(
+                        &placing.root,
                         target,
                         meta.mode,
                         meta.mtime_ns,
@@ -131,10 +132,11 @@ pub(super) async fn dir(
         }
     }
     let (mode, mtime_ns) = (meta.mode, meta.mtime_ns);
+    let root = Arc::clone(&ctx.root);
     let made = ctx
-        .place_blocking(meta.path, false, move |target| {
+        .place_blocking(meta.path, move |target| {
             // Writable by the server until `Finish` gives it its mode.
-            make_dir(&target, mode | 0o700).map(|made| (target, made))
+            make_dir(&root, &target, mode | 0o700).map(|made| (target, made))
         })
         .await;
     match made {
@@ -186,9 +188,10 @@ pub(super) async fn symlink(
         }
     }
     let tag = session.partial_tag();
+    let root = Arc::clone(&ctx.root);
     let made = ctx
-        .place_blocking(meta.path, true, move |path| {
-            make_symlink(&path, &target, &tag).map(|()| path)
+        .place_blocking(meta.path, move |path| {
+            make_symlink(&root, &path, &target, &tag).map(|()| path)
         })
         .await;
     match made {
@@ -248,10 +251,9 @@ pub(super) async fn flush(ctx: &Arc<Context>, session: &Arc<Session>) -> Vec<Fra
         std::collections::HashMap::new()
     };
     let committing = Arc::clone(ctx);
-    let committed = tokio::task::spawn_blocking(move || {
-        batch.commit(&committing.options.root, &committing.flusher)
-    })
-    .await;
+    let committed =
+        tokio::task::spawn_blocking(move || batch.commit(&committing.root, &committing.flusher))
+            .await;
     let Ok((done, failed)) = committed else {
         return vec![error_frame(
             u64::MAX,
