@@ -4,7 +4,8 @@
 //! A large file's partial file and journal are kept when its session ends unfinished, so that
 //! the next transfer of it resumes (`journal.rs`); a receiver killed outright also leaves the
 //! small files' partial files of its last batch. If no transfer of them ever comes, they would
-//! stay forever. A sweep walks the served directory (never following links) and deletes:
+//! stay forever. A sweep walks the served directory (never following links, and deleting
+//! through directories reached without following any, see `beneath.rs`) and deletes:
 //!
 //! - a journal `.<name>.tidegate-journal` and its partial file `.<name>.tidegate-partial` when
 //!   both last changed before the cutoff and no transfer holds the journal's lock;
@@ -18,13 +19,13 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
+use super::beneath::{Dir, Root};
 use super::journal::try_lock;
 use super::names::{stem, with_suffix, JOURNAL_SUFFIX, PARTIAL_SUFFIX};
 
@@ -51,6 +52,9 @@ pub(crate) fn interval(expiry: Duration) -> Duration {
 /// Blocking.
 pub(crate) fn sweep(root: &Path, cutoff: SystemTime, stop: &CancellationToken) -> Swept {
     let mut swept = Swept::default();
+    let Ok(served) = Root::open(root) else {
+        return swept;
+    };
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         if stop.is_cancelled() {
@@ -77,11 +81,11 @@ pub(crate) fn sweep(root: &Path, cutoff: SystemTime, stop: &CancellationToken) -
             }
         }
         for stem in &journals {
-            swept.add(expire_resumable(&dir, stem, cutoff));
+            swept.add(expire_resumable(&served, &dir, stem, cutoff));
         }
         for stem in partials.iter().filter(|s| !journals.contains(*s)) {
             let path = dir.join(with_suffix(stem, PARTIAL_SUFFIX));
-            swept.add(remove_if_old(&path, cutoff));
+            swept.add(remove_if_old(&served, &path, cutoff));
         }
     }
     swept
@@ -100,41 +104,44 @@ impl Swept {
 /// The inode's change time, not its mtime: a partial file is given its source's mtime before
 /// it is renamed into place (and waits so in a small-file batch), and a source's mtime may be
 /// years old. The change time moves with every write and metadata change and cannot be set.
-fn old(path: &Path, cutoff: SystemTime) -> Option<(bool, u64)> {
-    let meta = fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() {
+fn old(served: &Root, path: &Path, cutoff: SystemTime) -> Option<(bool, u64)> {
+    let st = served.at(path, false, |d, name| d.lstat(name)).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
     let changed = UNIX_EPOCH.checked_add(Duration::new(
-        u64::try_from(meta.ctime()).ok()?,
-        u32::try_from(meta.ctime_nsec()).ok()?,
+        u64::try_from(st.st_ctime).ok()?,
+        u32::try_from(st.st_ctime_nsec).ok()?,
     ))?;
-    Some((changed < cutoff, meta.len()))
+    Some((changed < cutoff, u64::try_from(st.st_size).ok()?))
 }
 
-fn remove_if_old(path: &Path, cutoff: SystemTime) -> Swept {
-    match old(path, cutoff) {
-        Some((true, bytes)) if fs::remove_file(path).is_ok() => Swept { files: 1, bytes },
+/// Deletes the file at `path` through a directory reached without following a symlink.
+fn remove(served: &Root, path: &Path) -> bool {
+    served.at(path, false, Dir::remove).is_ok()
+}
+
+fn remove_if_old(served: &Root, path: &Path, cutoff: SystemTime) -> Swept {
+    match old(served, path, cutoff) {
+        Some((true, bytes)) if remove(served, path) => Swept { files: 1, bytes },
         _ => Swept::default(),
     }
 }
 
 /// A journal and its partial file, both old and the journal not locked by a transfer.
-fn expire_resumable(dir: &Path, stem: &OsStr, cutoff: SystemTime) -> Swept {
+fn expire_resumable(served: &Root, dir: &Path, stem: &OsStr, cutoff: SystemTime) -> Swept {
     let journal_path = dir.join(with_suffix(stem, JOURNAL_SUFFIX));
     let partial_path = dir.join(with_suffix(stem, PARTIAL_SUFFIX));
-    let Some((true, journal_bytes)) = old(&journal_path, cutoff) else {
+    let Some((true, journal_bytes)) = old(served, &journal_path, cutoff) else {
         return Swept::default();
     };
-    let partial = old(&partial_path, cutoff);
+    let partial = old(served, &partial_path, cutoff);
     if matches!(partial, Some((false, _))) {
         return Swept::default(); // written recently: a transfer is on it
     }
-    let Ok(journal) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&journal_path)
-    else {
+    let Ok(journal) = served.at(&journal_path, false, |d, name| {
+        d.open(name, libc::O_RDONLY, 0)
+    }) else {
         return Swept::default();
     };
     if !matches!(try_lock(&journal), Ok(true)) {
@@ -142,13 +149,13 @@ fn expire_resumable(dir: &Path, stem: &OsStr, cutoff: SystemTime) -> Swept {
     }
     let mut swept = Swept::default();
     if let Some((true, bytes)) = partial {
-        if fs::remove_file(&partial_path).is_ok() {
+        if remove(served, &partial_path) {
             swept.add(Swept { files: 1, bytes });
         }
     }
     // Under the lock: a transfer that opened the journal meanwhile waits for it, and then
     // finds the partial file gone.
-    if fs::remove_file(&journal_path).is_ok() {
+    if remove(served, &journal_path) {
         swept.add(Swept {
             files: 1,
             bytes: journal_bytes,
