@@ -15,7 +15,7 @@
 //! would go on receiving files after it was moved or deleted and made again, away from the
 //! path the peer named.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -41,8 +41,25 @@ pub(crate) struct Dir {
 }
 
 fn cstr(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
+    CString::new(name.as_bytes()).map_err(|_| nul_error())
+}
+
+fn nul_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path")
+}
+
+/// Runs `f` on `name` NUL-terminated: copied to the stack when short, as names and most
+/// paths are (no allocation per file operation), else to the heap.
+pub(crate) fn with_c<T>(name: &OsStr, f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    const ON_STACK: usize = 512;
+    let bytes = name.as_bytes();
+    if bytes.len() >= ON_STACK {
+        return f(&cstr(name)?);
+    }
+    let mut buf = [0u8; ON_STACK];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    let c = CStr::from_bytes_with_nul(&buf[..=bytes.len()]).map_err(|_| nul_error())?;
+    f(c)
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -73,7 +90,7 @@ pub(crate) fn is_through_symlink(e: &io::Error) -> bool {
 }
 
 /// `openat2(dirfd, path, O_PATH | O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
-fn openat2_dir(dirfd: RawFd, path: &CString) -> io::Result<OwnedFd> {
+fn openat2_dir(dirfd: RawFd, path: &CStr) -> io::Result<OwnedFd> {
     let mut how: libc::open_how = unsafe_zeroed_how();
     how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
@@ -185,8 +202,7 @@ impl Root {
             return self.walk(rel, false);
         }
         if self.openat2.load(Ordering::Relaxed) {
-            let c = cstr(rel.as_os_str())?;
-            match openat2_dir(self.fd.as_raw_fd(), &c) {
+            match with_c(rel.as_os_str(), |c| openat2_dir(self.fd.as_raw_fd(), c)) {
                 Ok(fd) => return Ok(fd),
                 // No `openat2` (ENOSYS; EPERM from a seccomp filter; E2BIG or EINVAL from a
                 // kernel that knows not all of its flags): walk from now on.
@@ -219,25 +235,24 @@ impl Root {
                     "not a plain relative path",
                 ));
             };
-            let c = cstr(part)?;
-            at = match open_step(&at, &c) {
+            at = with_c(part, |c| match open_step(&at, c) {
                 Err(e) if make && e.kind() == io::ErrorKind::NotFound => {
                     // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
                     let rc = unsafe { libc::mkdirat(at.as_raw_fd(), c.as_ptr(), 0o777) };
                     match check(rc) {
-                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                        _ => open_step(&at, &c)?,
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                        _ => open_step(&at, c),
                     }
                 }
-                other => other?,
-            };
+                other => other,
+            })?;
         }
         Ok(at)
     }
 }
 
 /// Opens the directory `name` in `at`, never through a symlink (`ELOOP` if it is one).
-fn open_step(at: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
+fn open_step(at: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
     let fd = unsafe {
         libc::openat(
@@ -257,7 +272,7 @@ fn open_step(at: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
     }
 }
 
-fn lstat_at(dirfd: RawFd, name: &CString) -> io::Result<libc::stat> {
+fn lstat_at(dirfd: RawFd, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: all zeroes is a valid `stat`, filled in by the call.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor, a NUL-terminated name and a writable `stat`.
@@ -287,17 +302,20 @@ impl Dir {
 
     /// The directory itself, opened for reading.
     pub(crate) fn open_self(&self) -> io::Result<File> {
-        self.open(OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        self.open_c(c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
     }
 
     /// `openat(name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
     pub(crate) fn open(&self, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
-        let c = cstr(name)?;
+        with_c(name, |c| self.open_c(c, flags, mode))
+    }
+
+    fn open_c(&self, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
         // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
         let fd = unsafe {
             libc::openat(
                 self.raw(),
-                c.as_ptr(),
+                name.as_ptr(),
                 flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                 mode as libc::c_uint,
             )
@@ -307,40 +325,48 @@ impl Dir {
 
     /// An unnamed file in this directory (`O_TMPFILE`).
     pub(crate) fn unnamed(&self, mode: u32) -> io::Result<File> {
-        self.open(OsStr::new("."), libc::O_TMPFILE | libc::O_RDWR, mode)
+        self.open_c(c".", libc::O_TMPFILE | libc::O_RDWR, mode)
     }
 
     /// `renameat(from, to)`, both in this directory.
     pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
-        let (from, to) = (cstr(from)?, cstr(to)?);
-        // SAFETY: a valid descriptor and NUL-terminated names outliving the call.
-        check(unsafe { libc::renameat(self.raw(), from.as_ptr(), self.raw(), to.as_ptr()) })
+        with_c(from, |from| {
+            with_c(to, |to| {
+                // SAFETY: a valid descriptor and NUL-terminated names outliving the call.
+                check(unsafe { libc::renameat(self.raw(), from.as_ptr(), self.raw(), to.as_ptr()) })
+            })
+        })
     }
 
     /// `unlinkat(name)`: a file or symlink, never a directory.
     pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
-        let c = cstr(name)?;
         // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
-        check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) })
+        with_c(name, |c| {
+            check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) })
+        })
     }
 
     /// `mkdirat(name, mode)`.
     pub(crate) fn make_dir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
-        let c = cstr(name)?;
-        // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
-        check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) })
+        with_c(name, |c| {
+            // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
+            check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) })
+        })
     }
 
     /// `symlinkat(target, name)`.
     pub(crate) fn symlink(&self, target: &[u8], name: &OsStr) -> io::Result<()> {
-        let (t, c) = (cstr(OsStr::from_bytes(target))?, cstr(name)?);
-        // SAFETY: a valid descriptor and NUL-terminated strings outliving the call.
-        check(unsafe { libc::symlinkat(t.as_ptr(), self.raw(), c.as_ptr()) })
+        with_c(OsStr::from_bytes(target), |t| {
+            with_c(name, |c| {
+                // SAFETY: a valid descriptor and NUL-terminated strings outliving the call.
+                check(unsafe { libc::symlinkat(t.as_ptr(), self.raw(), c.as_ptr()) })
+            })
+        })
     }
 
     /// What `name` is, without following it if it is a symlink.
     pub(crate) fn lstat(&self, name: &OsStr) -> io::Result<libc::stat> {
-        lstat_at(self.raw(), &cstr(name)?)
+        with_c(name, |c| lstat_at(self.raw(), c))
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::beneath::Dir;
+use super::beneath::{with_c, Dir};
 use super::names::PARTIAL_SUFFIX;
 
 /// How an unnamed file is given a name.
@@ -167,9 +167,7 @@ impl Linker {
     /// Gives the unnamed `file` the name `name` in `dir`, which must not exist
     /// (`AlreadyExists`).
     pub(crate) fn link(&self, file: &File, dir: &Dir, name: &OsStr) -> io::Result<()> {
-        let name = CString::new(name.as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))?;
-        link(file, self.via, dir.raw(), &name)
+        with_c(name, |name| link(file, self.via, dir.raw(), name))
     }
 }
 
