@@ -251,11 +251,11 @@ pub(crate) struct BenchArgs {
 /// Options of the chunk pipeline shared by subcommands that read files.
 #[derive(Debug, Args)]
 pub(crate) struct PipelineArgs {
-    /// Memory budget for chunk data in flight (e.g. 32MiB, 1G) [hash: 32MiB, send: 64MiB].
+    /// Memory budget for chunk data in flight (e.g. 32MiB, 1G) [hash: 48MiB, send: 64MiB].
     /// Resident memory stays near this plus a few MiB, whatever the file sizes.
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     pub(crate) memory: Option<u64>,
-    /// Chunk size: a power of two from 16KiB to 64MiB [hash: 4MiB, send: 1MiB].
+    /// Chunk size: a power of two from 16KiB to 64MiB [hash: 16MiB, send: 1MiB].
     #[arg(long, value_name = "SIZE")]
     pub(crate) chunk_size: Option<ChunkSize>,
     /// Hashing threads [default: one per core].

@@ -928,7 +928,7 @@ mod tests {
             digest: digest(offset, &data),
             data,
             permit: budget.try_acquire(LEN as usize).unwrap(),
-            mapped: false,
+            release: false,
         })
     }
 

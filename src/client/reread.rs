@@ -127,7 +127,7 @@ async fn serve(
             data,
             digest,
             permit,
-            mapped: false,
+            release: false,
         });
         let result = if whole {
             Reread::Whole { chunk }

@@ -111,13 +111,14 @@ pub struct Chunk {
     pub digest: ChunkDigest,
     /// Released when the chunk is dropped; this is what lets the reader continue.
     pub permit: Permit,
-    /// Whether `data` borrows a mapped window (its pages are released on drop).
-    pub(crate) mapped: bool,
+    /// Whether `data` is a part of a larger mapped window (its pages are released on drop;
+    /// a whole window is unmapped instead).
+    pub(crate) release: bool,
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        if self.mapped {
+        if self.release {
             // The window stays mapped until its last chunk is gone; without this, pages of
             // chunks already consumed would stay resident (and count in RSS) until then.
             crate::source::release_pages(&self.data);

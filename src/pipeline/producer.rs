@@ -232,13 +232,13 @@ impl<S: Readable> Producer<S> {
                     offset,
                     data,
                     watch,
+                    release,
                 } = raw;
                 let digest = if offset == 0 && expected_len == Some(data.len() as u64) {
                     digest_whole(&data)
                 } else {
                     digest(offset, &data)
                 };
-                let mapped = watch.is_some();
                 let result = if watch.is_some_and(|w| w.poisoned()) {
                     Err(SourceError::Truncated {
                         path: path.to_path_buf(),
@@ -254,7 +254,7 @@ impl<S: Readable> Producer<S> {
                         data,
                         digest,
                         permit,
-                        mapped,
+                        release,
                     })
                 };
                 // The receiver is gone only if the consumer stopped; the chunk is dropped.

@@ -22,6 +22,9 @@ pub(crate) struct RawChunk {
     pub(crate) data: Bytes,
     /// Set for mapped chunks: tells whether the window lost pages to truncation.
     pub(crate) watch: Option<Watch>,
+    /// A part of a larger mapped window, whose pages are worth releasing once it is
+    /// consumed (the window itself is unmapped only when its last chunk is gone).
+    pub(crate) release: bool,
 }
 
 enum Route {
@@ -168,12 +171,13 @@ impl FileSource {
         let offset = self.offset;
         if let Route::Mapped(reader) = &mut self.route {
             match reader.chunk(&self.path, offset, len) {
-                Ok((data, watch)) => {
-                    self.offset += data.len() as u64;
+                Ok(chunk) => {
+                    self.offset += chunk.data.len() as u64;
                     return Ok(Some(RawChunk {
                         offset,
-                        data,
-                        watch,
+                        data: chunk.data,
+                        watch: chunk.watch,
+                        release: !chunk.whole_window,
                     }));
                 }
                 Err(MapFailure::Source(e)) => return Err(e),
@@ -221,6 +225,7 @@ impl FileSource {
             offset,
             data,
             watch: None,
+            release: false,
         }))
     }
 
@@ -302,6 +307,40 @@ mod tests {
             BufPool::new(chunk, 4),
         )
         .unwrap()
+    }
+
+    /// How many mappings of `path` this process has.
+    fn mappings_of(path: &Path) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let name = path.to_str().unwrap();
+        maps.lines().filter(|l| l.ends_with(name)).count()
+    }
+
+    /// A window is unmapped as soon as its last chunk is dropped, even while the reader has
+    /// not moved on (it may be waiting for budget); only chunks that are a part of a larger
+    /// window ask for their pages to be released.
+    #[test]
+    fn a_window_goes_with_its_last_chunk() {
+        let f = file_of(8 << 20);
+        let mut src = open(f.path(), 1 << 20, 2 << 20);
+        let a = src.read_next(1 << 20).unwrap().unwrap();
+        let b = src.read_next(1 << 20).unwrap().unwrap();
+        assert!(a.release && b.release, "halves of a window");
+        assert_eq!(mappings_of(f.path()), 1);
+        drop(a);
+        assert_eq!(mappings_of(f.path()), 1, "the second half still borrows it");
+        drop(b);
+        assert_eq!(
+            mappings_of(f.path()),
+            0,
+            "nothing holds the window any more"
+        );
+
+        let mut whole = open(f.path(), 2 << 20, 2 << 20);
+        let c = whole.read_next(2 << 20).unwrap().unwrap();
+        assert!(!c.release, "a whole window is unmapped, not released");
+        drop(c);
+        assert_eq!(mappings_of(f.path()), 0);
     }
 
     /// The SIGBUS defence: a mapped window whose file is truncated underneath reads zeros

@@ -51,6 +51,15 @@ pub(crate) struct MappedReader {
     current: Option<Current>,
 }
 
+/// A chunk cut from a mapped window.
+pub(crate) struct MappedChunk {
+    pub(crate) data: Bytes,
+    /// The window's poison flag.
+    pub(crate) watch: Option<Watch>,
+    /// The chunk is its whole window: dropping it unmaps the pages, nothing to release.
+    pub(crate) whole_window: bool,
+}
+
 /// Why a window could not be mapped. `Unsupported` makes the caller fall back to positioned
 /// reads; `Source` is an error for the file.
 pub(crate) enum MapFailure {
@@ -83,12 +92,16 @@ impl MappedReader {
     /// Returns `len` bytes at `offset` (which must lie within the file as opened, and not
     /// cross a window boundary: chunk sizes divide the window length), mapping a new window
     /// when the offset has left the current one.
+    ///
+    /// The reader lets go of a window as soon as its last chunk is cut, so the window is
+    /// unmapped when that chunk is dropped, not when the next window is mapped (which waits
+    /// for budget).
     pub(crate) fn chunk(
         &mut self,
         path: &Path,
         offset: u64,
         len: usize,
-    ) -> Result<(Bytes, Option<Watch>), MapFailure> {
+    ) -> Result<MappedChunk, MapFailure> {
         let needs_window = match &self.current {
             Some(c) => offset < c.start || offset + len as u64 > c.start + c.bytes.len() as u64,
             None => true,
@@ -105,7 +118,16 @@ impl MappedReader {
         // `offset - start` is below the window length, which is a usize, so this cannot
         // truncate.
         let at = (offset - current.start) as usize;
-        Ok((current.bytes.slice(at..at + len), current.watch))
+        let whole_window = at == 0 && len == current.bytes.len();
+        let chunk = MappedChunk {
+            data: current.bytes.slice(at..at + len),
+            watch: current.watch,
+            whole_window,
+        };
+        if at + len == current.bytes.len() {
+            self.current = None;
+        }
+        Ok(chunk)
     }
 
     fn map_window(&self, path: &Path, start: u64) -> Result<Current, MapFailure> {
