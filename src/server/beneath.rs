@@ -340,8 +340,8 @@ impl Dir {
 
     /// `unlinkat(name)`: a file or symlink, never a directory.
     pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
-        // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
         with_c(name, |c| {
+            // SAFETY: a valid descriptor and a NUL-terminated name outliving the call.
             check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) })
         })
     }

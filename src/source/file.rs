@@ -177,7 +177,7 @@ impl FileSource {
                         offset,
                         data: chunk.data,
                         watch: chunk.watch,
-                        release: !chunk.whole_window,
+                        release: chunk.release,
                     }));
                 }
                 Err(MapFailure::Source(e)) => return Err(e),

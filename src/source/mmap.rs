@@ -3,8 +3,8 @@
 //! A file is never mapped whole: [`MappedReader`] maps one window at a time (a multiple of
 //! the chunk size), advises the kernel that it will be read sequentially, and hands out
 //! chunks that borrow the window through `Bytes::from_owner` without copying. The window is
-//! unmapped when the reader has moved past it and the last chunk borrowed from it is
-//! dropped, so resident memory is bounded by the chunks in flight plus one window.
+//! unmapped when its last chunk has been cut and every chunk borrowed from it is dropped, so
+//! resident memory is bounded by the chunks in flight plus one window.
 //!
 //! This file holds the crate's only `unsafe` mapping. Its defence against truncation lives
 //! in `guard.rs`; the per-window checks that turn a poisoned window into an error live here
@@ -56,8 +56,9 @@ pub(crate) struct MappedChunk {
     pub(crate) data: Bytes,
     /// The window's poison flag.
     pub(crate) watch: Option<Watch>,
-    /// The chunk is its whole window: dropping it unmaps the pages, nothing to release.
-    pub(crate) whole_window: bool,
+    /// A part of a larger window, whose pages are worth releasing once consumed; a chunk
+    /// that is its whole window is unmapped when dropped instead.
+    pub(crate) release: bool,
 }
 
 /// Why a window could not be mapped. `Unsupported` makes the caller fall back to positioned
@@ -118,11 +119,10 @@ impl MappedReader {
         // `offset - start` is below the window length, which is a usize, so this cannot
         // truncate.
         let at = (offset - current.start) as usize;
-        let whole_window = at == 0 && len == current.bytes.len();
         let chunk = MappedChunk {
             data: current.bytes.slice(at..at + len),
             watch: current.watch,
-            whole_window,
+            release: len < current.bytes.len(),
         };
         if at + len == current.bytes.len() {
             self.current = None;
