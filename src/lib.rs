@@ -31,6 +31,7 @@ pub mod progress;
 pub mod protocol;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod transfer;
 pub mod wire;
 
@@ -43,7 +44,8 @@ pub use progress::{ConnectionState, Progress};
 pub use server::{Server, ServerEvent, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
 pub use source::{Input, SourceError};
 pub use transfer::{
-    DestinationFailure, DestinationReport, Report, Transfer, TransferError, TransferHandle,
+    Authentication, DestinationFailure, DestinationReport, Report, Transfer, TransferError,
+    TransferHandle,
     TransferOptions,
 };
 

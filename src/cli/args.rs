@@ -119,8 +119,9 @@ pub(crate) fn parse_expiry(s: &str) -> Result<Expiry, String> {
 /// Where the pre-shared key comes from. Both ends must use the same key.
 #[derive(Debug, Args)]
 pub(crate) struct KeyArgs {
-    /// File whose first line is the pre-shared key. Also `TIDEGATE_KEY` in the environment.
-    /// Without either, connections are not authenticated.
+    /// File whose first line is the passphrase (or the code phrase `serve` printed). Also
+    /// `TIDEGATE_KEY` in the environment. Both ends must have the same one; an empty one is
+    /// an error.
     #[arg(long, value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
 }
@@ -181,6 +182,11 @@ pub(crate) struct ServeArgs {
     /// path's length plus 64 bytes); a transfer with more is refused its further directories.
     #[arg(long, default_value = "16MiB", value_parser = parse_bytes, value_name = "SIZE")]
     pub(crate) max_dir_bytes: u64,
+    /// Let in any sender, without a passphrase. The connection is still encrypted, but
+    /// anyone who can reach the port can write into --dir. Without a key and without this,
+    /// `serve` makes a code phrase and prints it.
+    #[arg(long)]
+    pub(crate) insecure_no_auth: bool,
     #[command(flatten)]
     pub(crate) key: KeyArgs,
     #[command(flatten)]

@@ -45,7 +45,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.paths.clone()
     };
     let received = work.path().join("received");
-    let server = Server::bind("127.0.0.1:0".parse()?, ServerOptions::new(&received)).await?;
+    // Authenticated and encrypted, as a real transfer is.
+    let key = tidegate::protocol::handshake::Key::from_passphrase(
+        &tidegate::protocol::handshake::code_phrase()?,
+    );
+    options.key = key.clone();
+    let mut server_options = ServerOptions::new(&received);
+    server_options.key = key;
+    let server = Server::bind("127.0.0.1:0".parse()?, server_options).await?;
     let addr = server.local_addr()?;
     let stop = server.shutdown_token();
     let serving = tokio::spawn(server.serve());
@@ -86,11 +93,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let mib = report.bytes as f64 / (1024.0 * 1024.0);
     let peak = peak_rss_bytes();
+    let dest = report.destinations.first();
+    let tls = dest
+        .and_then(|d| d.tls.as_ref())
+        .map_or_else(|| "none".to_owned(), ToString::to_string);
+    let authentication = dest.map_or_else(String::new, |d| d.authentication.to_string());
     let mut out = std::io::stdout().lock();
     if args.json {
         let line = serde_json::json!({
             "files": sent.len(), "bytes": report.bytes, "seconds": wall,
             "mib_per_s": mib / wall, "cpu_seconds": cpu, "peak_rss_bytes": peak, "verified": true,
+            "tls": dest.and_then(|d| d.tls.as_ref()),
+            "authentication": dest.map(|d| d.authentication),
         });
         writeln!(out, "{line}")?;
     } else {
@@ -103,6 +117,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             mib / wall,
             peak.map(tidegate::progress::human_bytes).unwrap_or_else(|| "unknown".into()),
         )?;
+        writeln!(out, "security: {tls}; authentication: {authentication}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use tidegate::{Progress, Report, Transfer, TransferOptions};
 use super::args::SendArgs;
 use super::args::USAGE;
 use super::hash::apply_pipeline_args;
-use super::key::load_key;
+use super::key::{load_key, Given};
 use super::progress;
 use super::say;
 
@@ -34,7 +34,22 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     // Each file's root is listed at the end only with -v; otherwise nothing is kept per file
     // once it is delivered (the JSON stream's `file_done` events carry the same as they go).
     options.file_reports = verbose > 0;
-    options.key = load_key(&args.key)?;
+    options.key = match load_key(&args.key)? {
+        Given::Key(key) => key,
+        Given::Empty(message) => {
+            say::error(message);
+            return Ok(ExitCode::from(USAGE));
+        }
+        Given::Nothing => {
+            if !quiet {
+                say::warning(
+                    "no key given (TIDEGATE_KEY or --key-file): only a receiver started with \
+                     --insecure-no-auth accepts this, and nothing proves who that receiver is",
+                );
+            }
+            tidegate::protocol::handshake::Key::default()
+        }
+    };
     let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
     // Progress events, and the total (one more `stat` per file, on a thread of its own), only
     // for someone watching: otherwise two events per file were made and thrown away.

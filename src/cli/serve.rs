@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::ServeArgs;
 use super::args::USAGE;
-use super::key::load_key;
+use super::key::{load_key, Given};
 use super::say;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -26,7 +26,31 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(USAGE));
     }
     let mut options = ServerOptions::new(&args.dir);
-    options.key = load_key(&args.key)?;
+    // A code phrase made here is printed once the port is known.
+    let mut made_phrase = None;
+    match (load_key(&args.key)?, args.insecure_no_auth) {
+        (Given::Empty(message), _) => {
+            say::error(message);
+            return Ok(ExitCode::from(USAGE));
+        }
+        (Given::Key(_), true) => {
+            say::error("--insecure-no-auth lets anyone in: give it without a key, or leave it out");
+            return Ok(ExitCode::from(USAGE));
+        }
+        (Given::Key(key), false) => options.key = key,
+        (Given::Nothing, true) => {
+            say::warning(
+                "--insecure-no-auth: any sender that can reach this port may write into the \
+                 directory (the connection is encrypted, but not authenticated)",
+            );
+        }
+        (Given::Nothing, false) => {
+            let phrase = tidegate::protocol::handshake::code_phrase()
+                .context("making a code phrase")?;
+            options.key = tidegate::protocol::handshake::Key::from_passphrase(&phrase);
+            made_phrase = Some(phrase);
+        }
+    }
     let limits = &args.limits;
     options.max_connections = limits.max_connections.max(1);
     options.max_connections_per_address = limits.max_connections_per_address.max(1);
@@ -58,6 +82,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "tidegate: receiving into {} on {addr}",
         args.dir.display()
     );
+    if let Some(phrase) = made_phrase {
+        let host = if addr.ip().is_unspecified() {
+            hostname().unwrap_or_else(|| "HOST".into())
+        } else {
+            addr.ip().to_string()
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "tidegate: no key given, so senders need this code phrase (shown only now):\n\
+             \n    TIDEGATE_KEY={phrase} tidegate send --to {host}:{} PATH...\n\n\
+             (or put it in a file for --key-file; --insecure-no-auth lets anyone in)",
+            addr.port()
+        );
+    }
     let stop = server.shutdown_token();
     tokio::spawn(async move {
         tokio::select! {
@@ -69,4 +107,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     server.serve().await.context("serving")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This machine's host name, for the `send` line a made code phrase is printed with.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&buf[..end]).ok().filter(|h| !h.is_empty()).map(str::to_owned)
 }

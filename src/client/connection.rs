@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use crate::pipeline::chunk::Chunk;
 use crate::protocol::handshake::{random, ClientHandshake, HandshakeError, Key};
+use crate::protocol::frame::VERSION;
 use crate::protocol::{ErrorCode, Frame};
+use crate::tls::{self, Negotiated};
 use crate::wire::{FrameReader, FrameWriter, LinkError};
 
 /// What reply retires a job.
@@ -112,6 +114,7 @@ pub(crate) enum Reply {
     /// The connection is up (handshake done) and takes jobs.
     Up {
         incarnation: u64,
+        tls: Negotiated,
     },
     /// The connection dropped (`was_up`), or an attempt to make it failed; these jobs were
     /// not answered and must be resent.
@@ -143,8 +146,9 @@ pub(crate) struct DialOptions {
 /// Largest frame a server sends (errors carry at most a 4 KiB message).
 const MAX_REPLY_FRAME: usize = 16 * 1024;
 
-type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
-type Writer = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+type Reader = FrameReader<tokio::io::ReadHalf<Tls>>;
+type Writer = FrameWriter<tokio::io::WriteHalf<Tls>>;
 
 /// Why a connection attempt or a live connection failed.
 enum Failure {
@@ -169,9 +173,9 @@ pub(crate) async fn run(
     let mut unacked: VecDeque<Job> = VecDeque::new();
     loop {
         let (failure, was_up) = match connect(&params).await {
-            Ok((mut reader, writer, incarnation)) => {
+            Ok((mut reader, writer, incarnation, tls)) => {
                 backoff.reset();
-                let _ = replies.send(Reply::Up { incarnation }).await;
+                let _ = replies.send(Reply::Up { incarnation, tls }).await;
                 let pumped = pump(
                     &params,
                     incarnation,
@@ -229,7 +233,12 @@ async fn give_back(
         .await;
 }
 
-async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64), Failure> {
+/// Why a sender without a key was refused.
+const NO_KEY: &str = "authentication failed: the receiver requires a passphrase, and none was \
+    given. `tidegate serve` printed a code phrase when it started (or was given --key-file or \
+    TIDEGATE_KEY): give the same one here, as TIDEGATE_KEY=<phrase> or --key-file";
+
+async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64, Negotiated), Failure> {
     let stream = tokio::time::timeout(params.connect_timeout, TcpStream::connect(&params.addr))
         .await
         .map_err(|_| {
@@ -240,13 +249,38 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64), Failure>
         })?
         .map_err(|e| Failure::Retry(format!("connecting: {e}")))?;
     crate::wire::tune(&stream);
-    let (rd, wr) = stream.into_split();
+    let tls = tokio::time::timeout(params.connect_timeout, tls::connect(stream))
+        .await
+        .map_err(|_| {
+            Failure::Retry(format!(
+                "TLS handshake timed out after {:?}",
+                params.connect_timeout
+            ))
+        })?
+        .map_err(|e| {
+            if tls::not_tls(&e) {
+                Failure::Fatal(
+                    DestinationFailure::Incompatible,
+                    format!(
+                        "the receiver does not speak TLS: it runs tidegate with protocol \
+                         version 4 or older, or is not tidegate (this build speaks version \
+                         {VERSION}; run the same release on both ends)"
+                    ),
+                )
+            } else {
+                Failure::Retry(format!("TLS handshake: {e}"))
+            }
+        })?;
+    let binding = tls::binding(tls.get_ref().1)
+        .map_err(|e| Failure::Retry(format!("TLS exporter: {e}")))?;
+    let negotiated = tls::negotiated(tls.get_ref().1);
+    let (rd, wr) = tokio::io::split(tls);
     // Replies are small (an acknowledgement is 13 bytes); 16 KiB holds a burst of them.
     let mut reader = FrameReader::with_read_ahead(rd, MAX_REPLY_FRAME, 16 * 1024);
     let mut writer = FrameWriter::new(wr);
-    let nonce = random()
+    let seed = random()
         .map_err(|e| Failure::Fatal(DestinationFailure::Other, format!("no randomness: {e}")))?;
-    let (mut hs, hello) = ClientHandshake::new(params.key.clone(), params.session, nonce);
+    let (mut hs, hello) = ClientHandshake::new(&params.key, params.session, binding, seed);
     let io = |e: std::io::Error| Failure::Retry(format!("handshake: {e}"));
     writer.send(&hello).await.map_err(io)?;
     loop {
@@ -261,7 +295,13 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64), Failure>
                 let incarnation = hs
                     .incarnation()
                     .ok_or_else(|| Failure::Retry("handshake: no incarnation".into()))?;
-                return Ok((reader, writer, incarnation));
+                return Ok((reader, writer, incarnation, negotiated));
+            }
+            Err(HandshakeError::BadKey) if params.key.is_anonymous() => {
+                return Err(Failure::Fatal(
+                    DestinationFailure::Authentication,
+                    NO_KEY.to_owned(),
+                ))
             }
             Err(e @ HandshakeError::BadKey) => {
                 return Err(Failure::Fatal(

@@ -49,6 +49,8 @@ pub(crate) struct Outcome {
     pub(crate) fatal: Option<String>,
     /// What kind of failure `fatal` is.
     pub(crate) failure: Option<DestinationFailure>,
+    /// What the first connection negotiated.
+    pub(crate) tls: Option<crate::tls::Negotiated>,
 }
 
 /// Progress a destination reports to the transfer.
@@ -205,8 +207,9 @@ impl Dispatch {
                             files.ask_again();
                             finish_queued = false;
                         }
-                        Reply::Up { incarnation } => {
+                        Reply::Up { incarnation, tls } => {
                             reach.up += 1;
+                            out.tls.get_or_insert(tls);
                             if reach.warned {
                                 reach.warned = false;
                                 let failed_dials = std::mem::take(&mut reach.failed_dials);

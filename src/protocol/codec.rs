@@ -161,10 +161,13 @@ mod tests {
             Frame::Hello {
                 version: 1,
                 session: [7; 16],
-                nonce: [9; 32],
+                pake: Bytes::from_static(&[9; 33]),
             },
-            Frame::Challenge { nonce: [1; 32] },
-            Frame::Auth { mac: [2; 32] },
+            Frame::Pake {
+                pake: [1; 33],
+                confirm: [4; 32],
+            },
+            Frame::Confirm { mac: [2; 32] },
             Frame::Welcome {
                 mac: [3; 32],
                 incarnation: 5,
@@ -343,14 +346,18 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let bytes = || proptest::collection::vec(any::<u8>(), 0..300);
         prop_oneof![
-            (any::<u16>(), any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(
-                |(version, session, nonce)| Frame::Hello {
+            (any::<u16>(), any::<[u8; 16]>(), bytes()).prop_map(|(version, session, pake)| {
+                Frame::Hello {
                     version,
                     session,
-                    nonce
+                    pake: pake.into(),
                 }
-            ),
-            any::<[u8; 32]>().prop_map(|nonce| Frame::Challenge { nonce }),
+            }),
+            (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(pake, confirm)| {
+                let mut p = [0; 33];
+                p[1..].copy_from_slice(&pake);
+                Frame::Pake { pake: p, confirm }
+            }),
             (any::<u64>(), arb_meta(), any::<u32>()).prop_map(|(file, meta, chunk_len)| {
                 Frame::FileBegin {
                     file,

@@ -14,7 +14,10 @@ use super::error::DecodeError;
 /// `TDGT` at the start of `Hello`.
 pub const MAGIC: [u8; 4] = *b"TDGT";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
+/// Length of a SPAKE2 message (a side byte and an Ed25519 point), as `Hello` and `Pake`
+/// carry it.
+pub const PAKE_LEN: usize = 33;
 /// Longest path or message, in bytes.
 pub const MAX_STRING_LEN: usize = 4096;
 
@@ -35,28 +38,33 @@ pub struct Meta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Frame {
-    /// Client → server, first frame of a connection.
+    /// Client → server, first frame of a connection (inside TLS).
     Hello {
         /// Protocol version.
         version: u16,
         /// Identifies one transfer across its connections and reconnections.
         session: [u8; 16],
-        /// The client's random challenge to the server.
-        nonce: [u8; 32],
+        /// The client's SPAKE2 message ([`PAKE_LEN`] bytes in this version). It runs to the
+        /// end of the frame, so a `Hello` of any version parses far enough to compare
+        /// versions.
+        pake: Bytes,
     },
-    /// Server → client: the server's random challenge.
-    Challenge {
-        /// The server's nonce.
-        nonce: [u8; 32],
+    /// Server → client: the server's SPAKE2 message and its key confirmation.
+    Pake {
+        /// The server's SPAKE2 message.
+        pake: [u8; PAKE_LEN],
+        /// Proof that the server derived the same key on the same TLS channel (see
+        /// `handshake.rs`).
+        confirm: [u8; 32],
     },
-    /// Client → server: proof that the client holds the key.
-    Auth {
-        /// Keyed BLAKE3 over both nonces (see `handshake.rs`).
+    /// Client → server: the client's key confirmation.
+    Confirm {
+        /// Proof that the client derived the same key on the same TLS channel.
         mac: [u8; 32],
     },
-    /// Server → client: the client is in, and the server's proof of the key.
+    /// Server → client: the client is in.
     Welcome {
-        /// Keyed BLAKE3 over both nonces and `incarnation`, with the server's label.
+        /// MAC of `incarnation` under the handshake's key.
         mac: [u8; 32],
         /// The server's id for the session's state: the same for every connection of the
         /// session while the server holds that state, another one once it was lost (the
@@ -180,8 +188,8 @@ pub enum ErrorCode {
 /// Type bytes.
 pub(crate) mod ty {
     pub(crate) const HELLO: u8 = 1;
-    pub(crate) const CHALLENGE: u8 = 2;
-    pub(crate) const AUTH: u8 = 3;
+    pub(crate) const PAKE: u8 = 2;
+    pub(crate) const CONFIRM: u8 = 3;
     pub(crate) const WELCOME: u8 = 4;
     pub(crate) const FILE_BEGIN: u8 = 5;
     pub(crate) const FILE_READY: u8 = 6;
@@ -202,8 +210,8 @@ impl Frame {
     pub fn type_byte(&self) -> u8 {
         match self {
             Frame::Hello { .. } => ty::HELLO,
-            Frame::Challenge { .. } => ty::CHALLENGE,
-            Frame::Auth { .. } => ty::AUTH,
+            Frame::Pake { .. } => ty::PAKE,
+            Frame::Confirm { .. } => ty::CONFIRM,
             Frame::Welcome { .. } => ty::WELCOME,
             Frame::FileBegin { .. } => ty::FILE_BEGIN,
             Frame::FileReady { .. } => ty::FILE_READY,
@@ -234,15 +242,18 @@ impl Frame {
             Frame::Hello {
                 version,
                 session,
-                nonce,
+                pake,
             } => {
                 dst.put_slice(&MAGIC);
                 dst.put_u16(*version);
                 dst.put_slice(session);
-                dst.put_slice(nonce);
+                dst.put_slice(pake);
             }
-            Frame::Challenge { nonce } => dst.put_slice(nonce),
-            Frame::Auth { mac } => dst.put_slice(mac),
+            Frame::Pake { pake, confirm } => {
+                dst.put_slice(pake);
+                dst.put_slice(confirm);
+            }
+            Frame::Confirm { mac } => dst.put_slice(mac),
             Frame::Welcome { mac, incarnation } => {
                 dst.put_slice(mac);
                 dst.put_u64(*incarnation);
@@ -317,11 +328,14 @@ impl Frame {
                 Frame::Hello {
                     version: u16_(b)?,
                     session: array(b)?,
-                    nonce: array(b)?,
+                    pake: b.split_to(b.len()),
                 }
             }
-            ty::CHALLENGE => Frame::Challenge { nonce: array(b)? },
-            ty::AUTH => Frame::Auth { mac: array(b)? },
+            ty::PAKE => Frame::Pake {
+                pake: array(b)?,
+                confirm: array(b)?,
+            },
+            ty::CONFIRM => Frame::Confirm { mac: array(b)? },
             ty::WELCOME => Frame::Welcome {
                 mac: array(b)?,
                 incarnation: u64_(b)?,

@@ -1,26 +1,42 @@
-//! The handshake: version check and mutual authentication with a pre-shared key.
+//! The handshake inside TLS: version check, then a PAKE over the passphrase bound to the TLS
+//! channel, with key confirmation both ways.
 //!
 //! ```text
 //! client                                   server
-//!   Hello { version, session, nonce_c }  ──►
-//!                                        ◄──  Challenge { nonce_s }
-//!   Auth { mac_c }                       ──►   (checks mac_c; a wrong key ends here)
-//!                                        ◄──  Welcome { mac_s, incarnation }
-//!   (checks mac_s)
+//!   Hello { version, session, pake_a }   ──►
+//!                                        ◄──  Pake { pake_b, confirm_s }
+//!   Confirm { confirm_c }                ──►   (a wrong passphrase ends here)
+//!                                        ◄──  Welcome { mac, incarnation }
 //! ```
-//! `mac_x = BLAKE3-keyed(key, label_x ‖ version ‖ session ‖ nonce_c ‖ nonce_s)` (and, for the
-//! server's, `‖ incarnation`: the id of the server's state for the session), with distinct
-//! labels for the two sides so one proof cannot be reflected as the other. The key itself
-//! never crosses the wire; fresh nonces on both sides make every proof single-use. MACs are
-//! compared in constant time. Without `--key`, both sides use the key derived from the empty
-//! passphrase: the handshake still runs, but authenticates nothing.
+//! `pake_a` and `pake_b` are SPAKE2 messages (Ed25519 group, the client as side A) over the
+//! 32-byte [`Key`] derived from the passphrase. Each side gets the SPAKE2 key `K` and derives
+//! `k = BLAKE3-derive_key("tidegate v5 handshake", version ‖ session ‖ binding ‖ pake_a ‖
+//! pake_b ‖ K)`, where `binding` is the TLS exporter value of the connection. Then
+//! `confirm_x = BLAKE3-keyed(k, label_x)` with one label per direction, and the `Welcome` MAC
+//! is `BLAKE3-keyed(k, "welcome" ‖ incarnation)`.
 //!
-//! Pure state machines: the caller supplies nonces and moves the frames.
+//! What this gives:
+//! - A passive observer of the SPAKE2 messages (were TLS broken) learns nothing it could test
+//!   passphrases against: SPAKE2 gives no offline dictionary attack.
+//! - An active attacker without the passphrase commits to one guess per connection.
+//! - A man in the middle that terminates TLS with its own key has two TLS channels with two
+//!   different exporter values, so even relaying the SPAKE2 messages unchanged, neither
+//!   confirmation verifies: it cannot complete either side.
+//! - The confirmations differ per direction, so neither can be reflected.
+//!
+//! The anonymous key ([`Key::default`], the empty passphrase) runs the same exchange: the
+//! channel is still encrypted, but anyone can complete it.
+//!
+//! Pure state machines: the caller supplies the TLS binding and the random seeds, and moves
+//! the frames.
 
-use super::frame::{Frame, VERSION};
+use bytes::Bytes;
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+
+use super::frame::{Frame, PAKE_LEN, VERSION};
 
 /// A 32-byte key derived from a passphrase.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key([u8; 32]);
 
 impl std::fmt::Debug for Key {
@@ -37,13 +53,26 @@ impl Key {
             passphrase.as_bytes(),
         ))
     }
+
+    /// Whether this is the anonymous key (the empty passphrase), which anyone has.
+    pub fn is_anonymous(&self) -> bool {
+        *self == Key::default()
+    }
 }
 
 impl Default for Key {
+    /// The anonymous key: the empty passphrase.
     fn default() -> Self {
         Key::from_passphrase("")
     }
 }
+
+/// The TLS exporter value of a connection (RFC 8446 §7.5, label [`EXPORTER_LABEL`], no
+/// context): the same at both ends of one TLS channel, different on any other.
+pub type Binding = [u8; 32];
+
+/// The label the TLS exporter is asked for.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-tidegate-pake";
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,12 +89,16 @@ pub enum HandshakeError {
         /// Ours.
         ours: u16,
     },
-    /// The peer's proof did not match: a different key.
+    /// The peer's confirmation did not match: a different passphrase, or a man in the
+    /// middle.
     #[error(
-        "authentication failed: the keys differ (give both ends the same --key-file or \
-         TIDEGATE_KEY)"
+        "authentication failed: the passphrases differ, or something between the two ends \
+         intercepts the connection (give both ends the same --key-file or TIDEGATE_KEY)"
     )]
     BadKey,
+    /// A key-exchange message that is not a valid SPAKE2 message.
+    #[error("malformed key-exchange message")]
+    BadPake,
     /// A frame that does not belong at this point.
     #[error("unexpected frame during the handshake (type {0})")]
     Unexpected(u8),
@@ -74,39 +107,80 @@ pub enum HandshakeError {
     Refused(String),
 }
 
-fn mac(key: &Key, label: &[u8; 6], session: &[u8; 16], nc: &[u8; 32], ns: &[u8; 32]) -> [u8; 32] {
-    *transcript(key, label, session, nc, ns)
-        .finalize()
-        .as_bytes()
+const ID_A: &[u8] = b"tidegate sender";
+const ID_B: &[u8] = b"tidegate receiver";
+
+/// A random source for SPAKE2's scalar: BLAKE3's output stream keyed by a seed.
+struct Seeded(blake3::OutputReader);
+
+impl Seeded {
+    fn new(seed: &[u8; 32]) -> Self {
+        Seeded(blake3::Hasher::new_derive_key("tidegate v5 handshake scalar").update(seed).finalize_xof())
+    }
 }
 
-fn transcript(
-    key: &Key,
-    label: &[u8; 6],
-    session: &[u8; 16],
-    nc: &[u8; 32],
-    ns: &[u8; 32],
-) -> blake3::Hasher {
-    let mut h = blake3::Hasher::new_keyed(&key.0);
-    h.update(label);
-    h.update(&VERSION.to_be_bytes());
-    h.update(session);
-    h.update(nc);
-    h.update(ns);
-    h
+impl rand_core::RngCore for Seeded {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0; 4];
+        self.0.fill(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0; 8];
+        self.0.fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill(dest);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.fill(dest);
+        Ok(())
+    }
 }
 
-/// The server's proof, which also vouches for the incarnation it announces.
-fn server_mac(
-    key: &Key,
-    session: &[u8; 16],
-    nc: &[u8; 32],
-    ns: &[u8; 32],
-    incarnation: u64,
-) -> [u8; 32] {
-    let mut h = transcript(key, b"server", session, nc, ns);
-    h.update(&incarnation.to_be_bytes());
-    *h.finalize().as_bytes()
+// A seed from the OS's random source (see `random`) makes the stream unpredictable.
+impl rand_core::CryptoRng for Seeded {}
+
+/// The key both sides derive once SPAKE2 is done.
+struct Derived([u8; 32]);
+
+impl Derived {
+    fn new(
+        spake: &[u8],
+        binding: &Binding,
+        session: &[u8; 16],
+        pake_a: &[u8],
+        pake_b: &[u8],
+    ) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("tidegate v5 handshake");
+        h.update(&VERSION.to_be_bytes());
+        h.update(session);
+        h.update(binding);
+        h.update(pake_a);
+        h.update(pake_b);
+        h.update(spake);
+        Derived(*h.finalize().as_bytes())
+    }
+
+    fn mac(&self, label: &[u8], extra: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(label);
+        h.update(extra);
+        *h.finalize().as_bytes()
+    }
+
+    fn server_confirm(&self) -> [u8; 32] {
+        self.mac(b"server confirm", &[])
+    }
+
+    fn client_confirm(&self) -> [u8; 32] {
+        self.mac(b"client confirm", &[])
+    }
+
+    fn welcome(&self, incarnation: u64) -> [u8; 32] {
+        self.mac(b"welcome", &incarnation.to_be_bytes())
+    }
 }
 
 /// Constant-time comparison (`blake3::Hash`'s `PartialEq` is constant-time).
@@ -121,30 +195,51 @@ fn refused(frame: &Frame) -> HandshakeError {
     }
 }
 
+fn password(key: &Key) -> Password {
+    Password::new(key.0)
+}
+
 /// The client side.
-#[derive(Debug)]
 pub struct ClientHandshake {
-    key: Key,
+    binding: Binding,
     session: [u8; 16],
-    nonce: [u8; 32],
-    server_nonce: Option<[u8; 32]>,
+    pake_a: Vec<u8>,
+    spake: Option<Spake2<Ed25519Group>>,
+    derived: Option<Derived>,
     incarnation: Option<u64>,
 }
 
+impl std::fmt::Debug for ClientHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandshake")
+            .field("confirmed", &self.derived.is_some())
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientHandshake {
-    /// Starts a handshake; send the returned `Hello`.
-    pub fn new(key: Key, session: [u8; 16], nonce: [u8; 32]) -> (Self, Frame) {
+    /// Starts a handshake on the TLS channel whose exporter value is `binding`, with a fresh
+    /// random `seed`; send the returned `Hello`.
+    pub fn new(key: &Key, session: [u8; 16], binding: Binding, seed: [u8; 32]) -> (Self, Frame) {
+        let (spake, pake_a) = Spake2::<Ed25519Group>::start_a_with_rng(
+            &password(key),
+            &Identity::new(ID_A),
+            &Identity::new(ID_B),
+            Seeded::new(&seed),
+        );
         let hello = Frame::Hello {
             version: VERSION,
             session,
-            nonce,
+            pake: Bytes::copy_from_slice(&pake_a),
         };
         (
             ClientHandshake {
-                key,
+                binding,
                 session,
-                nonce,
-                server_nonce: None,
+                pake_a,
+                spake: Some(spake),
+                derived: None,
                 incarnation: None,
             },
             hello,
@@ -157,28 +252,30 @@ impl ClientHandshake {
     /// # Errors
     /// See [`HandshakeError`].
     pub fn handle(&mut self, frame: &Frame) -> Result<Option<Frame>, HandshakeError> {
-        match (frame, self.server_nonce) {
-            (Frame::Challenge { nonce }, None) => {
-                self.server_nonce = Some(*nonce);
-                let mac = mac(&self.key, b"client", &self.session, &self.nonce, nonce);
-                Ok(Some(Frame::Auth { mac }))
-            }
-            (
-                Frame::Welcome {
-                    mac: theirs,
-                    incarnation,
-                },
-                Some(ns),
-            ) if self.incarnation.is_none() => {
-                let want = server_mac(&self.key, &self.session, &self.nonce, &ns, *incarnation);
-                if same(theirs, &want) {
-                    self.incarnation = Some(*incarnation);
-                    Ok(None)
-                } else {
-                    Err(HandshakeError::BadKey)
+        match frame {
+            Frame::Pake { pake, confirm } if self.spake.is_some() => {
+                let spake = self.spake.take().ok_or(HandshakeError::Unexpected(2))?;
+                let k = spake.finish(pake).map_err(|_| HandshakeError::BadPake)?;
+                let derived = Derived::new(&k, &self.binding, &self.session, &self.pake_a, pake);
+                if !same(confirm, &derived.server_confirm()) {
+                    return Err(HandshakeError::BadKey);
                 }
+                let mac = derived.client_confirm();
+                self.derived = Some(derived);
+                Ok(Some(Frame::Confirm { mac }))
             }
-            (other, _) => Err(refused(other)),
+            Frame::Welcome { mac, incarnation } if self.incarnation.is_none() => {
+                let derived = self
+                    .derived
+                    .as_ref()
+                    .ok_or(HandshakeError::Unexpected(frame.type_byte()))?;
+                if !same(mac, &derived.welcome(*incarnation)) {
+                    return Err(HandshakeError::BadKey);
+                }
+                self.incarnation = Some(*incarnation);
+                Ok(None)
+            }
+            other => Err(refused(other)),
         }
     }
 
@@ -190,12 +287,22 @@ impl ClientHandshake {
 }
 
 /// The server side.
-#[derive(Debug)]
 pub struct ServerHandshake {
     key: Key,
-    nonce: [u8; 32],
-    hello: Option<([u8; 16], [u8; 32])>,
+    binding: Binding,
+    seed: [u8; 32],
+    session: Option<[u8; 16]>,
+    derived: Option<Derived>,
     authenticated: bool,
+}
+
+impl std::fmt::Debug for ServerHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandshake")
+            .field("offered", &self.offered())
+            .field("authenticated", &self.authenticated)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a completed server handshake yields.
@@ -215,14 +322,23 @@ pub enum ServerStep {
 }
 
 impl ServerHandshake {
-    /// A server handshake with a fresh nonce.
-    pub fn new(key: Key, nonce: [u8; 32]) -> Self {
+    /// A server handshake on the TLS channel whose exporter value is `binding`, with a fresh
+    /// random `seed`.
+    pub fn new(key: Key, binding: Binding, seed: [u8; 32]) -> Self {
         ServerHandshake {
             key,
-            nonce,
-            hello: None,
+            binding,
+            seed,
+            session: None,
+            derived: None,
             authenticated: false,
         }
+    }
+
+    /// Whether the server's key-exchange message went out: from then on, a client that does
+    /// not confirm has spent one guess at the passphrase.
+    pub fn offered(&self) -> bool {
+        self.derived.is_some()
     }
 
     /// Handles a client frame.
@@ -230,45 +346,92 @@ impl ServerHandshake {
     /// # Errors
     /// See [`HandshakeError`]; on error, send an `Error` frame and close.
     pub fn handle(&mut self, frame: &Frame) -> Result<ServerStep, HandshakeError> {
-        match (frame, self.hello) {
-            (
-                Frame::Hello {
-                    version,
-                    session,
-                    nonce,
-                },
-                None,
-            ) => {
+        match frame {
+            Frame::Hello {
+                version,
+                session,
+                pake,
+            } if self.session.is_none() => {
                 if *version != VERSION {
                     return Err(HandshakeError::Version {
                         theirs: *version,
                         ours: VERSION,
                     });
                 }
-                self.hello = Some((*session, *nonce));
-                Ok(ServerStep::Reply(Frame::Challenge { nonce: self.nonce }))
+                if pake.len() != PAKE_LEN {
+                    return Err(HandshakeError::BadPake);
+                }
+                let (spake, pake_b) = Spake2::<Ed25519Group>::start_b_with_rng(
+                    &password(&self.key),
+                    &Identity::new(ID_A),
+                    &Identity::new(ID_B),
+                    Seeded::new(&self.seed),
+                );
+                let k = spake.finish(pake).map_err(|_| HandshakeError::BadPake)?;
+                let derived = Derived::new(&k, &self.binding, session, pake, &pake_b);
+                let confirm = derived.server_confirm();
+                let pake_b: [u8; PAKE_LEN] =
+                    pake_b.try_into().map_err(|_| HandshakeError::BadPake)?;
+                self.session = Some(*session);
+                self.derived = Some(derived);
+                Ok(ServerStep::Reply(Frame::Pake {
+                    pake: pake_b,
+                    confirm,
+                }))
             }
-            (Frame::Auth { mac: theirs }, Some((session, nc))) if !self.authenticated => {
-                let want = mac(&self.key, b"client", &session, &nc, &self.nonce);
-                if !same(theirs, &want) {
+            Frame::Confirm { mac } if !self.authenticated => {
+                let (Some(derived), Some(session)) = (&self.derived, self.session) else {
+                    return Err(HandshakeError::Unexpected(frame.type_byte()));
+                };
+                if !same(mac, &derived.client_confirm()) {
                     return Err(HandshakeError::BadKey);
                 }
                 self.authenticated = true;
                 Ok(ServerStep::Done(Accepted { session }))
             }
-            (other, _) => Err(HandshakeError::Unexpected(other.type_byte())),
+            other => Err(HandshakeError::Unexpected(other.type_byte())),
         }
     }
 
     /// The `Welcome` that completes the handshake, announcing `incarnation` (the server's id
     /// for the session's state). `None` before [`ServerStep::Done`].
     pub fn welcome(&self, incarnation: u64) -> Option<Frame> {
-        let (session, nc) = self.hello.filter(|_| self.authenticated)?;
+        let derived = self.derived.as_ref().filter(|_| self.authenticated)?;
         Some(Frame::Welcome {
-            mac: server_mac(&self.key, &session, &nc, &self.nonce, incarnation),
+            mac: derived.welcome(incarnation),
             incarnation,
         })
     }
+}
+
+/// A random code phrase of 80 bits: 16 characters of Crockford's base32 (lower case; no
+/// i, l, o or u, which read like 1, 1, 0 and v) in four groups, like `7k2m-x9qd-c4hn-e8tw`.
+/// Easy to read out and type, and with the PAKE, safe against guessing: an attacker gets
+/// one online guess per connection, and the receiver locks out addresses that keep failing.
+///
+/// # Errors
+/// When the kernel's random source fails.
+pub fn code_phrase() -> std::io::Result<String> {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let bytes = random::<10>()?;
+    let mut bits = u128::from_be_bytes({
+        let mut b = [0u8; 16];
+        b[6..].copy_from_slice(&bytes);
+        b
+    });
+    let mut chars = [0u8; 16];
+    for c in chars.iter_mut().rev() {
+        *c = ALPHABET[(bits & 31) as usize];
+        bits >>= 5;
+    }
+    let mut phrase = String::with_capacity(19);
+    for (i, group) in chars.chunks(4).enumerate() {
+        if i > 0 {
+            phrase.push('-');
+        }
+        phrase.extend(group.iter().map(|&b| char::from(b)));
+    }
+    Ok(phrase)
 }
 
 /// Fills a buffer with random bytes from the OS.
@@ -297,15 +460,27 @@ pub fn random<const N: usize>() -> std::io::Result<[u8; N]> {
 mod tests {
     use super::*;
 
-    fn run(client_key: &str, server_key: &str) -> Result<Accepted, HandshakeError> {
-        let (mut c, hello) =
-            ClientHandshake::new(Key::from_passphrase(client_key), [1; 16], [2; 32]);
-        let mut s = ServerHandshake::new(Key::from_passphrase(server_key), [3; 32]);
-        let ServerStep::Reply(challenge) = s.handle(&hello)? else {
-            panic!("challenge expected")
+    const BIND: Binding = [5; 32];
+
+    fn run_bound(
+        client_key: &str,
+        server_key: &str,
+        client_binding: Binding,
+        server_binding: Binding,
+    ) -> Result<Accepted, HandshakeError> {
+        let (mut c, hello) = ClientHandshake::new(
+            &Key::from_passphrase(client_key),
+            [1; 16],
+            client_binding,
+            [2; 32],
+        );
+        let mut s = ServerHandshake::new(Key::from_passphrase(server_key), server_binding, [3; 32]);
+        let ServerStep::Reply(pake) = s.handle(&hello)? else {
+            panic!("key exchange expected")
         };
-        let auth = c.handle(&challenge)?.expect("auth");
-        let ServerStep::Done(accepted) = s.handle(&auth)? else {
+        assert!(s.offered());
+        let confirm = c.handle(&pake)?.expect("confirmation");
+        let ServerStep::Done(accepted) = s.handle(&confirm)? else {
             panic!("welcome expected")
         };
         let welcome = s.welcome(42).expect("authenticated");
@@ -314,19 +489,44 @@ mod tests {
         Ok(accepted)
     }
 
-    #[test]
-    fn same_key_succeeds_other_key_fails() {
-        assert_eq!(run("k", "k").unwrap().session, [1; 16]);
-        assert_eq!(run("k", "other").unwrap_err(), HandshakeError::BadKey);
-        assert_eq!(run("", "k").unwrap_err(), HandshakeError::BadKey);
+    fn run(client_key: &str, server_key: &str) -> Result<Accepted, HandshakeError> {
+        run_bound(client_key, server_key, BIND, BIND)
     }
 
     #[test]
-    fn a_reflected_proof_is_rejected() {
-        // A server that echoes the client's own Auth as its Welcome must fail the check.
+    fn same_key_succeeds_other_key_fails() {
+        assert_eq!(run("k", "k").unwrap().session, [1; 16]);
+        assert_eq!(run("", "").unwrap().session, [1; 16]);
+        assert_eq!(run("k", "other").unwrap_err(), HandshakeError::BadKey);
+        assert_eq!(run("", "k").unwrap_err(), HandshakeError::BadKey);
+        assert!(Key::default().is_anonymous());
+        assert!(!Key::from_passphrase("k").is_anonymous());
+    }
+
+    #[test]
+    fn two_tls_channels_cannot_be_joined() {
+        // A man in the middle terminating TLS at both ends has two exporter values: relaying
+        // the frames unchanged between them fails, although the passphrases agree.
+        assert_eq!(
+            run_bound("k", "k", [5; 32], [6; 32]).unwrap_err(),
+            HandshakeError::BadKey
+        );
+    }
+
+    #[test]
+    fn a_reflected_confirmation_is_rejected() {
+        // A server echoing a client's confirmation, or a client echoing the server's, fails.
         let key = Key::from_passphrase("k");
-        let (mut c, _) = ClientHandshake::new(key, [1; 16], [2; 32]);
-        let Some(Frame::Auth { mac }) = c.handle(&Frame::Challenge { nonce: [3; 32] }).unwrap()
+        let (mut c, hello) = ClientHandshake::new(&key, [1; 16], BIND, [2; 32]);
+        let mut s = ServerHandshake::new(key.clone(), BIND, [3; 32]);
+        let ServerStep::Reply(Frame::Pake { pake, confirm }) = s.handle(&hello).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(
+            s.handle(&Frame::Confirm { mac: confirm }),
+            Err(HandshakeError::BadKey)
+        ));
+        let Some(Frame::Confirm { mac }) = c.handle(&Frame::Pake { pake, confirm }).unwrap()
         else {
             panic!()
         };
@@ -341,17 +541,16 @@ mod tests {
 
     #[test]
     fn the_incarnation_is_vouched_for() {
-        // A Welcome whose incarnation was changed on the way fails the check: a man in the
-        // middle cannot make a sender believe the receiver lost (or kept) its state.
+        // A Welcome whose incarnation was changed on the way fails the check.
         let key = Key::from_passphrase("k");
-        let (mut c, hello) = ClientHandshake::new(key.clone(), [1; 16], [2; 32]);
-        let mut s = ServerHandshake::new(key, [3; 32]);
+        let (mut c, hello) = ClientHandshake::new(&key, [1; 16], BIND, [2; 32]);
+        let mut s = ServerHandshake::new(key, BIND, [3; 32]);
         assert!(s.welcome(1).is_none(), "no welcome before authentication");
-        let ServerStep::Reply(challenge) = s.handle(&hello).unwrap() else {
+        let ServerStep::Reply(pake) = s.handle(&hello).unwrap() else {
             panic!()
         };
-        let auth = c.handle(&challenge).unwrap().unwrap();
-        assert!(matches!(s.handle(&auth), Ok(ServerStep::Done(_))));
+        let confirm = c.handle(&pake).unwrap().unwrap();
+        assert!(matches!(s.handle(&confirm), Ok(ServerStep::Done(_))));
         let Some(Frame::Welcome { mac, .. }) = s.welcome(7) else {
             panic!()
         };
@@ -366,22 +565,50 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_and_version_errors() {
-        let mut s = ServerHandshake::new(Key::default(), [0; 32]);
+    fn out_of_order_malformed_and_version_errors() {
+        let mut s = ServerHandshake::new(Key::default(), BIND, [0; 32]);
         assert!(matches!(
-            s.handle(&Frame::Auth { mac: [0; 32] }),
+            s.handle(&Frame::Confirm { mac: [0; 32] }),
             Err(HandshakeError::Unexpected(3))
         ));
-        let mut s = ServerHandshake::new(Key::default(), [0; 32]);
-        let hello = Frame::Hello {
-            version: 99,
+        let mut s = ServerHandshake::new(Key::default(), BIND, [0; 32]);
+        let hello = |version, pake: &'static [u8]| Frame::Hello {
+            version,
             session: [0; 16],
-            nonce: [0; 32],
+            pake: Bytes::from_static(pake),
         };
         assert!(matches!(
-            s.handle(&hello),
+            s.handle(&hello(99, &[0; 32])),
             Err(HandshakeError::Version { theirs: 99, .. })
         ));
+        assert!(!s.offered());
+        let mut s = ServerHandshake::new(Key::default(), BIND, [0; 32]);
+        assert_eq!(s.handle(&hello(VERSION, &[0; 32])).unwrap_err(), HandshakeError::BadPake);
+        let mut s = ServerHandshake::new(Key::default(), BIND, [0; 32]);
+        // Side B's tag where side A's belongs.
+        assert_eq!(s.handle(&hello(VERSION, &[0x42; 33])).unwrap_err(), HandshakeError::BadPake);
+        let (mut c, _) = ClientHandshake::new(&Key::default(), [0; 16], BIND, [1; 32]);
+        assert!(matches!(
+            c.handle(&Frame::Welcome { mac: [0; 32], incarnation: 1 }),
+            Err(HandshakeError::Unexpected(4))
+        ));
         assert_ne!(random::<32>().unwrap(), random::<32>().unwrap());
+    }
+
+    #[test]
+    fn code_phrases_are_grouped_base32() {
+        let a = code_phrase().unwrap();
+        assert_eq!(a.len(), 19);
+        assert!(a.split('-').all(|g| g.len() == 4
+            && g.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"ilou".contains(&b)))));
+        assert_ne!(a, code_phrase().unwrap());
+    }
+
+    #[test]
+    fn fresh_seeds_make_fresh_messages() {
+        let key = Key::from_passphrase("k");
+        let (_, a) = ClientHandshake::new(&key, [0; 16], BIND, [1; 32]);
+        let (_, b) = ClientHandshake::new(&key, [0; 16], BIND, [2; 32]);
+        assert_ne!(a, b);
     }
 }

@@ -249,7 +249,13 @@ pub fn check_session(arena: &Arena, data: &[u8]) {
     let staging = Staging::probe(&arena.served, 16);
     let flusher = Flusher::open(&arena.served).expect("the served directory");
     let root = super::beneath::Root::open(&arena.served).expect("the served directory");
-    let ctx = Arc::new(Context::new(options, root, staging, flusher));
+    let ctx = Arc::new(Context::new(
+        options,
+        root,
+        staging,
+        flusher,
+        crate::tls::ServerTls::reused(),
+    ));
     let session = Arc::new(Session::new([0x5a; 16], 1, None));
     let mut buf = BytesMut::from(rest);
     let (mut chunk_len, mut sent) = (HashMap::new(), HashMap::new());

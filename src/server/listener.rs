@@ -116,7 +116,8 @@ impl Server {
             "unnamed staging of small files"
         );
         let root = super::beneath::Root::open(&options.root)?;
-        let ctx = Arc::new(Context::new(options, root, staging, flusher));
+        let tls = crate::tls::ServerTls::ephemeral()?;
+        let ctx = Arc::new(Context::new(options, root, staging, flusher, tls));
         Ok(Server {
             listener,
             ctx,
@@ -305,17 +306,93 @@ async fn handle(
     handshaking: Handshaking,
 ) {
     crate::wire::tune(&stream);
-    let (rd, wr) = stream.into_split();
-    match session::serve(rd, wr, Some(peer), ctx, stop, handshaking).await {
+    // The TLS handshake and the PAKE after it share one `handshake_timeout`.
+    let deadline = tokio::time::Instant::now() + ctx.options.handshake_timeout;
+    let secured = tokio::select! {
+        biased;
+        () = stop.cancelled() => return,
+        () = handshaking.pushed_out.cancelled() => return,
+        secured = tokio::time::timeout_at(deadline, secure(stream, &ctx)) => secured,
+    };
+    let tls = match secured {
+        Ok(Ok(Some(tls))) => tls,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let binding = match crate::tls::binding(tls.get_ref().1) {
+        Ok(binding) => binding,
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS exporter");
+            return;
+        }
+    };
+    let (rd, wr) = tokio::io::split(tls);
+    let conn = session::Conn {
+        peer: Some(peer),
+        binding,
+        deadline,
+    };
+    match session::serve(rd, wr, conn, ctx, stop, handshaking).await {
         Ok(()) => tracing::debug!("connection closed"),
         Err(
             e @ (session::ConnError::Shutdown
             | session::ConnError::PushedOut
             | session::ConnError::Link(crate::wire::LinkError::Idle(_))),
         ) => tracing::debug!(error = %e, "connection ended"),
-        Err(e @ session::ConnError::Refused(_)) => tracing::info!(error = %e, "connection refused"),
+        Err(e @ (session::ConnError::Refused(_) | session::ConnError::Locked(_))) => {
+            tracing::info!(error = %e, "connection refused");
+        }
         Err(e) => tracing::warn!(error = %e, "connection ended"),
     }
+}
+
+/// The TLS side of an accepted connection; `None` when it ended before (a peer that closed
+/// at once, or one speaking the plaintext protocol of version 4 or older, which was told).
+async fn secure(
+    stream: TcpStream,
+    ctx: &Context,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    // Every TLS connection opens with a handshake record (content type 22); a plaintext
+    // frame of version 4 or older opens with its length's high byte, 0.
+    if first[0] != 22 {
+        plaintext_peer(stream).await;
+        return Ok(None);
+    }
+    ctx.tls.accept(stream).await.map(Some)
+}
+
+/// Answers a peer of protocol version 4 or older, which speaks frames without TLS, with an
+/// error frame that names both versions (or says what this is), then closes.
+async fn plaintext_peer(stream: TcpStream) {
+    use crate::protocol::frame::VERSION;
+    use crate::protocol::handshake::HandshakeError;
+    use crate::protocol::{ErrorCode, Frame};
+    let (rd, wr) = stream.into_split();
+    let mut reader = crate::wire::FrameReader::new(rd, 256);
+    let why = match reader.next().await {
+        Ok(Some(Frame::Hello { version, .. })) if version != VERSION => HandshakeError::Version {
+            theirs: version,
+            ours: VERSION,
+        }
+        .to_string(),
+        _ => format!("this receiver speaks tidegate protocol version {VERSION}, over TLS"),
+    };
+    tracing::info!(%why, "refused a connection without TLS");
+    let mut writer = crate::wire::FrameWriter::new(wr);
+    let _ = writer
+        .send(&session::error_frame(u64::MAX, ErrorCode::Protocol, why))
+        .await;
 }
 
 /// Drops sessions that finished, or that have had no connection for `session_linger`.

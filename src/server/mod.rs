@@ -37,6 +37,7 @@ mod probe;
 mod session;
 mod space;
 mod staging;
+mod strikes;
 #[cfg(test)]
 mod testfs;
 mod verified;
@@ -67,8 +68,17 @@ pub fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
 pub struct ServerOptions {
     /// The served directory; nothing is ever written outside it.
     pub root: PathBuf,
-    /// The pre-shared key. Default: the empty passphrase (no authentication).
+    /// The passphrase's key: only senders with the same passphrase get in (through a PAKE
+    /// bound to the connection's TLS channel, see `docs/PROTOCOL.md`). Default: the
+    /// anonymous key (the empty passphrase), which lets anyone in over an encrypted channel;
+    /// `tidegate serve` never uses it unless told to (`--insecure-no-auth`).
     pub key: Key,
+    /// Failed authentications an address may make before it is locked out. Default 3.
+    pub auth_free_failures: u32,
+    /// The first lockout of an address past `auth_free_failures`; each further failure
+    /// doubles it, up to 15 minutes. While locked out, its connections are refused before
+    /// they can guess. Default 1 s.
+    pub auth_lockout: Duration,
     /// Authenticated connections served at once. One that finds every slot taken waits up
     /// to `handshake_timeout` for one, then is refused with a limit error (its sender tries
     /// again later). Default 64.
@@ -152,6 +162,8 @@ impl ServerOptions {
         ServerOptions {
             root: root.into(),
             key: Key::default(),
+            auth_free_failures: 3,
+            auth_lockout: Duration::from_secs(1),
             max_connections: 64,
             max_connections_per_address: 32,
             max_handshakes: 256,

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::tracker::Tracker;
-use super::{DestinationReport, Report, TransferOptions};
+use super::{Authentication, DestinationReport, Report, TransferOptions};
 use crate::client::connection::DialOptions;
 use crate::client::dispatch::{DestEvent, Dispatch, Note, Outcome};
 use crate::pipeline::budget::Budget;
@@ -89,6 +89,11 @@ pub(super) async fn run(
     }
 
     let name = |f: u64| state.path(f);
+    let authentication = if shared.options.key.is_anonymous() {
+        Authentication::None
+    } else {
+        Authentication::Passphrase
+    };
     let reports = addresses
         .into_iter()
         .zip(outcomes)
@@ -107,6 +112,8 @@ pub(super) async fn run(
             restarts: outcome.restarts,
             error: outcome.fatal,
             failure: outcome.failure,
+            tls: outcome.tls,
+            authentication,
         })
         .collect();
     state.tick(true).await;

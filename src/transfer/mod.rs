@@ -136,6 +136,31 @@ pub struct DestinationReport {
     pub error: Option<String>,
     /// What kind of failure `error` is, for a front end that acts on it.
     pub failure: Option<DestinationFailure>,
+    /// What TLS negotiated with this destination; `None` if no connection was made.
+    pub tls: Option<crate::tls::Negotiated>,
+    /// How the receiver was authenticated.
+    pub authentication: Authentication,
+}
+
+/// How a transfer authenticated its receivers ([`DestinationReport::authentication`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Authentication {
+    /// A SPAKE2 exchange over the passphrase, bound to the TLS channel: only a receiver
+    /// with the same passphrase completes it.
+    Passphrase,
+    /// The anonymous key (no passphrase): encrypted, but anyone could be at the other end.
+    None,
+}
+
+impl std::fmt::Display for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Authentication::Passphrase => "passphrase (SPAKE2 bound to the TLS channel)",
+            Authentication::None => "none (no passphrase: anyone could be the receiver)",
+        })
+    }
 }
 
 /// Why a destination failed as a whole ([`DestinationReport::failure`]). Serialises in

@@ -1,7 +1,9 @@
-//! One connection: the handshake, then each frame read, handled against its session, and
-//! answered. The only part of a session that touches a socket or the clock.
+//! One connection, once TLS is up: the handshake (with the lockout of addresses that keep
+//! failing it), then each frame read, handled against its session, and answered. The only
+//! part of a session that touches a socket or the clock.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,17 +11,51 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{error_frame, handle, max_buffered, ConnError, Context, Session};
-use crate::protocol::handshake::{random, ServerHandshake, ServerStep};
+use crate::protocol::handshake::{random, Binding, HandshakeError, ServerHandshake, ServerStep};
 use crate::protocol::ErrorCode;
 use crate::server::admission::Handshaking;
 use crate::server::events::ServerEvent;
 use crate::wire::{FrameReader, FrameWriter, LinkError};
 
+/// What the listener knows of a connection when it hands it over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conn {
+    /// The peer's address.
+    pub(crate) peer: Option<SocketAddr>,
+    /// The TLS channel's exporter value, which the handshake binds to.
+    pub(crate) binding: Binding,
+    /// When the handshake must be done by (counted from the accept, TLS included).
+    pub(crate) deadline: tokio::time::Instant,
+}
+
+/// Counts a guess that was not confirmed against the peer's address, however the handshake
+/// ends (an error, a timeout, the peer leaving, the server shutting down).
+struct Guess<'a> {
+    ctx: &'a Context,
+    peer: Option<SocketAddr>,
+    offered: AtomicBool,
+    confirmed: AtomicBool,
+}
+
+impl Drop for Guess<'_> {
+    fn drop(&mut self) {
+        let (Some(peer), true, false) = (
+            self.peer,
+            self.offered.load(Ordering::Relaxed),
+            self.confirmed.load(Ordering::Relaxed),
+        ) else {
+            return;
+        };
+        let failures = self.ctx.strikes.fail(peer.ip(), Instant::now());
+        tracing::warn!(%peer, failures, "failed authentication");
+    }
+}
+
 /// Serves one connection until it closes, fails, or the server shuts down.
 pub(crate) async fn serve<R, W>(
     rd: R,
     wr: W,
-    peer: Option<SocketAddr>,
+    conn: Conn,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
     handshaking: Handshaking,
@@ -34,20 +70,53 @@ where
     let mut reader = FrameReader::new(rd, 256);
     let mut writer = FrameWriter::new(wr);
     writer.set_write_timeout(Some(opts.write_timeout));
-    let mut hs = ServerHandshake::new(opts.key.clone(), random()?);
+    let peer = conn.peer;
+    let mut hs = ServerHandshake::new(opts.key.clone(), conn.binding, random()?);
     let limit = opts.handshake_timeout;
+    let guess = Guess {
+        ctx: &ctx,
+        peer,
+        offered: AtomicBool::new(false),
+        confirmed: AtomicBool::new(false),
+    };
     // The whole handshake, not each frame, has `handshake_timeout`: a peer trickling its
     // frames holds its place no longer than a silent one.
-    let handshake = tokio::time::timeout(limit, async {
+    let handshake = tokio::time::timeout_at(conn.deadline, async {
         loop {
             let Some(frame) = reader.next().await? else {
                 return Ok(None);
             };
+            if let (false, Some(peer)) = (hs.offered(), peer) {
+                if let Some(wait) = ctx.strikes.locked(peer.ip(), Instant::now()) {
+                    let why = format!(
+                        "too many failed authentications from {}: try again in {} s",
+                        peer.ip(),
+                        wait.as_secs() + 1
+                    );
+                    let _ = writer.send(&error_frame(u64::MAX, ErrorCode::Limit, &why)).await;
+                    if ctx.events.on() {
+                        ctx.events.tell(ServerEvent::Refused {
+                            peer,
+                            reason: why.clone(),
+                        });
+                    }
+                    return Err(ConnError::Locked(why));
+                }
+            }
             match hs.handle(&frame) {
-                Ok(ServerStep::Reply(reply)) => writer.send(&reply).await?,
-                Ok(ServerStep::Done(accepted)) => return Ok(Some(accepted.session)),
+                Ok(ServerStep::Reply(reply)) => {
+                    writer.send(&reply).await?;
+                    guess.offered.store(hs.offered(), Ordering::Relaxed);
+                }
+                Ok(ServerStep::Done(accepted)) => {
+                    guess.confirmed.store(true, Ordering::Relaxed);
+                    if let Some(peer) = peer {
+                        ctx.strikes.succeed(peer.ip());
+                    }
+                    return Ok(Some(accepted.session));
+                }
                 Err(e) => {
-                    let code = if matches!(e, crate::protocol::handshake::HandshakeError::BadKey) {
+                    let code = if matches!(e, HandshakeError::BadKey) {
                         ErrorCode::Auth
                     } else {
                         ErrorCode::Protocol
@@ -87,6 +156,7 @@ where
         attached = admitting => attached?,
     };
     drop(handshaking);
+    drop(guess);
     let Some(attached) = attached else {
         return Ok(());
     };

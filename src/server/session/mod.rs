@@ -39,7 +39,7 @@ mod place;
 mod small;
 
 use crate::server::beneath::Root;
-pub(crate) use connection::serve;
+pub(crate) use connection::{serve, Conn};
 use large::LargeFile;
 
 /// State shared by a session's connections.
@@ -168,6 +168,10 @@ pub(crate) struct Context {
     pub(crate) events: crate::server::events::Events,
     /// Handshakes, connection slots and per-address counts (see `admission.rs`).
     pub(crate) admission: Arc<Admission>,
+    /// Failed authentications per address (see `strikes.rs`).
+    pub(crate) strikes: crate::server::strikes::Strikes,
+    /// The TLS identity made when the server was bound.
+    pub(crate) tls: crate::tls::ServerTls,
     /// Bytes announced by the large files being received and not yet received, over every
     /// session (see `large.rs`).
     pub(crate) unfinished: Arc<AtomicU64>,
@@ -185,6 +189,7 @@ impl Context {
         root: Arc<Root>,
         staging: Staging,
         flusher: Flusher,
+        tls: crate::tls::ServerTls,
     ) -> Self {
         let admission = Arc::new(Admission::new(
             options.max_handshakes,
@@ -193,6 +198,11 @@ impl Context {
         ));
         Context {
             admission,
+            strikes: crate::server::strikes::Strikes::new(
+                options.auth_free_failures,
+                options.auth_lockout,
+            ),
+            tls,
             unfinished: Arc::new(AtomicU64::new(0)),
             space: Space::new(&options.root, options.min_free_bytes),
             options,
@@ -322,6 +332,8 @@ pub(crate) enum ConnError {
     Shutdown,
     #[error("refused: {0}")]
     Refused(#[from] Refused),
+    #[error("refused: {0}")]
+    Locked(String),
     #[error("closed in its handshake to make room for newer connections")]
     PushedOut,
     #[error("no progress for {0:?}")]
@@ -379,7 +391,7 @@ pub(super) async fn handle(
             Ok(Vec::new())
         }
         Frame::Finish => Ok(finish::finish(ctx, session).await),
-        Frame::Hello { .. } | Frame::Auth { .. } => {
+        Frame::Hello { .. } | Frame::Confirm { .. } => {
             Err(ConnError::Protocol("handshake frame after the handshake"))
         }
         _ => Err(ConnError::Protocol("a frame only a server sends")),
@@ -422,6 +434,7 @@ mod tests {
                 served,
                 staging,
                 flusher,
+                crate::tls::ServerTls::reused(),
             ));
             Receiver {
                 dir,
@@ -585,7 +598,7 @@ mod tests {
             Frame::Hello {
                 version: 3,
                 session: [0; 16],
-                nonce: [0; 32],
+                pake: bytes::Bytes::new(),
             },
             &r.ctx,
             &r.session,
