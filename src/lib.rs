@@ -45,8 +45,7 @@ pub use server::{Server, ServerEvent, ServerOptions, ServerStatus, MIN_PARTIAL_E
 pub use source::{Input, SourceError};
 pub use transfer::{
     Authentication, DestinationFailure, DestinationReport, Report, Transfer, TransferError,
-    TransferHandle,
-    TransferOptions,
+    TransferHandle, TransferOptions,
 };
 
 /// The README's Rust example, compiled and checked by `cargo test`.

@@ -27,6 +27,11 @@ use crate::protocol::handshake::{Binding, EXPORTER_LABEL};
 /// The name a sender asks for (certificates are not checked against it).
 const SERVER_NAME: &str = "tidegate";
 
+/// A sender's side of a TLS connection.
+pub type ClientStream<IO> = tokio_rustls::client::TlsStream<IO>;
+/// A receiver's side of a TLS connection.
+pub type ServerStream<IO> = tokio_rustls::server::TlsStream<IO>;
+
 /// What TLS was negotiated on a connection, for reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Negotiated {
@@ -75,8 +80,8 @@ impl ServerTls {
         let other = |e: &dyn std::fmt::Display| {
             io::Error::other(format!("making the TLS certificate: {e}"))
         };
-        let made =
-            rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()]).map_err(|e| other(&e))?;
+        let made = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| other(&e))?;
         let cert = CertificateDer::from(made.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
         let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
@@ -106,7 +111,7 @@ impl ServerTls {
     ///
     /// # Errors
     /// When the handshake fails or `io` does.
-    pub async fn accept<IO>(&self, io: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<ServerStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -180,7 +185,7 @@ fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
 ///
 /// # Errors
 /// When the handshake fails or `io` does.
-pub async fn connect<IO>(io: IO) -> io::Result<tokio_rustls::client::TlsStream<IO>>
+pub async fn connect<IO>(io: IO) -> io::Result<ClientStream<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -203,9 +208,11 @@ pub fn binding<D>(conn: &rustls::ConnectionCommon<D>) -> io::Result<Binding> {
 /// What the connection negotiated.
 pub fn negotiated(conn: &CommonState) -> Negotiated {
     Negotiated {
-        version: conn
-            .protocol_version()
-            .map_or_else(|| "none".to_owned(), |v| v.as_str().unwrap_or("TLS").to_owned()),
+        version: match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+            Some(other) => format!("{other:?}"),
+            None => "none".to_owned(),
+        },
         cipher_suite: conn.negotiated_cipher_suite().map_or_else(
             || "none".to_owned(),
             |s| s.suite().as_str().unwrap_or("unknown").to_owned(),

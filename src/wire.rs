@@ -176,7 +176,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Socket errors.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
-            within(self.timeout, self.inner.write_all(&self.pending)).await?;
+            let (inner, pending) = (&mut self.inner, &self.pending);
+            within(self.timeout, async move {
+                inner.write_all(pending).await?;
+                inner.flush().await
+            })
+            .await?;
             self.pending.clear();
         }
         Ok(())
@@ -217,10 +222,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                             return Err(io::ErrorKind::WriteZero.into());
                         }
                     }
-                    Ok(())
                 }
-                _ => inner.write_all(head).await,
+                _ => inner.write_all(head).await?,
             }
+            // A TLS writer may keep the last records until flushed (a no-op on TCP).
+            inner.flush().await
         })
         .await
     }
@@ -230,12 +236,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner
     }
 
-    /// Flushes and shuts down the write side.
+    /// Flushes and shuts down the write side (over TLS, sending its `close_notify` first), within
+    /// the write timeout.
     ///
     /// # Errors
     /// Socket errors.
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        self.inner.shutdown().await
+        self.flush().await?;
+        within(self.timeout, self.inner.shutdown()).await
     }
 }
 

@@ -20,6 +20,10 @@ use common::{fast_options, send, TestServer};
 /// read while the previous one is written), socket and runtime bookkeeping.
 const FIXED_OVERHEAD: usize = 16 * MIB;
 
+/// What one connection's TLS buffers may add at a peak that a short transfer may not reach:
+/// rustls queues up to 64 KiB of records to send. Measured flat from 256 MiB to 1 GiB.
+const TLS_SLACK: usize = 64 * 1024;
+
 #[test]
 fn peak_heap_is_the_same_for_16_mib_and_256_mib() {
     let src = tempfile::tempdir().unwrap();
@@ -44,9 +48,11 @@ fn peak_heap_is_the_same_for_16_mib_and_256_mib() {
         let (_, s256) = measure(send(vec![big.clone()], to.clone(), options.clone())).await;
         server.stop().await;
 
-        let ratio = s256.max_bytes as f64 / s16 as f64;
+        let slack = TLS_SLACK * options.streams;
+        let ratio = s256.max_bytes as f64 / (s16 + slack) as f64;
         eprintln!(
-            "peak heap: 16 MiB file {s16} B (highest of 3), 256 MiB file {} B, ratio {ratio:.3}",
+            "peak heap: 16 MiB file {s16} B (highest of 3), 256 MiB file {} B, ratio to the \
+             first plus {slack} B of TLS buffers {ratio:.3}",
             s256.max_bytes
         );
         assert!(

@@ -82,9 +82,9 @@ pub fn run<G>(name: &str, data: &Prepared, profile: impl FnOnce() -> G, read: im
             "send-large" | "send-small" => {
                 let server = TestServer::start().await;
                 let to = server.addr.to_string();
-                send(&data.warm, &to, TransferOptions::default()).await;
+                send(&data.warm, &to, keyed()).await;
                 let guard = profile();
-                send(&data.work, &to, TransferOptions::default()).await;
+                send(&data.work, &to, keyed()).await;
                 server.stop().await;
                 guard
             }
@@ -122,9 +122,16 @@ fn warm_rayon() {
     rayon::broadcast(|_| drop(crossbeam_epoch::pin()));
 }
 
+/// The defaults, with the test servers' passphrase.
+fn keyed() -> TransferOptions {
+    let mut o = TransferOptions::default();
+    o.key = tidegate_testkit::test_key();
+    o
+}
+
 /// A small budget and chunk size: many chunks in flight to lose at each cut.
 fn storm_options() -> TransferOptions {
-    let mut o = TransferOptions::default();
+    let mut o = keyed();
     o.pipeline.memory_bytes = 8 * MIB;
     o.pipeline.chunk_size = tidegate::ChunkSize::new(256 << 10).expect("chunk size");
     o.retry_for = Duration::from_secs(30);

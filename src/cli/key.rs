@@ -38,8 +38,7 @@ pub(crate) fn load_key(args: &KeyArgs) -> anyhow::Result<Given> {
             Some(v) => match v.into_string() {
                 Ok(s) => Ok(Given::Key(Key::from_passphrase(&s))),
                 Err(_) => Ok(Given::Empty(
-                    "TIDEGATE_KEY is not valid UTF-8: use --key-file for such a passphrase"
-                        .into(),
+                    "TIDEGATE_KEY is not valid UTF-8: use --key-file for such a passphrase".into(),
                 )),
             },
         },

@@ -45,8 +45,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
         (Given::Nothing, false) => {
-            let phrase = tidegate::protocol::handshake::code_phrase()
-                .context("making a code phrase")?;
+            let phrase =
+                tidegate::protocol::handshake::code_phrase().context("making a code phrase")?;
             options.key = tidegate::protocol::handshake::Key::from_passphrase(&phrase);
             made_phrase = Some(phrase);
         }
@@ -118,5 +118,8 @@ fn hostname() -> Option<String> {
         return None;
     }
     let end = buf.iter().position(|&b| b == 0)?;
-    std::str::from_utf8(&buf[..end]).ok().filter(|h| !h.is_empty()).map(str::to_owned)
+    std::str::from_utf8(&buf[..end])
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
 }

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use crate::pipeline::chunk::Chunk;
-use crate::protocol::handshake::{random, ClientHandshake, HandshakeError, Key};
 use crate::protocol::frame::VERSION;
+use crate::protocol::handshake::{random, ClientHandshake, HandshakeError, Key};
 use crate::protocol::{ErrorCode, Frame};
 use crate::tls::{self, Negotiated};
 use crate::wire::{FrameReader, FrameWriter, LinkError};
@@ -271,8 +271,8 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64, Negotiate
                 Failure::Retry(format!("TLS handshake: {e}"))
             }
         })?;
-    let binding = tls::binding(tls.get_ref().1)
-        .map_err(|e| Failure::Retry(format!("TLS exporter: {e}")))?;
+    let binding =
+        tls::binding(tls.get_ref().1).map_err(|e| Failure::Retry(format!("TLS exporter: {e}")))?;
     let negotiated = tls::negotiated(tls.get_ref().1);
     let (rd, wr) = tokio::io::split(tls);
     // Replies are small (an acknowledgement is 13 bytes); 16 KiB holds a burst of them.
@@ -289,7 +289,19 @@ async fn connect(params: &DialOptions) -> Result<(Reader, Writer, u64, Negotiate
             .await
             .map_err(|e| Failure::Retry(format!("handshake: {e}")))?
             .ok_or_else(|| Failure::Retry("handshake: connection closed".into()))?;
-        match hs.handle(&frame) {
+        let handled = hs.handle(&frame);
+        if let Err(HandshakeError::BadKey) = &handled {
+            // Tells the receiver, which counts the failure against this address and logs it.
+            let _ = writer
+                .send(&Frame::Error {
+                    file: u64::MAX,
+                    code: ErrorCode::Auth as u16,
+                    message: b"the receiver's key confirmation did not match".to_vec(),
+                })
+                .await;
+            let _ = writer.shutdown().await;
+        }
+        match handled {
             Ok(Some(reply)) => writer.send(&reply).await.map_err(io)?,
             Ok(None) => {
                 let incarnation = hs
@@ -366,7 +378,14 @@ async fn pump(
         let waiting = !unacked.is_empty() || writing.is_some();
         tokio::select! {
             biased;
-            () = &mut cancelled => return Ok(()),
+            () = &mut cancelled => {
+                // A clean end for the receiver (TLS's `close_notify`), unless a write is
+                // under way.
+                if let Some(mut writer) = idle.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+                }
+                return Ok(());
+            }
             // Before replies: a reply can only answer a frame whose write has completed.
             written = async {
                 match writing.as_mut().as_pin_mut() {

@@ -115,7 +115,11 @@ struct Seeded(blake3::OutputReader);
 
 impl Seeded {
     fn new(seed: &[u8; 32]) -> Self {
-        Seeded(blake3::Hasher::new_derive_key("tidegate v5 handshake scalar").update(seed).finalize_xof())
+        Seeded(
+            blake3::Hasher::new_derive_key("tidegate v5 handshake scalar")
+                .update(seed)
+                .finalize_xof(),
+        )
     }
 }
 
@@ -379,6 +383,10 @@ impl ServerHandshake {
                     confirm,
                 }))
             }
+            // The client found the server's confirmation wrong, and says so.
+            Frame::Error { code, .. } if *code == super::ErrorCode::Auth as u16 => {
+                Err(HandshakeError::BadKey)
+            }
             Frame::Confirm { mac } if !self.authenticated => {
                 let (Some(derived), Some(session)) = (&self.derived, self.session) else {
                     return Err(HandshakeError::Unexpected(frame.type_byte()));
@@ -526,8 +534,7 @@ mod tests {
             s.handle(&Frame::Confirm { mac: confirm }),
             Err(HandshakeError::BadKey)
         ));
-        let Some(Frame::Confirm { mac }) = c.handle(&Frame::Pake { pake, confirm }).unwrap()
-        else {
+        let Some(Frame::Confirm { mac }) = c.handle(&Frame::Pake { pake, confirm }).unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -583,13 +590,22 @@ mod tests {
         ));
         assert!(!s.offered());
         let mut s = ServerHandshake::new(Key::default(), BIND, [0; 32]);
-        assert_eq!(s.handle(&hello(VERSION, &[0; 32])).unwrap_err(), HandshakeError::BadPake);
+        assert_eq!(
+            s.handle(&hello(VERSION, &[0; 32])).unwrap_err(),
+            HandshakeError::BadPake
+        );
         let mut s = ServerHandshake::new(Key::default(), BIND, [0; 32]);
         // Side B's tag where side A's belongs.
-        assert_eq!(s.handle(&hello(VERSION, &[0x42; 33])).unwrap_err(), HandshakeError::BadPake);
+        assert_eq!(
+            s.handle(&hello(VERSION, &[0x42; 33])).unwrap_err(),
+            HandshakeError::BadPake
+        );
         let (mut c, _) = ClientHandshake::new(&Key::default(), [0; 16], BIND, [1; 32]);
         assert!(matches!(
-            c.handle(&Frame::Welcome { mac: [0; 32], incarnation: 1 }),
+            c.handle(&Frame::Welcome {
+                mac: [0; 32],
+                incarnation: 1
+            }),
             Err(HandshakeError::Unexpected(4))
         ));
         assert_ne!(random::<32>().unwrap(), random::<32>().unwrap());
@@ -600,7 +616,8 @@ mod tests {
         let a = code_phrase().unwrap();
         assert_eq!(a.len(), 19);
         assert!(a.split('-').all(|g| g.len() == 4
-            && g.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"ilou".contains(&b)))));
+            && g.bytes()
+                .all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"ilou".contains(&b)))));
         assert_ne!(a, code_phrase().unwrap());
     }
 

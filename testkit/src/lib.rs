@@ -51,6 +51,7 @@ impl TestServer {
     /// A server on `dir` (say, one an earlier server left).
     pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServerOptions)) -> Self {
         let mut opts = ServerOptions::new(dir.path());
+        opts.key = test_key();
         tweak(&mut opts);
         let server = Server::bind("127.0.0.1:0".parse().unwrap(), opts)
             .await
@@ -94,9 +95,19 @@ impl TestServer {
     }
 }
 
-/// Options for tests: quick retries.
+/// The passphrase of every test server and sender (and of the `tidegate` processes the
+/// tests start, as `TIDEGATE_KEY`), so that they authenticate as users' do.
+pub const TEST_KEY: &str = "tidegate test passphrase";
+
+/// [`TEST_KEY`]'s key.
+pub fn test_key() -> tidegate::protocol::handshake::Key {
+    tidegate::protocol::handshake::Key::from_passphrase(TEST_KEY)
+}
+
+/// Options for tests: quick retries, [`TEST_KEY`].
 pub fn fast_options() -> TransferOptions {
     let mut o = TransferOptions::default();
+    o.key = test_key();
     o.retry_for = Duration::from_secs(10);
     o.connect_timeout = Duration::from_secs(2);
     o.reply_timeout = Duration::from_secs(10);

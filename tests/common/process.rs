@@ -9,9 +9,13 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-/// The binary under test.
+pub use tidegate_testkit::TEST_KEY;
+
+/// The binary under test, with [`TEST_KEY`] in its environment.
 pub fn tidegate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    cmd.env("TIDEGATE_KEY", TEST_KEY);
+    cmd
 }
 
 /// Runs `cmd` to the end and returns its output; fails the test, with its stderr, unless it

@@ -105,9 +105,9 @@ async fn a_receiver_that_comes_up_within_retry_for_gets_everything() {
         "the failed dial's cause is given"
     );
     let dir = tempfile::tempdir().unwrap();
-    let server = tidegate::Server::bind(addr, tidegate::ServerOptions::new(dir.path()))
-        .await
-        .unwrap();
+    let mut server_options = tidegate::ServerOptions::new(dir.path());
+    server_options.key = tidegate_testkit::test_key();
+    let server = tidegate::Server::bind(addr, server_options).await.unwrap();
     let stop = server.shutdown_token();
     let serving = tokio::spawn(server.serve());
     let mut failed_before = None;

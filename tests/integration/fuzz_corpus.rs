@@ -131,12 +131,19 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 #[test]
 #[ignore = "writes the hand-made seeds into fuzz/corpus"]
 fn write_seeds() {
-    // handshake: an honest client's frames, a reflected proof, and a key split.
-    let (_, hello) = ClientHandshake::new(Key::from_passphrase("k"), [1; 16], [2; 32]);
+    // handshake: an honest client's frames, a reflected proof, key splits on one channel
+    // (an even first byte) and on two (odd).
+    let (_, hello) = ClientHandshake::new(&Key::from_passphrase("k"), [1; 16], [5; 32], [2; 32]);
     let mut honest = bytes::BytesMut::new();
     encode(&hello, &mut honest);
-    encode(&Frame::Auth { mac: [9; 32] }, &mut honest);
-    encode(&Frame::Challenge { nonce: [5; 32] }, &mut honest);
+    encode(&Frame::Confirm { mac: [9; 32] }, &mut honest);
+    encode(
+        &Frame::Pake {
+            pake: [0x42; 33],
+            confirm: [5; 32],
+        },
+        &mut honest,
+    );
     encode(
         &Frame::Welcome {
             mac: [9; 32],
@@ -145,8 +152,9 @@ fn write_seeds() {
         &mut honest,
     );
     write("handshake", "honest", &honest);
-    write("handshake", "equal_keys", b"\x03keykey");
-    write("handshake", "other_keys", b"\x03keyKEY");
+    write("handshake", "equal_keys", b"\x06keykey");
+    write("handshake", "other_keys", b"\x06keyKEY");
+    write("handshake", "two_channels", b"\x07keykey");
 
     // session
     let files = [

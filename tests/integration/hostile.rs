@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::common::wire::{connect, finish, meta};
 use crate::common::TestServer;
 use bytes::Bytes;
-use tidegate::protocol::handshake::{Key, ServerHandshake, ServerStep};
+use tidegate::protocol::handshake::{ServerHandshake, ServerStep};
 use tidegate::protocol::{ErrorCode, Frame, Meta};
 use tidegate::wire::{FrameReader, FrameWriter};
 
@@ -353,15 +353,21 @@ async fn refusing_receiver(
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let tls = tidegate::tls::ServerTls::ephemeral().unwrap();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let (rd, wr) = stream.into_split();
+                let Ok(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                let binding = tidegate::tls::binding(stream.get_ref().1).unwrap();
+                let (rd, wr) = tokio::io::split(stream);
                 let (mut r, mut w) = (FrameReader::new(rd, 1 << 20), FrameWriter::new(wr));
-                let mut hs = ServerHandshake::new(Key::default(), [3; 32]);
+                let mut hs = ServerHandshake::new(tidegate_testkit::test_key(), binding, [3; 32]);
                 while let Ok(Some(frame)) = r.next().await {
                     let reply = match (&frame, hs.welcome(1)) {
                         (_, None) => match hs.handle(&frame) {

@@ -46,7 +46,7 @@ fn stray(index: u64) -> Frame {
 /// Sends 2,000,000 stray chunks, each answered with an error, reading none of the answers;
 /// ends with the first failed write's error (`None`: every frame went out).
 fn flood(
-    mut w: tidegate::wire::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut w: tidegate::wire::FrameWriter<impl tokio::io::AsyncWrite + Unpin + Send + 'static>,
 ) -> tokio::task::JoinHandle<Option<std::io::Error>> {
     tokio::spawn(async move {
         for index in 0..2_000_000u64 {

@@ -70,147 +70,155 @@ where
     let mut reader = FrameReader::new(rd, 256);
     let mut writer = FrameWriter::new(wr);
     writer.set_write_timeout(Some(opts.write_timeout));
-    let peer = conn.peer;
-    let mut hs = ServerHandshake::new(opts.key.clone(), conn.binding, random()?);
-    let limit = opts.handshake_timeout;
-    let guess = Guess {
-        ctx: &ctx,
-        peer,
-        offered: AtomicBool::new(false),
-        confirmed: AtomicBool::new(false),
-    };
-    // The whole handshake, not each frame, has `handshake_timeout`: a peer trickling its
-    // frames holds its place no longer than a silent one.
-    let handshake = tokio::time::timeout_at(conn.deadline, async {
-        loop {
-            let Some(frame) = reader.next().await? else {
-                return Ok(None);
-            };
-            if let (false, Some(peer)) = (hs.offered(), peer) {
-                if let Some(wait) = ctx.strikes.locked(peer.ip(), Instant::now()) {
-                    let why = format!(
-                        "too many failed authentications from {}: try again in {} s",
-                        peer.ip(),
-                        wait.as_secs() + 1
-                    );
-                    let _ = writer.send(&error_frame(u64::MAX, ErrorCode::Limit, &why)).await;
-                    if ctx.events.on() {
-                        ctx.events.tell(ServerEvent::Refused {
-                            peer,
-                            reason: why.clone(),
-                        });
-                    }
-                    return Err(ConnError::Locked(why));
-                }
-            }
-            match hs.handle(&frame) {
-                Ok(ServerStep::Reply(reply)) => {
-                    writer.send(&reply).await?;
-                    guess.offered.store(hs.offered(), Ordering::Relaxed);
-                }
-                Ok(ServerStep::Done(accepted)) => {
-                    guess.confirmed.store(true, Ordering::Relaxed);
-                    if let Some(peer) = peer {
-                        ctx.strikes.succeed(peer.ip());
-                    }
-                    return Ok(Some(accepted.session));
-                }
-                Err(e) => {
-                    let code = if matches!(e, HandshakeError::BadKey) {
-                        ErrorCode::Auth
-                    } else {
-                        ErrorCode::Protocol
-                    };
-                    let _ = writer.send(&error_frame(u64::MAX, code, &e)).await;
-                    if let Some(peer) = peer.filter(|_| ctx.events.on()) {
-                        ctx.events.tell(ServerEvent::Refused {
-                            peer,
-                            reason: e.to_string(),
-                        });
-                    }
-                    return Err(ConnError::from(e));
-                }
-            }
-        }
-    });
-    let admitting = async {
-        let Some(session) = handshake
-            .await
-            .map_err(|_| ConnError::Link(LinkError::Idle(limit)))??
-        else {
-            return Ok::<_, ConnError>(None);
+    let result = async {
+        let peer = conn.peer;
+        let mut hs = ServerHandshake::new(opts.key.clone(), conn.binding, random()?);
+        let limit = opts.handshake_timeout;
+        let guess = Guess {
+            ctx: &ctx,
+            peer,
+            offered: AtomicBool::new(false),
+            confirmed: AtomicBool::new(false),
         };
-        // Authenticated: now it may take a connection slot (waiting as long as a handshake
-        // may take for one to come free), and its session may be made.
-        let admitted = ctx.admission.admit(peer, limit).await;
-        let attached = admitted.and_then(|admitted| {
-            let session = ctx.attach(session, Instant::now(), peer)?;
-            Ok((admitted, session))
+        // The whole handshake, not each frame, has `handshake_timeout`: a peer trickling its
+        // frames holds its place no longer than a silent one.
+        let handshake = tokio::time::timeout_at(conn.deadline, async {
+            loop {
+                let Some(frame) = reader.next().await? else {
+                    return Ok(None);
+                };
+                if let (false, Some(peer)) = (hs.offered(), peer) {
+                    if let Some(wait) = ctx.strikes.locked(peer.ip(), Instant::now()) {
+                        let why = format!(
+                            "too many failed authentications from {}: try again in {} s",
+                            peer.ip(),
+                            wait.as_secs() + 1
+                        );
+                        let _ = writer
+                            .send(&error_frame(u64::MAX, ErrorCode::Limit, &why))
+                            .await;
+                        if ctx.events.on() {
+                            ctx.events.tell(ServerEvent::Refused {
+                                peer,
+                                reason: why.clone(),
+                            });
+                        }
+                        return Err(ConnError::Locked(why));
+                    }
+                }
+                match hs.handle(&frame) {
+                    Ok(ServerStep::Reply(reply)) => {
+                        writer.send(&reply).await?;
+                        guess.offered.store(hs.offered(), Ordering::Relaxed);
+                    }
+                    Ok(ServerStep::Done(accepted)) => {
+                        guess.confirmed.store(true, Ordering::Relaxed);
+                        if let Some(peer) = peer {
+                            ctx.strikes.succeed(peer.ip());
+                        }
+                        return Ok(Some(accepted.session));
+                    }
+                    Err(e) => {
+                        let code = if matches!(e, HandshakeError::BadKey) {
+                            ErrorCode::Auth
+                        } else {
+                            ErrorCode::Protocol
+                        };
+                        let _ = writer.send(&error_frame(u64::MAX, code, &e)).await;
+                        if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+                            ctx.events.tell(ServerEvent::Refused {
+                                peer,
+                                reason: e.to_string(),
+                            });
+                        }
+                        return Err(ConnError::from(e));
+                    }
+                }
+            }
         });
-        Ok(Some(attached))
-    };
-    let attached = tokio::select! {
-        biased;
-        () = shutdown.cancelled() => return Err(ConnError::Shutdown),
-        () = handshaking.pushed_out.cancelled() => return Err(ConnError::PushedOut),
-        attached = admitting => attached?,
-    };
-    drop(handshaking);
-    drop(guess);
-    let Some(attached) = attached else {
-        return Ok(());
-    };
-    let (_admitted, session) = match attached {
-        Ok(attached) => attached,
-        Err(refused) => {
-            let _ = writer
-                .send(&error_frame(u64::MAX, ErrorCode::Limit, &refused))
-                .await;
-            if let Some(peer) = peer.filter(|_| ctx.events.on()) {
-                ctx.events.tell(ServerEvent::Refused {
-                    peer,
-                    reason: refused.to_string(),
-                });
-            }
-            return Err(ConnError::Refused(refused));
-        }
-    };
-    let session_id = session.id;
-    reader.set_max_frame_len(max_frame);
-    if let Some(peer) = peer {
-        ctx.events.tell(ServerEvent::Connected { peer });
-    }
-    let result = match hs.welcome(session.incarnation) {
-        Some(welcome) => match writer.send(&welcome).await {
-            Ok(()) => frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await,
-            Err(e) => Err(e.into()),
-        },
-        None => Err(ConnError::Protocol(
-            "handshake ended without authentication",
-        )),
-    };
-    ctx.detach(session_id, &session, Instant::now());
-    if let Some(peer) = peer.filter(|_| ctx.events.on()) {
-        let error = match &result {
-            Ok(()) | Err(ConnError::Shutdown) => None,
-            Err(e) => Some(e.to_string()),
+        let admitting = async {
+            let Some(session) = handshake
+                .await
+                .map_err(|_| ConnError::Link(LinkError::Idle(limit)))??
+            else {
+                return Ok::<_, ConnError>(None);
+            };
+            // Authenticated: now it may take a connection slot (waiting as long as a handshake
+            // may take for one to come free), and its session may be made.
+            let admitted = ctx.admission.admit(peer, limit).await;
+            let attached = admitted.and_then(|admitted| {
+                let session = ctx.attach(session, Instant::now(), peer)?;
+                Ok((admitted, session))
+            });
+            Ok(Some(attached))
         };
-        ctx.events.tell(ServerEvent::Disconnected { peer, error });
+        let attached = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Err(ConnError::Shutdown),
+            () = handshaking.pushed_out.cancelled() => return Err(ConnError::PushedOut),
+            attached = admitting => attached?,
+        };
+        drop(handshaking);
+        drop(guess);
+        let Some(attached) = attached else {
+            return Ok(());
+        };
+        let (_admitted, session) = match attached {
+            Ok(attached) => attached,
+            Err(refused) => {
+                let _ = writer
+                    .send(&error_frame(u64::MAX, ErrorCode::Limit, &refused))
+                    .await;
+                if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+                    ctx.events.tell(ServerEvent::Refused {
+                        peer,
+                        reason: refused.to_string(),
+                    });
+                }
+                return Err(ConnError::Refused(refused));
+            }
+        };
+        let session_id = session.id;
+        reader.set_max_frame_len(max_frame);
+        if let Some(peer) = peer {
+            ctx.events.tell(ServerEvent::Connected { peer });
+        }
+        let result = match hs.welcome(session.incarnation) {
+            Some(welcome) => match writer.send(&welcome).await {
+                Ok(()) => frames(&mut reader, &mut writer, &ctx, &session, &shutdown).await,
+                Err(e) => Err(e.into()),
+            },
+            None => Err(ConnError::Protocol(
+                "handshake ended without authentication",
+            )),
+        };
+        ctx.detach(session_id, &session, Instant::now());
+        if let Some(peer) = peer.filter(|_| ctx.events.on()) {
+            let error = match &result {
+                Ok(()) | Err(ConnError::Shutdown) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            ctx.events.tell(ServerEvent::Disconnected { peer, error });
+        }
+        if let Err(ConnError::Link(LinkError::Decode(e))) = &result {
+            let _ = writer
+                .send(&error_frame(u64::MAX, ErrorCode::Protocol, e))
+                .await;
+        }
+        if matches!(result, Err(ConnError::Shutdown)) {
+            let _ = writer
+                .send(&error_frame(
+                    u64::MAX,
+                    ErrorCode::Shutdown,
+                    "server shutting down",
+                ))
+                .await;
+        }
+        result
     }
-    if let Err(ConnError::Link(LinkError::Decode(e))) = &result {
-        let _ = writer
-            .send(&error_frame(u64::MAX, ErrorCode::Protocol, e))
-            .await;
-    }
-    if matches!(result, Err(ConnError::Shutdown)) {
-        let _ = writer
-            .send(&error_frame(
-                u64::MAX,
-                ErrorCode::Shutdown,
-                "server shutting down",
-            ))
-            .await;
-    }
+    .await;
+    // A connection ends with TLS's `close_notify`, so the peer can tell an end from a cut.
+    let _ = writer.shutdown().await;
     result
 }
 
