@@ -80,7 +80,7 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-tidegate-pake";
 pub enum HandshakeError {
     /// The peer speaks another protocol version.
     #[error(
-        "peer speaks protocol version {theirs}, this build speaks {ours} (run the same \
+        "peer speaks protocol version {theirs}, this build speaks version {ours} (run the same \
          release on both ends; `tidegate --version` names its protocol)"
     )]
     Version {

@@ -9,6 +9,7 @@ mod cli_docs;
 mod cli_errors;
 mod cli_hash;
 mod cli_send;
+mod encryption;
 mod faults;
 mod fuzz_corpus;
 mod hash_job;
