@@ -11,6 +11,8 @@
 set -euo pipefail
 old=$(realpath "$1") new=$(realpath "$2") rounds=${3:-5} size=${4:-2048}
 bench=${TIDEGATE_BENCH_DIR:-/tmp/tidegate-bench}
+# Both ends authenticate, as users run them.
+export TIDEGATE_KEY=${TIDEGATE_KEY:-ab-bench-passphrase}
 mkdir -p "$bench"
 src="$bench/ab-$size.bin"
 [ -f "$src" ] || head -c "${size}M" /dev/urandom >"$src"

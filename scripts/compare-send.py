@@ -31,6 +31,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BENCH = os.environ.get("TIDEGATE_BENCH_DIR", "/tmp/tidegate-bench")
+# Both ends authenticate, as users run them.
+os.environ.setdefault("TIDEGATE_KEY", "compare-send-passphrase")
 TIDEGATE = os.environ.get("TIDEGATE_BIN", os.path.join(ROOT, "target", "release", "tidegate"))
 GNU_TIME = "/usr/bin/time"
 
