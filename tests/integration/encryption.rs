@@ -197,7 +197,9 @@ async fn wrong_passphrases_are_refused_then_locked_out_per_address() {
     let wrong = Key::from_passphrase("not the passphrase");
     for _ in 0..3 {
         let refused = wire::handshake(dial(attacker).await.unwrap(), &wrong, [1; 16]).await;
-        let (_, why) = refused.err().expect("a wrong passphrase got in");
+        let Err((_, why)) = refused else {
+            panic!("a wrong passphrase got in")
+        };
         assert!(why.contains("authentication failed"), "{why}");
     }
     // Each failure is counted once the receiver sees its connection end.
@@ -205,7 +207,9 @@ async fn wrong_passphrases_are_refused_then_locked_out_per_address() {
     // Now even the right passphrase from that address is turned away before it can guess.
     let right = tidegate_testkit::test_key();
     let locked = wire::handshake(dial(attacker).await.unwrap(), &right, [2; 16]).await;
-    let (code, why) = locked.err().expect("a locked-out address got in");
+    let Err((code, why)) = locked else {
+        panic!("a locked-out address got in")
+    };
     assert_eq!(code, ErrorCode::Limit as u16);
     assert!(
         why.contains("too many failed authentications from 127.0.0.2"),
