@@ -19,6 +19,17 @@ use tokio::net::{TcpListener, TcpStream};
 const NAME_MARKER: &str = "tidegate-name-marker-7f3a9c";
 const CONTENT_MARKER: &[u8] = b"TIDEGATE-CONTENT-MARKER-51e0d2|";
 
+/// Stops `server` once idle, and checks that its directory is still empty.
+async fn stop_with_nothing_created(server: TestServer) {
+    server.idle().await;
+    let root = server.stop().await;
+    assert_eq!(
+        std::fs::read_dir(root.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -171,13 +182,7 @@ async fn a_tls_terminating_man_in_the_middle_completes_nothing() {
             .is_some_and(|e| e.contains("authentication failed")),
         "{dest:#?}"
     );
-    server.idle().await;
-    let root = server.stop().await;
-    assert_eq!(
-        std::fs::read_dir(root.path()).unwrap().count(),
-        0,
-        "nothing created"
-    );
+    stop_with_nothing_created(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,13 +253,7 @@ async fn wrong_passphrases_are_refused_then_locked_out_per_address() {
         dest.error.as_deref().unwrap().contains("TIDEGATE_KEY"),
         "{dest:#?}"
     );
-    server.idle().await;
-    let root = server.stop().await;
-    assert_eq!(
-        std::fs::read_dir(root.path()).unwrap().count(),
-        0,
-        "nothing created"
-    );
+    stop_with_nothing_created(server).await;
 }
 
 /// Starts `serve` with no key in its environment and returns it, its address and its stderr
