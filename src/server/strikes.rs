@@ -104,10 +104,11 @@ impl Strikes {
 
     /// Forgets `ip`'s failures once it has authenticated.
     pub(crate) fn succeed(&self, ip: IpAddr) {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&source(ip));
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.remove(&source(ip)).is_some() && map.is_empty() {
+            // Hands back the table an attack or a run of cut handshakes made the map grow to.
+            *map = HashMap::new();
+        }
     }
 
     #[cfg(test)]
