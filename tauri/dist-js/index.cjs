@@ -35,12 +35,17 @@ async function hash(paths, onProgress, options = {}) {
         onProgress: channel(onProgress)
     });
 }
-/** Starts a receiver writing into `dir`; `listen` defaults to 127.0.0.1 on any free port. */
+/**
+ * Starts a receiver writing into `dir`; `listen` defaults to 127.0.0.1 on any free port.
+ * Without `key` it makes a code phrase (in the result) that senders must give;
+ * `insecureNoAuth` lets any sender in instead, still encrypted.
+ */
 async function serveStart(dir, options = {}, onEvent) {
     return await core.invoke('plugin:tidegate|serve_start', {
         dir,
         listen: options.listen,
         key: options.key,
+        insecureNoAuth: options.insecureNoAuth,
         onEvent: channel(onEvent)
     });
 }

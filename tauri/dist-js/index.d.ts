@@ -149,6 +149,8 @@ export interface TransferInfo {
 export interface Receiver {
     id: number;
     address: string;
+    /** The code phrase the receiver made when it was given no key; show it to the user once. */
+    codePhrase: string | null;
 }
 /** Starts sending files or directories to `HOST:PORT` receivers; resolves to its id at once. */
 export declare function send(sources: string[], destinations: string[], options?: SendOptions, onProgress?: (event: TransferEvent) => void): Promise<number>;
@@ -158,10 +160,15 @@ export declare function cancel(id: number): Promise<void>;
 export declare function transfers(): Promise<TransferInfo[]>;
 /** Hashes files (BLAKE3, as b3sum prints); resolves to their roots once done. */
 export declare function hash(paths: string[], onProgress?: (event: HashEvent) => void, options?: HashOptions): Promise<HashedFile[]>;
-/** Starts a receiver writing into `dir`; `listen` defaults to 127.0.0.1 on any free port. */
+/**
+ * Starts a receiver writing into `dir`; `listen` defaults to 127.0.0.1 on any free port.
+ * Without `key` it makes a code phrase (in the result) that senders must give;
+ * `insecureNoAuth` lets any sender in instead, still encrypted.
+ */
 export declare function serveStart(dir: string, options?: {
     listen?: string;
     key?: string;
+    insecureNoAuth?: boolean;
 }, onEvent?: (event: ServeEvent) => void): Promise<Receiver>;
 /** Stops a receiver gracefully; its `stopped` event follows. */
 export declare function serveStop(id: number): Promise<void>;

@@ -166,6 +166,8 @@ export interface TransferInfo {
 export interface Receiver {
   id: number
   address: string
+  /** The code phrase the receiver made when it was given no key; show it to the user once. */
+  codePhrase: string | null
 }
 
 function channel<T>(handler?: (event: T) => void): Channel<T> {
@@ -212,16 +214,21 @@ export async function hash(
   })
 }
 
-/** Starts a receiver writing into `dir`; `listen` defaults to 127.0.0.1 on any free port. */
+/**
+ * Starts a receiver writing into `dir`; `listen` defaults to 127.0.0.1 on any free port.
+ * Without `key` it makes a code phrase (in the result) that senders must give;
+ * `insecureNoAuth` lets any sender in instead, still encrypted.
+ */
 export async function serveStart(
   dir: string,
-  options: { listen?: string; key?: string } = {},
+  options: { listen?: string; key?: string; insecureNoAuth?: boolean } = {},
   onEvent?: (event: ServeEvent) => void
 ): Promise<Receiver> {
   return await invoke<Receiver>('plugin:tidegate|serve_start', {
     dir,
     listen: options.listen,
     key: options.key,
+    insecureNoAuth: options.insecureNoAuth,
     onEvent: channel(onEvent)
   })
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Manager, Runtime, State};
+use tidegate::protocol::handshake::Key;
 use tidegate::{HashJob, Input, Server, ServerOptions, Transfer};
 use tokio_util::sync::CancellationToken;
 
@@ -132,15 +133,21 @@ pub struct Receiver {
     pub id: u64,
     /// The address it listens on (with the port picked, for port 0).
     pub address: String,
+    /// The code phrase it made, when it was given no key: senders need it, so the app shows
+    /// it to the user once. `None` when a key was given or `insecureNoAuth` was set.
+    pub code_phrase: Option<String>,
 }
 
-/// Starts a receiver into `dir` on `listen` (default `127.0.0.1:0`).
+/// Starts a receiver into `dir` on `listen` (default `127.0.0.1:0`). Without a key it makes
+/// a code phrase and accepts only senders that have it; `insecure_no_auth` lets any sender in
+/// (still encrypted).
 #[tauri::command]
 pub(crate) async fn serve_start<R: Runtime>(
     app: AppHandle<R>,
     dir: Arg<String>,
     listen: Arg<Option<String>>,
     key: Arg<Option<Secret>>,
+    insecure_no_auth: Arg<Option<bool>>,
     on_event: Arg<Channel<ServeEvent>>,
 ) -> Result<Receiver, Error> {
     let listen = listen.0.unwrap_or_else(|| "127.0.0.1:0".into());
@@ -153,8 +160,20 @@ pub(crate) async fn serve_start<R: Runtime>(
         return Err(Error::invalid("dir is empty"));
     }
     let mut options = ServerOptions::new(&dir.0);
-    if let Some(key) = &key.0 {
-        options.key = key.key()?;
+    let mut code_phrase = None;
+    match (&key.0, insecure_no_auth.0.unwrap_or(false)) {
+        (Some(_), true) => {
+            return Err(Error::invalid(
+                "give either a key or insecureNoAuth, not both",
+            ))
+        }
+        (Some(key), false) => options.key = key.key()?,
+        (None, true) => {}
+        (None, false) => {
+            let phrase = code_phrase_now()?;
+            options.key = Key::from_passphrase(&phrase);
+            code_phrase = Some(phrase);
+        }
     }
     let mut server = Server::bind(addr, options).await.map_err(|e| {
         Error::new(
@@ -185,7 +204,20 @@ pub(crate) async fn serve_start<R: Runtime>(
         ending.state::<Jobs>().remove(id);
     });
     jobs.set_task(id, task);
-    Ok(Receiver { id, address })
+    Ok(Receiver {
+        id,
+        address,
+        code_phrase,
+    })
+}
+
+fn code_phrase_now() -> Result<String, Error> {
+    tidegate::protocol::handshake::code_phrase().map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot make a code phrase (no randomness from the system): {e}"),
+        )
+    })
 }
 
 /// Stops a receiver gracefully; its `stopped` event follows.

@@ -212,6 +212,77 @@ fn a_wrong_key_gives_authentication_and_no_key_is_ever_shown() {
 }
 
 #[test]
+fn a_receiver_without_a_key_makes_a_code_phrase_and_refuses_senders_without_it() {
+    let h = Harness::new(BOTH);
+    let dir = tempfile::tempdir().unwrap();
+    let (channel, serve_events) = h.channel();
+    let receiver = h
+        .invoke(
+            "serve_start",
+            json!({"dir": dir.path(), "onEvent": channel}),
+        )
+        .unwrap();
+    let phrase = receiver["codePhrase"].as_str().unwrap().to_owned();
+    let groups: Vec<&str> = phrase.split('-').collect();
+    assert_eq!(groups.len(), 4, "{phrase}");
+    assert!(groups.iter().all(|g| g.len() == 4), "{phrase}");
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("f");
+    std::fs::write(&file, data(70_000, 4)).unwrap();
+    let send = |to: &Value, options: Value| {
+        let (channel, events) = h.channel();
+        h.invoke(
+            "send",
+            json!({"sources": [file], "destinations": [to],
+                   "options": options, "onProgress": channel}),
+        )
+        .unwrap();
+        h.wait_for(events, "finished").last().unwrap().clone()
+    };
+    let keyless = send(&receiver["address"], json!({"retryForMs": 0}));
+    assert_eq!(kind(&keyless["error"]), "authentication", "{keyless}");
+    assert!(
+        !dir.path().join("f").exists(),
+        "nothing from a keyless sender"
+    );
+    let with_phrase = send(&receiver["address"], json!({"key": phrase}));
+    assert_eq!(with_phrase["report"]["success"], true, "{with_phrase}");
+    assert_eq!(
+        std::fs::read(dir.path().join("f")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    h.invoke("serve_stop", json!({"id": receiver["id"]}))
+        .unwrap();
+    h.wait_for(serve_events, "stopped");
+
+    // insecureNoAuth lets a keyless sender in and makes no phrase; with a key it is an error.
+    let open = tempfile::tempdir().unwrap();
+    let (channel, serve_events) = h.channel();
+    let receiver = h
+        .invoke(
+            "serve_start",
+            json!({"dir": open.path(), "insecureNoAuth": true, "onEvent": channel}),
+        )
+        .unwrap();
+    assert_eq!(receiver["codePhrase"], Value::Null);
+    let keyless = send(&receiver["address"], json!({}));
+    assert_eq!(keyless["report"]["success"], true, "{keyless}");
+    assert!(open.path().join("f").exists());
+    h.invoke("serve_stop", json!({"id": receiver["id"]}))
+        .unwrap();
+    h.wait_for(serve_events, "stopped");
+    let (channel, _) = h.channel();
+    let both = h
+        .invoke(
+            "serve_start",
+            json!({"dir": open.path(), "key": "k", "insecureNoAuth": true, "onEvent": channel}),
+        )
+        .unwrap_err();
+    assert_eq!(kind(&both), "invalidArgument");
+    h.wait_idle();
+}
+
+#[test]
 fn missing_or_mistyped_arguments_are_invalid_arguments() {
     let h = Harness::new(BOTH);
     let (channel, _) = h.channel();

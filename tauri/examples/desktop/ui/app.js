@@ -120,7 +120,8 @@ async function startServe() {
     $('serve-start').disabled = true
     state.receiver = await serveStart(state.inbox, { listen: $('listen').value.trim(), key: key || undefined }, onServe)
     $('serve-stop').disabled = false
-    status(el, `Receiving on ${state.receiver.address}`)
+    const phrase = state.receiver.codePhrase
+    status(el, phrase ? `Receiving on ${state.receiver.address}, code phrase ${phrase}` : `Receiving on ${state.receiver.address}`)
   } catch (err) {
     $('serve-start').disabled = false
     status(el, `${err.kind}: ${err.message}`, 'error')
@@ -153,9 +154,12 @@ if (plan) {
       if (!to) {
         state.inbox = plan.inbox
         $('listen').value = '127.0.0.1:0'
-        $('serve-key').value = $('send-key').value = 'smoke test passphrase'
+        // No passphrase: the receiver makes a code phrase, which the sender then gives.
+        $('serve-key').value = ''
         await startServe()
         if (!state.receiver) throw new Error($('serve-status').textContent)
+        if (!state.receiver.codePhrase) throw new Error('a receiver without a key made no code phrase')
+        $('send-key').value = state.receiver.codePhrase
         to = state.receiver.address
       }
       state.sources = [plan.source]
