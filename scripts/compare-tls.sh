@@ -52,6 +52,7 @@ StrictModes no
 PasswordAuthentication no
 PidFile $work/sshd.pid
 UsePAM no
+Subsystem sftp internal-sftp
 EOF
 mkdir -p /run/sshd
 /usr/sbin/sshd -D -f "$work/sshd_config" &
@@ -75,11 +76,11 @@ run_tidegate() {
         sleep 0.05
     done
     start=$(now)
-    "$bin" send --no-progress --to "$addr" "$src" >/dev/null 2>&1 || echo "send failed" >&2
+    "$bin" send --no-progress --to "$addr" "$src" >/dev/null 2>&1 || echo "$bin: send failed" >&2
     end=$(now)
     kill "$pid"
     wait "$pid" 2>/dev/null || true
-    cmp -s "$src" "$dir/$(basename "$src")" || echo "received file differs" >&2
+    cmp -s "$src" "$dir/$(basename "$src")" || { rm -rf "$dir"; echo "$bin: received file differs" >&2; return 1; }
     rm -rf "$dir" "$log"
     rate "$start" "$end"
 }
@@ -97,7 +98,7 @@ run_socat() {
     wait "$pid"
     sync
     end=$(now)
-    cmp -s "$src" "$dir/f" || echo "socat: received file differs" >&2
+    cmp -s "$src" "$dir/f" || { rm -rf "$dir"; echo "socat: received file differs" >&2; return 1; }
     rm -rf "$dir"
     rate "$start" "$end"
 }
@@ -111,7 +112,7 @@ run_scp() {
         "$src" "root@127.0.0.1:$dir/f"
     sync
     end=$(now)
-    cmp -s "$src" "$dir/f" || echo "scp: received file differs" >&2
+    cmp -s "$src" "$dir/f" || { rm -rf "$dir"; echo "scp: received file differs" >&2; return 1; }
     rm -rf "$dir"
     rate "$start" "$end"
 }
