@@ -26,6 +26,8 @@
 
 mod client;
 pub mod hash_job;
+#[cfg(feature = "s3")]
+pub mod objstore;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

@@ -74,8 +74,17 @@ pub(crate) fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-/// Checks a `--to` destination (`HOST:PORT`), so a mistyped one is a usage error at once.
+/// Checks a `--to` destination (`HOST:PORT` or `s3://BUCKET/PREFIX`), so a mistyped one is a
+/// usage error at once.
 fn parse_destination(s: &str) -> Result<String, String> {
+    if s.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return tidegate::objstore::S3Target::parse(s)
+            .map(|_| s.to_owned())
+            .map_err(|e| e.why.to_owned());
+        #[cfg(not(feature = "s3"))]
+        return Err("this build has no object-store support (feature `s3`)".into());
+    }
     tidegate::check_destination(s)
         .map(|()| s.to_owned())
         .map_err(|e| e.why.to_owned())
@@ -131,8 +140,9 @@ pub(crate) struct SendArgs {
     /// Files and directories to send (`dir` arrives as `dir/...`; `dir/` sends its contents).
     #[arg(value_name = "PATH", required = true)]
     pub(crate) paths: Vec<PathBuf>,
-    /// A receiver, as HOST:PORT. Repeat to send everything to several receivers at once.
-    #[arg(long = "to", value_name = "HOST:PORT", required = true, value_parser = parse_destination)]
+    /// A receiver, as HOST:PORT, or an S3-compatible bucket, as s3://BUCKET/PREFIX. Repeat
+    /// to send everything to several destinations at once (the source is read once).
+    #[arg(long = "to", value_name = "DEST", required = true, value_parser = parse_destination)]
     pub(crate) to: Vec<String>,
     /// TCP connections per receiver.
     #[arg(long, default_value_t = 4, value_name = "N")]
@@ -153,6 +163,22 @@ pub(crate) struct SendArgs {
     pub(crate) key: KeyArgs,
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub(crate) s3: S3Args,
+}
+
+/// Where `s3://` destinations are. Credentials come from `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Object store (s3:// destinations)")]
+pub(crate) struct S3Args {
+    /// Endpoint of an S3-compatible store (http://127.0.0.1:3900); default
+    /// AWS_ENDPOINT_URL, else AWS S3.
+    #[arg(long, value_name = "URL")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// Region to sign for (Garage's default is `garage`); default AWS_REGION, else us-east-1.
+    #[arg(long, value_name = "REGION")]
+    pub(crate) s3_region: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -41,7 +41,8 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
             return Ok(ExitCode::from(USAGE));
         }
         Given::Nothing => {
-            if !quiet {
+            let receivers = args.to.iter().any(|d| !d.starts_with("s3://"));
+            if receivers && !quiet {
                 say::warning(
                     "no key given (TIDEGATE_KEY or --key-file): only a receiver started with \
                      --insecure-no-auth accepts this, and nothing proves who that receiver is",
@@ -50,6 +51,16 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
             tidegate::protocol::handshake::Key::default()
         }
     };
+    #[cfg(feature = "s3")]
+    {
+        options.s3 = tidegate::objstore::S3Options::from_env();
+        if let Some(endpoint) = &args.s3.s3_endpoint {
+            options.s3.endpoint = Some(endpoint.clone());
+        }
+        if let Some(region) = &args.s3.s3_region {
+            options.s3.region = Some(region.clone());
+        }
+    }
     let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
     // Progress events, and the total (one more `stat` per file, on a thread of its own), only
     // for someone watching: otherwise two events per file were made and thrown away.
@@ -200,7 +211,18 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
             tidegate::progress::human_bytes(d.bytes),
             d.reconnects,
             resent_and_restarts(d),
-            if d.resumed > 0 {
+            if d.already_there > 0 {
+                format!(
+                    ", {} {} already there ({})",
+                    d.already_there,
+                    if d.already_there == 1 {
+                        "file"
+                    } else {
+                        "files"
+                    },
+                    tidegate::progress::human_bytes(d.resumed)
+                )
+            } else if d.resumed > 0 {
                 format!(
                     ", {} already there (resumed)",
                     tidegate::progress::human_bytes(d.resumed)
@@ -213,6 +235,9 @@ pub(crate) fn print_report(report: &Report, json: bool, verbose: u8) -> anyhow::
                 .map(|e| format!(", FAILED: {e}"))
                 .unwrap_or_default()
         )?;
+        for note in &d.notes {
+            writeln!(err, "  note: {note}")?;
+        }
         // When the receiver failed as a whole, every entry not yet delivered fails with its
         // error: one line says so (each is listed with -v, and always in the JSON report).
         let mut undelivered = 0u64;

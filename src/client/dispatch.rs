@@ -51,6 +51,11 @@ pub(crate) struct Outcome {
     pub(crate) failure: Option<DestinationFailure>,
     /// What the first connection negotiated.
     pub(crate) tls: Option<crate::tls::Negotiated>,
+    /// Files not sent because the destination had them already (an object store's resume).
+    pub(crate) already_there: u64,
+    /// What the destination could not store and said so once (empty directories in an
+    /// object store).
+    pub(crate) notes: Vec<String>,
 }
 
 /// Progress a destination reports to the transfer.

@@ -22,6 +22,11 @@ use crate::progress::Progress;
 use crate::protocol::handshake::random;
 use crate::source::walk::{Entry, Tally};
 
+/// Whether a destination is an object store (`s3://`).
+fn is_object_store(address: &str) -> bool {
+    address.starts_with("s3://")
+}
+
 /// Events a destination may queue ahead of its dispatcher.
 const DEST_QUEUE: usize = 64;
 
@@ -53,7 +58,7 @@ pub(super) async fn run(
     let mut state = Tracker::new(progress, tally, started, &shared.options, addresses.clone());
     let everyone: Vec<usize> = (0..addresses.len()).collect();
     let mut outcomes = pass(
-        pipeline, &addresses, &everyone, session, &shared, &mut state,
+        pipeline, &addresses, &everyone, session, &shared, &mut state, false,
     )
     .await;
 
@@ -82,6 +87,7 @@ pub(super) async fn run(
         first.bytes_resent += outcome.bytes_resent;
         first.reconnects += outcome.reconnects;
         first.restarts += outcome.restarts;
+        first.already_there += outcome.already_there;
         if first.fatal.is_none() {
             first.fatal = outcome.fatal;
             first.failure = outcome.failure;
@@ -89,15 +95,20 @@ pub(super) async fn run(
     }
 
     let name = |f: u64| state.path(f);
-    let authentication = if shared.options.key.is_anonymous() {
-        Authentication::None
-    } else {
-        Authentication::Passphrase
+    let authentication = |address: &str| {
+        if is_object_store(address) {
+            Authentication::Credentials
+        } else if shared.options.key.is_anonymous() {
+            Authentication::None
+        } else {
+            Authentication::Passphrase
+        }
     };
     let reports = addresses
         .into_iter()
         .zip(outcomes)
         .map(|(address, outcome)| DestinationReport {
+            authentication: authentication(&address),
             address,
             files_done: outcome.files_done,
             failed: outcome
@@ -113,7 +124,8 @@ pub(super) async fn run(
             error: outcome.fatal,
             failure: outcome.failure,
             tls: outcome.tls,
-            authentication,
+            already_there: outcome.already_there,
+            notes: outcome.notes,
         })
         .collect();
     state.tick(true).await;
@@ -178,7 +190,7 @@ async fn redo_pass(
         (Ok(pipeline), Ok(session)) => (pipeline, session),
         (Err(e), _) | (_, Err(e)) => return fail_all(format!("cannot send it again: {e}")),
     };
-    let mut outcome = pass(pipeline, addresses, &[dest], session, shared, state)
+    let mut outcome = pass(pipeline, addresses, &[dest], session, shared, state, true)
         .await
         .swap_remove(dest);
     // Only once: failing again (a journal written meanwhile by someone else) is a failure.
@@ -194,7 +206,8 @@ async fn redo_pass(
 
 /// Runs `pipeline` to the destinations `targets` (indices into `addresses`) until every
 /// file is confirmed or failed. Returns one outcome per address (empty for those not in
-/// `targets`).
+/// `targets`). `redo`: the files are sent again because their root did not match what the
+/// destination had.
 async fn pass(
     mut pipeline: Pipeline<Entry>,
     addresses: &[String],
@@ -202,6 +215,7 @@ async fn pass(
     session: [u8; 16],
     shared: &Shared,
     state: &mut Tracker,
+    redo: bool,
 ) -> Vec<Outcome> {
     let options = &shared.options;
     let cancel = &shared.cancel;
@@ -210,6 +224,29 @@ async fn pass(
     let mut destinations = Vec::new();
     for &index in targets {
         let (tx, input) = mpsc::channel(DEST_QUEUE);
+        #[cfg(feature = "s3")]
+        if let Ok(target) = crate::objstore::S3Target::parse(&addresses[index]) {
+            let upload = crate::objstore::upload::Upload {
+                target,
+                options: options.s3.clone(),
+                retry_for: options.retry_for,
+                connect_timeout: options.connect_timeout,
+                chunk_len: u64::from(chunk_len),
+                budget: options.pipeline.memory_bytes,
+                input,
+                notes: note_tx.clone(),
+                dest: index,
+                cancel: cancel.child_token(),
+                force: redo,
+            };
+            destinations.push(Destination {
+                index,
+                tx: Some(tx),
+                task: tokio::spawn(upload.run()),
+            });
+            continue;
+        }
+        let _ = redo;
         let dispatch = Dispatch {
             params: DialOptions {
                 addr: addresses[index].clone(),

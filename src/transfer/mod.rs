@@ -56,6 +56,10 @@ pub struct TransferOptions {
     /// the number of files (about 200 bytes each otherwise); the [`Progress::FileDone`]
     /// events carry the same path, size and root as each entry is done.
     pub file_reports: bool,
+    /// How to reach `s3://` destinations. Default: empty; the CLI reads the `AWS_*`
+    /// variables ([`S3Options::from_env`](crate::objstore::S3Options::from_env)).
+    #[cfg(feature = "s3")]
+    pub s3: crate::objstore::S3Options,
     /// Count the sources' bytes on a thread of their own while sending, so that
     /// [`Progress::Bytes`] can carry a total (and a progress bar an ETA) once the count is
     /// done. It costs one more `stat` per file. Default `true`.
@@ -73,6 +77,8 @@ impl Default for TransferOptions {
             reply_timeout: Duration::from_secs(60),
             links: false,
             file_reports: false,
+            #[cfg(feature = "s3")]
+            s3: crate::objstore::S3Options::default(),
             count_total: true,
         }
     }
@@ -94,6 +100,10 @@ pub enum TransferError {
     /// A destination that is not `HOST:PORT`.
     #[error(transparent)]
     Destination(#[from] crate::AddressError),
+    /// A destination that is not a valid `s3://BUCKET/PREFIX`.
+    #[cfg(feature = "s3")]
+    #[error(transparent)]
+    ObjectStore(#[from] crate::objstore::target::TargetError),
     /// A thread could not be started, or randomness was unavailable.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
@@ -140,6 +150,12 @@ pub struct DestinationReport {
     pub tls: Option<crate::tls::Negotiated>,
     /// How the receiver was authenticated.
     pub authentication: Authentication,
+    /// Files not sent because the destination had them already: for an object store, an
+    /// object of the same size whose `blake3` metadata equals the file's root.
+    pub already_there: u64,
+    /// What the destination cannot hold, said once (an object store's empty directories and
+    /// symlinks).
+    pub notes: Vec<String>,
 }
 
 /// How a transfer authenticated its receivers ([`DestinationReport::authentication`]).
@@ -152,6 +168,8 @@ pub enum Authentication {
     Passphrase,
     /// The anonymous key (no passphrase): encrypted, but anyone could be at the other end.
     None,
+    /// An object store: requests signed with its access key (AWS Signature V4).
+    Credentials,
 }
 
 impl std::fmt::Display for Authentication {
@@ -159,6 +177,7 @@ impl std::fmt::Display for Authentication {
         f.write_str(match self {
             Authentication::Passphrase => "passphrase (SPAKE2 bound to the TLS channel)",
             Authentication::None => "none (no passphrase: anyone could be the receiver)",
+            Authentication::Credentials => "access key (AWS Signature V4)",
         })
     }
 }
@@ -301,7 +320,16 @@ impl Transfer {
             return Err(TransferError::Usage("no destination"));
         }
         for addr in &self.destinations {
-            crate::client::address::check(addr)?;
+            if addr.starts_with("s3://") {
+                #[cfg(feature = "s3")]
+                crate::objstore::S3Target::parse(addr)?;
+                #[cfg(not(feature = "s3"))]
+                return Err(TransferError::Usage(
+                    "s3:// destinations need tidegate built with the `s3` feature",
+                ));
+            } else {
+                crate::client::address::check(addr)?;
+            }
         }
         walk::check_names(&self.sources, self.options.links)?;
         let pool = HashPool::new(self.options.pipeline.threads)

@@ -2,7 +2,8 @@
 //! an in-process server on a loopback port ([`TestServer`]), deterministic test data
 //! ([`data`], [`write_file`]), tree comparison ([`assert_same_tree`]), whole transfers
 //! ([`send`]), raw protocol clients that play a peer frame by frame ([`frames`]), a proxy that
-//! cuts connections ([`Proxy`]), and the dhat helpers of the heap tests ([`heap`]).
+//! cuts connections ([`Proxy`]), a Garage cluster for the object-store tests ([`garage`]),
+//! and the dhat helpers of the heap tests ([`heap`]).
 //!
 //! Dev-only: nothing here is part of tidegate's API, and every helper panics on failure.
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod frames;
+pub mod garage;
 pub mod heap;
 mod proxy;
 

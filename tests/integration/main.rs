@@ -15,6 +15,8 @@ mod fuzz_corpus;
 mod hash_job;
 mod hostile;
 mod limits;
+#[cfg(feature = "s3")]
+mod objstore;
 mod refusals;
 mod restart;
 mod resume;

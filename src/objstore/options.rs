@@ -1,0 +1,151 @@
+//! Where an object store is and how to sign requests to it: endpoint, region and credentials,
+//! from the standard `AWS_*` variables or set by the caller, and the client built from them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+
+use super::target::S3Target;
+
+/// How to reach an S3-compatible store. `Default` is empty; [`S3Options::from_env`] reads the
+/// standard variables.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct S3Options {
+    /// The endpoint, for a store other than AWS (`http://127.0.0.1:3900`); `http://` is
+    /// allowed only when given here explicitly. `None`: AWS S3 in `region`.
+    pub endpoint: Option<String>,
+    /// The region the store signs for (Garage's default is `garage`). Default `us-east-1`.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token, for temporary credentials.
+    pub session_token: Option<String>,
+    /// Uploads of whole small files in flight at once. Default 32.
+    pub files_in_flight: usize,
+    /// Parts of one multipart upload in flight at once. Default 4.
+    pub parts_in_flight: usize,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| ".."),
+            )
+            .field("session_token", &self.session_token.as_ref().map(|_| ".."))
+            .field("files_in_flight", &self.files_in_flight)
+            .field("parts_in_flight", &self.parts_in_flight)
+            .finish()
+    }
+}
+
+/// Why an object store cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObjectStoreError {
+    /// No credentials were given.
+    #[error(
+        "no credentials for {0}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
+         AWS_ENDPOINT_URL and AWS_REGION for a store other than AWS S3)"
+    )]
+    NoCredentials(String),
+    /// The client could not be built (a malformed endpoint, say).
+    #[error("cannot use {target}: {why}")]
+    Config {
+        /// The destination.
+        target: String,
+        /// What the client said.
+        why: String,
+    },
+}
+
+/// Default uploads of whole files in flight.
+pub const FILES_IN_FLIGHT: usize = 32;
+/// Default parts of one upload in flight.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+impl S3Options {
+    /// Reads `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`, `AWS_ENDPOINT`), `AWS_REGION` (or
+    /// `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+    /// `AWS_SESSION_TOKEN`. Empty variables count as unset.
+    pub fn from_env() -> Self {
+        let var = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+        };
+        S3Options {
+            endpoint: var(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]),
+            region: var(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+            access_key_id: var(&["AWS_ACCESS_KEY_ID"]),
+            secret_access_key: var(&["AWS_SECRET_ACCESS_KEY"]),
+            session_token: var(&["AWS_SESSION_TOKEN"]),
+            files_in_flight: FILES_IN_FLIGHT,
+            parts_in_flight: PARTS_IN_FLIGHT,
+        }
+    }
+
+    /// A client for `target`'s bucket whose requests are retried with backoff for up to
+    /// `retry_for`, and whose connections time out after `connect_timeout`.
+    ///
+    /// # Errors
+    /// [`ObjectStoreError`] without credentials or with a malformed endpoint.
+    pub(crate) fn client(
+        &self,
+        target: &S3Target,
+        retry_for: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Arc<AmazonS3>, ObjectStoreError> {
+        let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) else {
+            return Err(ObjectStoreError::NoCredentials(target.to_string()));
+        };
+        let mut client = ClientOptions::new().with_connect_timeout(connect_timeout);
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&target.bucket)
+            .with_region(self.region.as_deref().unwrap_or("us-east-1"))
+            .with_access_key_id(id)
+            .with_secret_access_key(secret)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(10),
+                    base: 2.0,
+                },
+                max_retries: usize::MAX,
+                retry_timeout: retry_for,
+            });
+        if let Some(token) = &self.session_token {
+            builder = builder.with_token(token);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            client = client.with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint);
+        }
+        builder
+            .with_client_options(client)
+            .build()
+            .map(Arc::new)
+            .map_err(|e| ObjectStoreError::Config {
+                target: target.to_string(),
+                why: e.to_string(),
+            })
+    }
+
+    /// Files and parts in flight, each at least one.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        let or = |n: usize, d: usize| if n == 0 { d } else { n };
+        (
+            or(self.files_in_flight, FILES_IN_FLIGHT),
+            or(self.parts_in_flight, PARTS_IN_FLIGHT),
+        )
+    }
+}

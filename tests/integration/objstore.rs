@@ -1,0 +1,283 @@
+//! `send --to s3://BUCKET/PREFIX` against a real Garage on loopback: the tree arrives with
+//! each object's `blake3` metadata, sending again skips everything, a cancelled transfer
+//! leaves no multipart upload open, bad credentials and a missing bucket fail at once, and a
+//! fan-out to a receiver and the store reads the source once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::signer::{Method, SignedUrlOptions, Signer};
+use object_store::{Attribute, ObjectStore, ObjectStoreExt};
+use tidegate::objstore::S3Options;
+use tidegate::{DestinationFailure, Progress, Transfer, TransferOptions};
+
+use crate::common::garage::{Garage, REGION};
+use crate::common::{data, fast_options, write_file, TestServer};
+
+const MIB: u64 = 1 << 20;
+
+fn s3_options(g: &Garage) -> S3Options {
+    let mut o = S3Options::default();
+    o.endpoint = Some(g.endpoint.clone());
+    o.region = Some(REGION.into());
+    o.access_key_id = Some(g.key_id.clone());
+    o.secret_access_key = Some(g.secret.clone());
+    o
+}
+
+fn options(g: &Garage) -> TransferOptions {
+    let mut o = fast_options();
+    o.s3 = s3_options(g);
+    o.file_reports = true;
+    o
+}
+
+fn client(g: &Garage) -> Arc<AmazonS3> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(&g.endpoint)
+            .with_allow_http(true)
+            .with_region(REGION)
+            .with_bucket_name(&g.bucket)
+            .with_access_key_id(&g.key_id)
+            .with_secret_access_key(&g.secret)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Every object under `prefix`: key → (bytes, blake3 metadata).
+async fn objects(store: &AmazonS3, prefix: &str) -> BTreeMap<String, (Vec<u8>, Option<String>)> {
+    use futures_util::StreamExt;
+    let mut out = BTreeMap::new();
+    let mut list = store.list(Some(&Key::parse(prefix).unwrap()));
+    while let Some(meta) = list.next().await {
+        let meta = meta.unwrap();
+        let got = store.get(&meta.location).await.unwrap();
+        let blake3 = got
+            .attributes
+            .get(&Attribute::Metadata("blake3".into()))
+            .map(|v| v.to_string());
+        let bytes = got.bytes().await.unwrap().to_vec();
+        out.insert(meta.location.to_string(), (bytes, blake3));
+    }
+    out
+}
+
+/// The bucket's multipart uploads still open (S3's ListMultipartUploads).
+async fn open_uploads(g: &Garage, store: &AmazonS3) -> usize {
+    let options = SignedUrlOptions::new().with_query([("uploads", "")]);
+    let url = store
+        .signed_url_opts(
+            Method::GET,
+            &Key::default(),
+            Duration::from_secs(60),
+            &options,
+        )
+        .await
+        .unwrap();
+    let body = reqwest::get(url.as_str()).await.unwrap();
+    assert!(body.status().is_success(), "{}: {:?}", g.endpoint, body);
+    let text = body.text().await.unwrap();
+    assert!(text.contains("ListMultipartUploadsResult"), "{text}");
+    text.matches("<UploadId>").count()
+}
+
+fn tree(root: &Path, big: u64, small: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut want = BTreeMap::new();
+    std::fs::create_dir_all(root.join("tree/empty")).unwrap();
+    write_file(&root.join("tree/big"), big, 7);
+    want.insert(
+        "tree/big".to_owned(),
+        std::fs::read(root.join("tree/big")).unwrap(),
+    );
+    for i in 0..small {
+        let rel = format!("tree/d{}/e{}/f{i}", i % 7, i % 3);
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = data(1 + (i * 997) % 20_000, i as u64);
+        std::fs::write(&path, &bytes).unwrap();
+        want.insert(rel, bytes);
+    }
+    want
+}
+
+async fn send(
+    paths: Vec<std::path::PathBuf>,
+    to: Vec<String>,
+    o: TransferOptions,
+) -> tidegate::Report {
+    Transfer::new(paths, to)
+        .options(o)
+        .start()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_arrives_with_its_blake3_metadata_and_sending_again_skips_it() {
+    let g = Garage::start();
+    let src = tempfile::tempdir().unwrap();
+    let want = tree(src.path(), 1 << 30, 2000);
+    let to = format!("s3://{}/backup/2026", g.bucket);
+    let report = send(vec![src.path().join("tree")], vec![to.clone()], options(&g)).await;
+    assert!(report.success(), "{report:?}");
+    let d = &report.destinations[0];
+    assert_eq!(d.already_there, 0);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.contains("1 empty directory") && n.contains("tree/empty")),
+        "{:?}",
+        d.notes
+    );
+    let store = client(&g);
+    let got = objects(&store, "backup/2026").await;
+    assert_eq!(got.len(), want.len());
+    for (rel, bytes) in &want {
+        let (stored, blake3) = &got[&format!("backup/2026/{rel}")];
+        assert!(stored == bytes, "{rel}: bytes differ");
+        assert_eq!(
+            blake3.as_deref(),
+            Some(blake3::hash(bytes).to_hex().as_str()),
+            "{rel}"
+        );
+    }
+    assert_eq!(open_uploads(&g, &store).await, 0);
+
+    // Again: every object is there with the same size and root.
+    let again = send(vec![src.path().join("tree")], vec![to], options(&g)).await;
+    assert!(again.success(), "{again:?}");
+    let d = &again.destinations[0];
+    assert_eq!(d.already_there, want.len() as u64, "{d:?}");
+    assert_eq!(d.bytes, 0, "nothing uploaded: {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_large_file_is_uploaded_again_and_a_changed_small_one_too() {
+    let g = Garage::start();
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big");
+    let small = src.path().join("small");
+    write_file(&big, 40 * MIB, 1);
+    std::fs::write(&small, data(5000, 1)).unwrap();
+    let to = format!("s3://{}/", g.bucket);
+    let paths = vec![big.clone(), small.clone()];
+    let first = send(paths.clone(), vec![to.clone()], options(&g)).await;
+    assert!(first.success(), "{first:?}");
+    // Same sizes, other bytes: the roots differ from the stored metadata.
+    write_file(&big, 40 * MIB, 2);
+    std::fs::write(&small, data(5000, 2)).unwrap();
+    let second = send(paths, vec![to], options(&g)).await;
+    assert!(second.success(), "{second:?}");
+    assert_eq!(second.destinations[0].already_there, 0);
+    let got = objects(&client(&g), "").await;
+    for (key, path) in [("big", &big), ("small", &small)] {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(got[key].0 == bytes, "{key}: old bytes");
+        assert_eq!(
+            got[key].1.as_deref(),
+            Some(blake3::hash(&bytes).to_hex().as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_leaves_no_multipart_upload_open() {
+    let g = Garage::start();
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big");
+    write_file(&big, 512 * MIB, 3);
+    let mut transfer =
+        Transfer::new(vec![big], vec![format!("s3://{}/c", g.bucket)]).options(options(&g));
+    let mut events = transfer.subscribe();
+    let handle = transfer.start().unwrap();
+    // Cancel once some parts were stored, with more in flight.
+    while let Some(event) = events.recv().await {
+        if let Progress::Bytes { done_bytes, .. } = event {
+            if done_bytes >= 30 * MIB {
+                break;
+            }
+        }
+    }
+    handle.cancel();
+    let report = handle.wait().await.unwrap();
+    assert!(report.cancelled);
+    let store = client(&g);
+    assert_eq!(open_uploads(&g, &store).await, 0, "an upload was left open");
+    assert!(objects(&store, "c").await.is_empty(), "nothing half-stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_a_missing_bucket_fail_at_once() {
+    let g = Garage::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let mut o = options(&g);
+    o.s3.secret_access_key = Some("not the secret".into());
+    let report = send(vec![file.clone()], vec![format!("s3://{}/", g.bucket)], o).await;
+    let d = &report.destinations[0];
+    assert_eq!(d.failure, Some(DestinationFailure::Authentication), "{d:?}");
+    assert!(
+        d.error
+            .as_deref()
+            .unwrap()
+            .contains("refused the credentials"),
+        "{d:?}"
+    );
+
+    let report = send(
+        vec![file.clone()],
+        vec!["s3://no-such-bucket/".into()],
+        options(&g),
+    )
+    .await;
+    let d = &report.destinations[0];
+    assert!(
+        d.error.as_deref().unwrap().contains("does not exist"),
+        "{d:?}"
+    );
+    let mut o = options(&g);
+    o.s3.access_key_id = None;
+    let report = send(vec![file], vec![format!("s3://{}/", g.bucket)], o).await;
+    assert!(
+        report.destinations[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("AWS_ACCESS_KEY_ID"),
+        "{report:?}"
+    );
+    assert!(objects(&client(&g), "").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_to_a_receiver_and_an_object_store_reads_the_source_once() {
+    let g = Garage::start();
+    let server = TestServer::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let want = tree(src.path(), 64 * MIB, 200);
+    let total: u64 = want.values().map(|b| b.len() as u64).sum();
+    let report = send(
+        vec![src.path().join("tree")],
+        vec![server.addr.to_string(), format!("s3://{}/fan", g.bucket)],
+        options(&g),
+    )
+    .await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(report.bytes, total, "the source was read once");
+    let got = objects(&client(&g), "fan").await;
+    assert_eq!(got.len(), want.len());
+    for (rel, bytes) in &want {
+        assert!(got[&format!("fan/{rel}")].0 == *bytes, "{rel}");
+    }
+    let root = server.stop().await;
+    crate::common::assert_same_tree(&src.path().join("tree"), &root.path().join("tree"));
+}
