@@ -600,7 +600,16 @@ async fn serve_out_of_descriptors_keeps_serving() {
         assert!(server.try_wait().unwrap().is_none(), "serve exited");
     }
     drop(held);
-    // Once they are gone, a transfer goes through.
+    // Once they are gone (the receiver has closed its ends, which takes it a moment when the
+    // machine is busy), a transfer goes through.
+    let fds = format!("/proc/{}/fd", server.id());
+    for _ in 0..300 {
+        let open = std::fs::read_dir(&fds).map_or(0, Iterator::count);
+        if open < 16 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("after.txt"), b"still here").unwrap();
     succeeds(
