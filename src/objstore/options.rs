@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 use super::target::S3Target;
@@ -111,6 +111,9 @@ impl S3Options {
         let mut client = ClientOptions::new().with_connect_timeout(connect_timeout);
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&target.bucket)
+            // Each request carries the CRC-64 of its body, which the store checks before it
+            // keeps anything: the bytes it stores are the bytes that were sent.
+            .with_checksum_algorithm(Checksum::CRC64NVME)
             .with_region(self.region.as_deref().unwrap_or("us-east-1"))
             .with_access_key_id(id)
             .with_secret_access_key(secret)
