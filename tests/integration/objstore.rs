@@ -281,3 +281,39 @@ async fn a_fan_out_to_a_receiver_and_an_object_store_reads_the_source_once() {
     let root = server.stop().await;
     crate::common::assert_same_tree(&src.path().join("tree"), &root.path().join("tree"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_of_three_killed_mid_upload_loses_nothing() {
+    let mut g = Garage::cluster(3);
+    let src = tempfile::tempdir().unwrap();
+    let want = tree(src.path(), 256 * MIB, 100);
+    let mut transfer = Transfer::new(
+        vec![src.path().join("tree")],
+        vec![format!("s3://{}/k", g.bucket)],
+    )
+    .options(options(&g));
+    let mut events = transfer.subscribe();
+    let handle = transfer.start().unwrap();
+    let mut killed = false;
+    while let Some(event) = events.recv().await {
+        if let Progress::Bytes { done_bytes, .. } = event {
+            if !killed && done_bytes >= 40 * MIB {
+                g.kill(2);
+                killed = true;
+            }
+        }
+    }
+    let report = handle.wait().await.unwrap();
+    assert!(killed, "the transfer ended before a node was killed");
+    assert!(report.success(), "{report:?}");
+    let got = objects(&client(&g), "k").await;
+    assert_eq!(got.len(), want.len());
+    for (rel, bytes) in &want {
+        let (stored, blake3) = &got[&format!("k/{rel}")];
+        assert!(stored == bytes, "{rel}: bytes differ");
+        assert_eq!(
+            blake3.as_deref(),
+            Some(blake3::hash(bytes).to_hex().as_str())
+        );
+    }
+}
