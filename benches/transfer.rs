@@ -6,7 +6,7 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidegate::protocol::{decode, encode, encode_head, Frame, MAX_FRAME_LEN};
-use tidegate_testkit::{send, write_file, TestServer};
+use tidegate_testkit::{send, test_key, write_file, TestServer};
 
 fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
@@ -54,13 +54,10 @@ fn loopback(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 let server = TestServer::start().await;
-                let report = send(
-                    vec![file.clone()],
-                    server.addr.to_string(),
-                    Default::default(),
-                )
-                .await;
-                assert!(report.success());
+                let mut options = tidegate::TransferOptions::default();
+                options.key = test_key();
+                let report = send(vec![file.clone()], server.addr.to_string(), options).await;
+                assert!(report.success(), "{report:?}");
                 server.stop().await;
             })
         })
