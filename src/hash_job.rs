@@ -164,7 +164,7 @@ fn known_total(inputs: &[Input]) -> Option<u64> {
             .ok()
             .filter(|m| m.is_file())
             .map(|m| sum + m.len()),
-        Input::Stdin => None,
+        Input::Stdin | Input::Stream(_) => None,
     })
 }
 

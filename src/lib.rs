@@ -44,7 +44,7 @@ pub use pipeline::chunk::ChunkSize;
 pub use pipeline::options::{OptionsError, PipelineOptions};
 pub use progress::{ConnectionState, Progress};
 pub use server::{Server, ServerEvent, ServerOptions, ServerStatus, MIN_PARTIAL_EXPIRY};
-pub use source::{Input, SourceError};
+pub use source::{Input, SourceError, StreamInput};
 pub use transfer::{
     Authentication, DestinationFailure, DestinationReport, Report, Transfer, TransferError,
     TransferHandle, TransferOptions,

@@ -1,6 +1,7 @@
 //! Peak RSS of `tidegate send` putting a 2 GiB file into a real Garage (one node, on
 //! loopback) with default options: parts in flight hold chunks, which count against the
-//! budget, so the sender stays within the same 96 MiB as with a receiver.
+//! budget, so the sender stays within the same 96 MiB as with a receiver. Then of
+//! `tidegate hash --check` reading the object back: its body streams through the pipeline.
 #![cfg(feature = "s3")]
 
 use std::io::Write;
@@ -22,6 +23,7 @@ fn peak_rss_sending_2_gib_into_an_object_store_stays_near_the_budget() {
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
     let mut reference = blake3::Hasher::new();
+    let url = format!("s3://{}/rss/big.bin", g.bucket);
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
         let block = common::data(1 << 20, 9);
@@ -61,11 +63,12 @@ fn peak_rss_sending_2_gib_into_an_object_store_stays_near_the_budget() {
         ))
         .unwrap();
     assert_eq!(head.meta.size, FILE_BYTES);
+    let root = reference.finalize().to_hex().to_string();
     assert_eq!(
         head.attributes
             .get(&Attribute::Metadata("blake3".into()))
             .map(|v| v.to_string()),
-        Some(reference.finalize().to_hex().to_string())
+        Some(root.clone())
     );
     eprintln!(
         "peak RSS putting 2 GiB into Garage: sender {:.1} MiB",
@@ -74,5 +77,21 @@ fn peak_rss_sending_2_gib_into_an_object_store_stays_near_the_budget() {
     assert!(
         peak < BOUND_BYTES,
         "sender peak RSS {peak} bytes exceeds {BOUND_BYTES}"
+    );
+
+    let sums = src.path().join("sums");
+    std::fs::write(&sums, format!("{root}  {url}\n")).unwrap();
+    let mut check = tidegate();
+    check
+        .args(["hash", "--check", "--no-progress"])
+        .arg(&sums)
+        .envs(g.env());
+    let (status, out, peak) = run_measured(&mut check);
+    assert!(status.success(), "check failed: {status}: {out}");
+    assert!(out.contains(&format!("{url}: OK")), "{out}");
+    eprintln!("peak RSS checking the 2 GiB object: {:.1} MiB", mib(peak));
+    assert!(
+        peak < BOUND_BYTES,
+        "checker peak RSS {peak} bytes exceeds {BOUND_BYTES}"
     );
 }

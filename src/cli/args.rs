@@ -167,10 +167,10 @@ pub(crate) struct SendArgs {
     pub(crate) s3: S3Args,
 }
 
-/// Where `s3://` destinations are. Credentials come from `AWS_ACCESS_KEY_ID` and
-/// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`).
+/// Where `s3://` destinations and checked objects are. Credentials come from
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`).
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Object store (s3:// destinations)")]
+#[command(next_help_heading = "Object store (s3:// URLs)")]
 pub(crate) struct S3Args {
     /// Endpoint of an S3-compatible store (http://127.0.0.1:3900); default
     /// AWS_ENDPOINT_URL, else AWS S3.
@@ -179,6 +179,21 @@ pub(crate) struct S3Args {
     /// Region to sign for (Garage's default is `garage`); default AWS_REGION, else us-east-1.
     #[arg(long, value_name = "REGION")]
     pub(crate) s3_region: Option<String>,
+}
+
+#[cfg(feature = "s3")]
+impl S3Args {
+    /// The standard `AWS_*` variables, with the flags over them.
+    pub(crate) fn options(&self) -> tidegate::objstore::S3Options {
+        let mut options = tidegate::objstore::S3Options::from_env();
+        if let Some(endpoint) = &self.s3_endpoint {
+            options.endpoint = Some(endpoint.clone());
+        }
+        if let Some(region) = &self.s3_region {
+            options.region = Some(region.clone());
+        }
+        options
+    }
 }
 
 #[derive(Debug, Args)]
@@ -312,4 +327,6 @@ pub(crate) struct HashArgs {
     pub(crate) no_progress: bool,
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub(crate) s3: S3Args,
 }

@@ -29,7 +29,20 @@ pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode>
     if args.check {
         check(&args, options, &files).await
     } else {
-        let inputs = files.iter().map(|f| Input::from_arg(f)).collect();
+        let mut objects = Objects::new(&args);
+        let mut inputs = Vec::with_capacity(files.len());
+        for f in &files {
+            match Input::from_arg(f) {
+                Input::Path(p) => match objects.input(&p) {
+                    Ok(input) => inputs.push(input),
+                    Err(Unusable::Line(why) | Unusable::Store(why)) => {
+                        say::error(why);
+                        return Ok(ExitCode::from(USAGE));
+                    }
+                },
+                other => inputs.push(other),
+            }
+        }
         let report = hash(inputs, options, &args).await?;
         let mut out = std::io::stdout().lock();
         for f in &report.files {
@@ -87,7 +100,7 @@ async fn hash(
             .ok()
             .filter(|m| m.is_file())
             .map(|m| sum + m.len()),
-        Input::Stdin => None,
+        Input::Stdin | Input::Stream(_) => None,
     });
     let mut job = HashJob::new(inputs).options(options);
     let bar = progress::wanted(args.no_progress || args.json, total)
@@ -167,6 +180,58 @@ pub(crate) fn b3sum_hex_line(hex: &str, name: &str) -> String {
     }
 }
 
+/// Why a checkfile line cannot be checked.
+enum Unusable {
+    /// This line is wrong; the others are still checked.
+    Line(String),
+    /// No line naming an object can be checked (no credentials for the store).
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
+    Store(String),
+}
+
+/// Turns checkfile paths into inputs: `s3://BUCKET/KEY` is an object, read with the store's
+/// client (made at the first such line), anything else a file.
+struct Objects {
+    #[cfg(feature = "s3")]
+    options: Option<tidegate::objstore::S3Options>,
+    #[cfg(feature = "s3")]
+    reader: Option<tidegate::objstore::ObjectReader>,
+}
+
+impl Objects {
+    #[cfg_attr(not(feature = "s3"), allow(unused_variables))]
+    fn new(args: &HashArgs) -> Self {
+        Objects {
+            #[cfg(feature = "s3")]
+            options: Some(args.s3.options()),
+            #[cfg(feature = "s3")]
+            reader: None,
+        }
+    }
+
+    fn input(&mut self, path: &Path) -> Result<Input, Unusable> {
+        let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) else {
+            return Ok(Input::Path(path.to_path_buf()));
+        };
+        #[cfg(feature = "s3")]
+        {
+            use tidegate::objstore::{ObjectReader, ObjectUrlError};
+            let options = &mut self.options;
+            let reader = self
+                .reader
+                .get_or_insert_with(|| ObjectReader::new(options.take().unwrap_or_default()));
+            reader.input(url).map_err(|e| match e {
+                ObjectUrlError::Store(e) => Unusable::Store(e.to_string()),
+                e => Unusable::Line(e.to_string()),
+            })
+        }
+        #[cfg(not(feature = "s3"))]
+        Err(Unusable::Line(format!(
+            "{url}: this build has no object-store support (feature `s3`)"
+        )))
+    }
+}
+
 /// One parsed line of a checkfile.
 #[derive(Debug, PartialEq, Eq)]
 struct Expected {
@@ -226,7 +291,9 @@ async fn check(
     checkfiles: &[String],
 ) -> anyhow::Result<ExitCode> {
     let mut expected = Vec::new();
+    let mut inputs = Vec::new();
     let mut malformed = 0usize;
+    let mut objects = Objects::new(args);
     for checkfile in checkfiles {
         let reader: Box<dyn BufRead> = if checkfile == "-" {
             Box::new(BufReader::new(std::io::stdin()))
@@ -240,19 +307,23 @@ async fn check(
             if line.is_empty() {
                 continue;
             }
-            match parse_line(&line) {
-                Ok(e) => expected.push(e),
-                Err(why) => {
+            let parsed = parse_line(&line).map_err(Unusable::Line);
+            match parsed.and_then(|e| Ok((objects.input(&e.path)?, e))) {
+                Ok((input, e)) => {
+                    inputs.push(input);
+                    expected.push(e);
+                }
+                Err(Unusable::Line(why)) => {
                     malformed += 1;
                     say::error(format_args!("{checkfile}:{}: {why}", n + 1));
+                }
+                Err(Unusable::Store(why)) => {
+                    say::error(why);
+                    return Ok(ExitCode::FAILURE);
                 }
             }
         }
     }
-    let inputs = expected
-        .iter()
-        .map(|e| Input::Path(e.path.clone()))
-        .collect();
     let report = hash(inputs, options, args).await?;
     let mut out = std::io::stdout().lock();
     let mut failed = 0usize;

@@ -53,13 +53,7 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     };
     #[cfg(feature = "s3")]
     {
-        options.s3 = tidegate::objstore::S3Options::from_env();
-        if let Some(endpoint) = &args.s3.s3_endpoint {
-            options.s3.endpoint = Some(endpoint.clone());
-        }
-        if let Some(region) = &args.s3.s3_region {
-            options.s3.region = Some(region.clone());
-        }
+        options.s3 = args.s3.options();
     }
     let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
     // Progress events, and the total (one more `stat` per file, on a thread of its own), only

@@ -6,6 +6,7 @@
 //! - [`options`]: endpoint, region and credentials, from the standard `AWS_*` variables.
 //! - `upload.rs`: the destination's task, with one upload per file: single `PUT`s for small
 //!   files, several at once, and multipart uploads fed by the chunks for large ones.
+//! - [`read`]: objects as pipeline inputs, for `hash --check` with `s3://` paths.
 //! - `meta.rs`: the `blake3` user metadata each object carries, and the copy that sets it
 //!   on an object uploaded in parts (whose root is known only after its last part).
 //!
@@ -13,10 +14,12 @@
 //! answered, so the bound holds with an object store in the fan-out.
 
 pub mod options;
+pub mod read;
 pub mod target;
 
 pub(crate) mod meta;
 pub(crate) mod upload;
 
 pub use options::{ObjectStoreError, S3Options};
+pub use read::{ObjectReader, ObjectUrlError};
 pub use target::{is_object_store, S3Target};

@@ -109,6 +109,13 @@ impl FileSource {
                 },
                 None,
             ),
+            Input::Stream(s) => (
+                Route::Stream {
+                    stream: s.open().map_err(open_err)?,
+                    eof: false,
+                },
+                None,
+            ),
             Input::Path(p) => {
                 let file = File::open(p).map_err(open_err)?;
                 let meta = file.metadata().map_err(open_err)?;

@@ -20,8 +20,9 @@ pub(crate) mod read;
 pub mod walk;
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub(crate) use dir::LastDir;
 pub(crate) use file::{FileSource, RawChunk};
@@ -31,14 +32,66 @@ pub(crate) use mmap::release_pages;
 /// for them, `mmap` + `munmap` + page faults cost more than copying the bytes.
 pub const SMALL_FILE_BYTES: u64 = 64 * 1024;
 
-/// Something to read: a path, or standard input.
+/// Something to read: a path, standard input, or a stream opened on demand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A file, pipe or special file on disk.
     Path(PathBuf),
     /// The process's standard input (`-` on the command line).
     Stdin,
+    /// A stream from elsewhere (an object in a store, say), read like stdin.
+    Stream(StreamInput),
 }
+
+/// Opens a [`StreamInput`]'s bytes.
+type Opener = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
+
+/// A named stream, opened on the reading thread when the pipeline reaches it, so that only
+/// the input being read holds a connection. Its reads may block; they run on that thread.
+#[derive(Clone)]
+pub struct StreamInput {
+    name: PathBuf,
+    open: Arc<Opener>,
+}
+
+impl StreamInput {
+    /// A stream named `name` in messages and reports, whose bytes `open` provides.
+    pub fn new(
+        name: impl Into<String>,
+        open: impl Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync + 'static,
+    ) -> Self {
+        StreamInput {
+            name: PathBuf::from(name.into()),
+            open: Arc::new(open),
+        }
+    }
+
+    /// The name given to [`new`](Self::new).
+    pub fn name(&self) -> &Path {
+        &self.name
+    }
+
+    pub(crate) fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        (self.open)()
+    }
+}
+
+impl fmt::Debug for StreamInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamInput")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two stream inputs are equal when they are clones of one another.
+impl PartialEq for StreamInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.open, &other.open)
+    }
+}
+
+impl Eq for StreamInput {}
 
 impl Input {
     /// `-` means stdin, anything else is a path.
@@ -55,6 +108,7 @@ impl Input {
         match self {
             Input::Path(p) => p,
             Input::Stdin => Path::new("-"),
+            Input::Stream(s) => s.name(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! and the roots in the final event.
 
 use tauri::ipc::Channel;
-use tidegate::{HashHandle, Input, Progress};
+use tidegate::{HashHandle, Progress};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, ErrorKind};
@@ -39,10 +39,7 @@ pub(crate) async fn drive(
                 .files
                 .into_iter()
                 .map(|f| {
-                    let path = match &f.input {
-                        Input::Path(p) => p.display().to_string(),
-                        Input::Stdin => "-".into(),
-                    };
+                    let path = f.input.to_string();
                     let (blake3, error) = match f.result {
                         Ok(root) => (Some(root.to_hex().to_string()), None),
                         Err(e) => (None, Some(Error::new(ErrorKind::Io, e.to_string()))),

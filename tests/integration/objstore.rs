@@ -317,3 +317,94 @@ async fn one_node_of_three_killed_mid_upload_loses_nothing() {
         );
     }
 }
+
+/// Through the binary, with only the standard variables: `send --to s3://…` puts the tree in,
+/// and `hash --check` on a sums file of `s3://` URLs finds every object OK. An object replaced
+/// with other bytes and a missing one are each FAILED, with exit code 1; without credentials
+/// the check stops at once and says which variables to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_into_the_store_and_checks_the_objects_against_sums() {
+    use crate::common::process::{succeeds, tidegate};
+    let g = Garage::start();
+    let src = tempfile::tempdir().unwrap();
+    let want = tree(src.path(), 24 * MIB, 40);
+    let to = format!("s3://{}/cli", g.bucket);
+    succeeds(
+        tidegate()
+            .args(["send", "--no-progress", "--to", &to])
+            .arg(src.path().join("tree"))
+            .envs(g.env()),
+    );
+    let url = |rel: &str| format!("{to}/{rel}");
+    let mut sums: String = want
+        .iter()
+        .map(|(rel, bytes)| format!("{}  {}\n", blake3::hash(bytes).to_hex(), url(rel)))
+        .collect();
+    let sums_file = src.path().join("sums");
+    std::fs::write(&sums_file, &sums).unwrap();
+    let check = || {
+        tidegate()
+            .args(["hash", "--check", "--no-progress"])
+            .arg(&sums_file)
+            .envs(g.env())
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with(": OK")).count(),
+        want.len(),
+        "{stdout}"
+    );
+
+    // One object replaced by other bytes of the same length, and a line naming no object.
+    let (victim, bytes) = want.iter().find(|(rel, _)| rel.ends_with("/f3")).unwrap();
+    let mut other = bytes.clone();
+    other[0] ^= 1;
+    client(&g)
+        .put(&Key::parse(format!("cli/{victim}")).unwrap(), other.into())
+        .await
+        .unwrap();
+    sums.push_str(&format!(
+        "{}  {}\n",
+        blake3::hash(b"x").to_hex(),
+        url("tree/missing")
+    ));
+    std::fs::write(&sums_file, &sums).unwrap();
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}: FAILED\n", url(victim))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}: FAILED (", url("tree/missing")))
+            && stdout.contains("no such object"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with(": OK")).count(),
+        want.len() - 1
+    );
+
+    let out = tidegate()
+        .args(["hash", "--check", "--no-progress"])
+        .arg(&sums_file)
+        .envs(g.env())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
