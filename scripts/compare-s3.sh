@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # tidegate against `rclone copy` putting data into a one-node Garage on loopback, taking turns:
 # one large page-cached file, and compare-send.py's tree of 10,000 files of 4-64 KiB. Prints
-# each run's wall time (the client's start to its exit) and the client's peak RSS (GNU time's
-# %M), then the medians.
+# each run's wall time (the client's start to its exit), the client's peak RSS (GNU time's %M)
+# and the CPU seconds spent by the client and by Garage (which share the machine's cores, so
+# they say where the time goes), then the medians.
 #
 # Usage: scripts/compare-s3.sh [SIZE=4G] [ROUNDS=3]
 #   TIDEGATE_BIN   the build to measure (default target/release/tidegate)
 #   RCLONE_LARGE   rclone's flags for the large file (default: its best measured here)
 #   RCLONE_SMALL   rclone's flags for the small files (default: its best measured here)
+#   SCENARIOS      which of "large small" to run (default both)
 # Needs garage (cargo install garage --locked), rclone (Debian's package) and GNU time, which
 # it does not install. Garage's data goes under $TIDEGATE_BENCH_DIR/garage and is deleted at
 # the end; every run gets a fresh, empty node. rclone runs without AWS_CA_BUNDLE, which
@@ -81,18 +83,24 @@ start_garage() {
     export RCLONE_CONFIG_G_ACCESS_KEY_ID="$id" RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$secret"
 }
 
-# Prints "SECONDS PEAK_RSS_KIB" for one run of a command.
+# Garage's CPU seconds so far (all its threads).
+garage_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"; }
+
+# Prints "SECONDS PEAK_RSS_KIB CLIENT_CPU GARAGE_CPU" for one run of a command.
 measured() {
-    local t start end
+    local t start end g0 g1
     t=$(mktemp)
+    g0=$(garage_cpu)
     start=$(date +%s.%N)
-    /usr/bin/time -f %M -o "$t" "$@" >/dev/null 2>"$t.err" || {
+    /usr/bin/time -f '%M %U %S' -o "$t" "$@" >/dev/null 2>"$t.err" || {
         cat "$t.err" >&2
         rm -f "$t" "$t.err"
         return 1
     }
     end=$(date +%s.%N)
-    echo "$(echo "$end - $start" | bc) $(tail -1 "$t")"
+    g1=$(garage_cpu)
+    read -r k u sy < <(tail -1 "$t")
+    echo "$(echo "$end - $start" | bc) $k $(echo "$u + $sy" | bc) $(echo "$g1 - $g0" | bc)"
     rm -f "$t" "$t.err"
 }
 
@@ -115,8 +123,8 @@ run() {
 echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores;" \
     "$("$garage" --version 2>/dev/null | head -1); $(rclone version | head -1)"
 echo "rclone large: $rclone_large; rclone small: $rclone_small"
-declare -A secs rss
-for what in large small; do
+declare -A secs rss ccpu gcpu
+for what in ${SCENARIOS:-large small}; do
     run "$what" tidegate || exit 1 # warm-up, uncounted
     for r in $(seq "$rounds"); do
         order="tidegate rclone"
@@ -124,10 +132,12 @@ for what in large small; do
         line="$what round $r:"
         for tool in $order; do
             run "$what" "$tool" || { echo "$tool failed on $what" >&2; exit 1; }
-            read -r s k <"$work.out"
+            read -r s k c gc <"$work.out"
             secs[$what-$tool]+="$s "
             rss[$what-$tool]+="$k "
-            line+=" $tool ${s}s ${k}KiB"
+            ccpu[$what-$tool]+="$c "
+            gcpu[$what-$tool]+="$gc "
+            line+=" $tool ${s}s ${k}KiB cpu ${c}s garage ${gc}s;"
         done
         echo "$line"
     done
@@ -135,13 +145,16 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 big_mib=$(( $(stat -c %s "$big") >> 20 ))
 small_mib=$(du -sm --apparent-size "$small" | cut -f1)
-for what in large small; do
+for what in ${SCENARIOS:-large small}; do
     mib=$big_mib
     [ "$what" = small ] && mib=$small_mib
     for tool in tidegate rclone; do
         s=$(echo "${secs[$what-$tool]}" | median)
         k=$(echo "${rss[$what-$tool]}" | median)
-        echo "$what $tool: median $s s ($(echo "scale=0; $mib / $s" | bc) MiB/s), peak RSS $((k / 1024)) MiB"
+        c=$(echo "${ccpu[$what-$tool]}" | median)
+        gc=$(echo "${gcpu[$what-$tool]}" | median)
+        echo "$what $tool: median $s s ($(echo "scale=0; $mib / $s" | bc) MiB/s), peak RSS $((k / 1024)) MiB," \
+            "CPU: client $c s, Garage $gc s"
     done
     t=$(echo "${secs[$what-tidegate]}" | median)
     o=$(echo "${secs[$what-rclone]}" | median)

@@ -179,6 +179,10 @@ pub(crate) struct S3Args {
     /// Region to sign for (Garage's default is `garage`); default AWS_REGION, else us-east-1.
     #[arg(long, value_name = "REGION")]
     pub(crate) s3_region: Option<String>,
+    /// Sign every body with SHA-256, for an http:// endpoint on a network you do not own
+    /// (costs CPU on both ends; without it the store checks each body's CRC-64).
+    #[arg(long)]
+    pub(crate) s3_sign_payload: bool,
 }
 
 #[cfg(feature = "s3")]
@@ -192,6 +196,7 @@ impl S3Args {
         if let Some(region) = &self.s3_region {
             options.region = Some(region.clone());
         }
+        options.sign_payload = self.s3_sign_payload;
         options
     }
 }

@@ -29,6 +29,11 @@ pub struct S3Options {
     pub files_in_flight: usize,
     /// Parts of one multipart upload in flight at once. Default 4.
     pub parts_in_flight: usize,
+    /// Sign every request body with SHA-256 (SigV4's signed payload), which both ends then
+    /// hash. Off by default, as in rclone and the AWS SDKs over HTTPS: the store checks each
+    /// body's CRC-64 and TLS protects it on the way. Worth turning on for an `http://`
+    /// endpoint on a network the user does not own, where a body could be replaced in transit.
+    pub sign_payload: bool,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -44,6 +49,7 @@ impl std::fmt::Debug for S3Options {
             .field("session_token", &self.session_token.as_ref().map(|_| ".."))
             .field("files_in_flight", &self.files_in_flight)
             .field("parts_in_flight", &self.parts_in_flight)
+            .field("sign_payload", &self.sign_payload)
             .finish()
     }
 }
@@ -66,6 +72,21 @@ pub enum ObjectStoreError {
         /// What the client said.
         why: String,
     },
+}
+
+/// Which requests a client makes, which decides how the store checks their bodies: either
+/// way, the bytes it keeps are the bytes that were sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bodies {
+    /// Whole objects, and requests without a body: each body carries its CRC-64, which the
+    /// store checks, and is signed only with [`S3Options::sign_payload`].
+    Whole,
+    /// Parts of multipart uploads: each body is signed with SHA-256, which the store checks.
+    /// A checksum algorithm on the upload would make the store read and hash the whole
+    /// object again when its `blake3` metadata is set, since the copy that sets it must then
+    /// recompute the object's checksum (as AWS specifies and Garage does); that costs the
+    /// store more than SHA-256 costs both ends.
+    Parts,
 }
 
 /// Default uploads of whole files in flight.
@@ -91,11 +112,13 @@ impl S3Options {
             session_token: var(&["AWS_SESSION_TOKEN"]),
             files_in_flight: FILES_IN_FLIGHT,
             parts_in_flight: PARTS_IN_FLIGHT,
+            sign_payload: false,
         }
     }
 
     /// A client for `target`'s bucket whose requests are retried with backoff for up to
-    /// `retry_for`, and whose connections time out after `connect_timeout`.
+    /// `retry_for`, and whose connections time out after `connect_timeout`; `bodies` says
+    /// which requests it makes.
     ///
     /// # Errors
     /// [`ObjectStoreError`] without credentials or with a malformed endpoint.
@@ -104,16 +127,20 @@ impl S3Options {
         target: &S3Target,
         retry_for: Duration,
         connect_timeout: Duration,
+        bodies: Bodies,
     ) -> Result<Arc<AmazonS3>, ObjectStoreError> {
         let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) else {
             return Err(ObjectStoreError::NoCredentials(target.to_string()));
         };
         let mut client = ClientOptions::new().with_connect_timeout(connect_timeout);
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(&target.bucket)
-            // Each request carries the CRC-64 of its body, which the store checks before it
-            // keeps anything: the bytes it stores are the bytes that were sent.
-            .with_checksum_algorithm(Checksum::CRC64NVME)
+        let mut builder = AmazonS3Builder::new().with_bucket_name(&target.bucket);
+        builder = match bodies {
+            Bodies::Whole => builder
+                .with_checksum_algorithm(Checksum::CRC64NVME)
+                .with_unsigned_payload(!self.sign_payload),
+            Bodies::Parts => builder.with_unsigned_payload(false),
+        };
+        builder = builder
             .with_region(self.region.as_deref().unwrap_or("us-east-1"))
             .with_access_key_id(id)
             .with_secret_access_key(secret)

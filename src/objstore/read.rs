@@ -16,7 +16,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use tokio::runtime::Handle;
 
-use super::options::{ObjectStoreError, S3Options};
+use super::options::{Bodies, ObjectStoreError, S3Options};
 use super::target::{S3Target, TargetError};
 use crate::source::{Input, StreamInput};
 
@@ -86,7 +86,9 @@ impl ObjectReader {
                     bucket: target.bucket.clone(),
                     prefix: String::new(),
                 };
-                let store = self.options.client(&bucket, RETRY_FOR, CONNECT_TIMEOUT)?;
+                let store =
+                    self.options
+                        .client(&bucket, RETRY_FOR, CONNECT_TIMEOUT, Bodies::Whole)?;
                 self.clients
                     .insert(target.bucket.clone(), Arc::clone(&store));
                 store

@@ -7,7 +7,12 @@
 //! made of its chunks as they come, at most `parts_in_flight` at once; an object of the same
 //! size with a `blake3` already there makes its chunks be read through without being sent,
 //! and if the root then differs the file is read again in the redo pass and uploaded. A
-//! failed or cancelled multipart upload is aborted, so no parts are left behind.
+//! failed or cancelled multipart upload is aborted, so no parts are left behind. Under a
+//! prefix that was empty when the destination started, nothing is looked up first.
+//!
+//! The store checks every body (see [`Bodies`]). A whole object it refused as damaged on the
+//! way is sent again from the bytes still held; a damaged part sends its file to the redo
+//! pass, since the chunks of the parts already answered are gone.
 //!
 //! Chunks are held, with their budget permits, until the request that carries them is
 //! answered: the memory bound of the transfer holds.
@@ -24,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::meta::{self, Existing};
-use super::options::S3Options;
+use super::options::{Bodies, S3Options};
 use super::target::S3Target;
 use crate::client::dispatch::{DestEvent, Note, Outcome};
 use crate::pipeline::chunk::Chunk;
@@ -79,7 +84,10 @@ struct Counts {
 
 /// What every file task shares.
 struct Ctx {
+    /// For whole objects and requests without a body.
     store: Arc<AmazonS3>,
+    /// For multipart uploads (see [`Bodies::Parts`]).
+    parts: Arc<AmazonS3>,
     http: reqwest::Client,
     target: S3Target,
     notes: mpsc::Sender<(usize, Note)>,
@@ -91,6 +99,9 @@ struct Ctx {
     parts_in_flight: usize,
     retry_for: Duration,
     force: bool,
+    /// Nothing was under the prefix when the destination started, so no object needs looking
+    /// up before it is put (one request per file fewer, which a tree of small files feels).
+    fresh: bool,
 }
 
 impl Ctx {
@@ -196,19 +207,23 @@ impl Upload {
     }
 
     pub(crate) async fn run(mut self) -> Outcome {
-        let store = match self
-            .options
-            .client(&self.target, self.retry_for, self.connect_timeout)
-        {
-            Ok(store) => store,
-            Err(e) => return Self::fatal(e.to_string(), DestinationFailure::Other),
+        let client = |bodies| {
+            self.options
+                .client(&self.target, self.retry_for, self.connect_timeout, bodies)
         };
-        if let Err((why, failure)) = probe(&store, &self.target, &self.cancel).await {
-            return Self::fatal(why, failure);
-        }
+        let (store, parts) =
+            match client(Bodies::Whole).and_then(|s| Ok((s, client(Bodies::Parts)?))) {
+                Ok(clients) => clients,
+                Err(e) => return Self::fatal(e.to_string(), DestinationFailure::Other),
+            };
+        let fresh = match probe(&store, &self.target, &self.cancel).await {
+            Ok(empty) => empty,
+            Err((why, failure)) => return Self::fatal(why, failure),
+        };
         let (files_in_flight, parts_in_flight) = self.options.limits();
         let ctx = Arc::new(Ctx {
             store,
+            parts,
             http: reqwest::Client::new(),
             target: self.target.clone(),
             notes: self.notes.clone(),
@@ -220,6 +235,7 @@ impl Upload {
             parts_in_flight,
             retry_for: self.retry_for,
             force: self.force,
+            fresh,
         });
         let slots = Arc::new(Semaphore::new(files_in_flight));
         let mut tasks = JoinSet::new();
@@ -327,12 +343,13 @@ async fn send_piece(
 }
 
 /// One request to the bucket before anything is read: a missing bucket or refused
-/// credentials fail the destination at once, with what the store said.
+/// credentials fail the destination at once, with what the store said. Returns whether
+/// nothing is stored under the prefix.
 async fn probe(
     store: &AmazonS3,
     target: &S3Target,
     cancel: &CancellationToken,
-) -> Result<(), (String, DestinationFailure)> {
+) -> Result<bool, (String, DestinationFailure)> {
     use futures_util::StreamExt;
     let prefix = Path::parse(&target.prefix).map_err(|e| {
         (
@@ -346,7 +363,8 @@ async fn probe(
         first = listing.next() => first,
     };
     match first {
-        None | Some(Ok(_)) => Ok(()),
+        None => Ok(true),
+        Some(Ok(_)) => Ok(false),
         Some(Err(object_store::Error::NotFound { .. })) => Err((
             format!("{target}: the bucket {:?} does not exist", target.bucket),
             DestinationFailure::Other,
@@ -403,6 +421,47 @@ fn said(error: &str) -> String {
     }
 }
 
+/// Whether the store refused a body that did not match its checksum or signed hash: it was
+/// damaged on the way, and nothing of it was kept.
+fn damaged(error: &object_store::Error) -> bool {
+    let text = error.to_string();
+    ["InvalidDigest", "BadDigest", "XAmzContentSHA256Mismatch"]
+        .iter()
+        .any(|code| text.contains(&format!("<Code>{code}</Code>")))
+}
+
+/// How many times a whole object damaged on the way is sent again at once.
+const DAMAGED_RETRIES: usize = 3;
+
+/// Why uploading in parts stopped.
+enum PartsError {
+    Failed(String),
+    /// A part was damaged on the way: worth reading the file again.
+    Damaged(String),
+}
+
+impl From<String> for PartsError {
+    fn from(why: String) -> Self {
+        PartsError::Failed(why)
+    }
+}
+
+impl From<&str> for PartsError {
+    fn from(why: &str) -> Self {
+        PartsError::Failed(why.to_owned())
+    }
+}
+
+/// A failed part's error, damaged or not.
+fn part_failed(key: &Path, e: &object_store::Error) -> PartsError {
+    let why = format!("a part of {key} failed: {e}");
+    if damaged(e) {
+        PartsError::Damaged(why)
+    } else {
+        PartsError::Failed(why)
+    }
+}
+
 /// The object key of an entry.
 fn key_of(target: &S3Target, entry: &Entry) -> Result<Path, String> {
     let rel = std::str::from_utf8(&entry.rel)
@@ -423,6 +482,19 @@ enum Fate {
     /// Its root differed from the object's: read it again in the redo pass.
     Redo,
     Failed(String),
+}
+
+/// What to do about a part damaged on the way: read the file again in the redo pass (parts
+/// already answered cannot be sent again: their chunks are gone), unless this is that pass.
+fn after_damage(ctx: &Ctx, why: String) -> Fate {
+    if ctx.force {
+        Fate::Failed(format!(
+            "{why}; damaged on the way to the store, also when sent again"
+        ))
+    } else {
+        tracing::warn!(%why, "a part was damaged on the way to the store; reading the file again");
+        Fate::Redo
+    }
 }
 
 async fn upload_file(
@@ -486,7 +558,7 @@ async fn store_file(ctx: &Ctx, key: &Path, size: u64, pieces: &mut mpsc::Receive
             ctx.budget
         ));
     };
-    let existing = if ctx.force {
+    let existing = if ctx.force || ctx.fresh {
         None
     } else {
         match meta::existing(&ctx.store, key).await {
@@ -527,11 +599,22 @@ async fn store_file(ctx: &Ctx, key: &Path, size: u64, pieces: &mut mpsc::Receive
         attributes: meta::attributes(&root),
         ..PutOptions::default()
     };
-    let put = ctx.store.put_opts(key, payload(&held), options);
-    let result = tokio::select! {
-        biased;
-        () = ctx.cancel.cancelled() => return Fate::Failed("cancelled".into()),
-        result = put => result,
+    let mut tries = 0;
+    let result = loop {
+        let put = ctx.store.put_opts(key, payload(&held), options.clone());
+        let result = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Fate::Failed("cancelled".into()),
+            result = put => result,
+        };
+        match result {
+            // The bytes are still held: send them again.
+            Err(e) if damaged(&e) && tries < DAMAGED_RETRIES => {
+                tries += 1;
+                tracing::warn!(%key, error = %e, "damaged on the way to the store; sending it again");
+            }
+            result => break result,
+        }
     };
     match result {
         Ok(_) => {
@@ -593,7 +676,7 @@ async fn multipart_from(
     let created = tokio::select! {
         biased;
         () = ctx.cancel.cancelled() => return Fate::Failed("cancelled".into()),
-        created = ctx.store.put_multipart_opts(key, PutMultipartOptions::default()) => created,
+        created = ctx.parts.put_multipart_opts(key, PutMultipartOptions::default()) => created,
     };
     let mut upload = match created {
         Ok(upload) => upload,
@@ -601,7 +684,7 @@ async fn multipart_from(
     };
     match parts(ctx, key, part, pieces, held, upload.as_mut()).await {
         Ok(fate) => fate,
-        Err(why) => {
+        Err(error) => {
             // Nothing half-uploaded stays behind, and no parts are billed.
             let abort =
                 tokio::time::timeout(ctx.retry_for.max(Duration::from_secs(5)), upload.abort());
@@ -610,7 +693,10 @@ async fn multipart_from(
                 Ok(Err(e)) => tracing::warn!(%key, error = %e, "cannot abort the multipart upload"),
                 Err(_) => tracing::warn!(%key, "aborting the multipart upload timed out"),
             }
-            Fate::Failed(why)
+            match error {
+                PartsError::Failed(why) => Fate::Failed(why),
+                PartsError::Damaged(why) => after_damage(ctx, why),
+            }
         }
     }
 }
@@ -622,7 +708,7 @@ async fn parts(
     pieces: &mut mpsc::Receiver<Piece>,
     mut held: Vec<Arc<Chunk>>,
     upload: &mut dyn MultipartUpload,
-) -> Result<Fate, String> {
+) -> Result<Fate, PartsError> {
     use futures_util::StreamExt;
     let mut in_flight = InFlight::new();
     let send = |upload: &mut dyn MultipartUpload, chunks: Vec<Arc<Chunk>>| {
@@ -640,7 +726,7 @@ async fn parts(
         while let Some(Some((bytes, result))) =
             futures_util::FutureExt::now_or_never(in_flight.next())
         {
-            result.map_err(|e| format!("a part of {key} failed: {e}"))?;
+            result.map_err(|e| part_failed(key, &e))?;
             ctx.acked(bytes).await;
         }
         match next(ctx, pieces).await {
@@ -655,7 +741,7 @@ async fn parts(
                             answered = in_flight.next() => answered,
                         };
                         if let Some((bytes, result)) = answered {
-                            result.map_err(|e| format!("a part of {key} failed: {e}"))?;
+                            result.map_err(|e| part_failed(key, &e))?;
                             ctx.acked(bytes).await;
                         }
                     }
@@ -663,7 +749,7 @@ async fn parts(
             }
             Some(Piece::End(root)) => break root,
             Some(Piece::Abort) => return Err("could not be read at the source".into()),
-            None => return Err(stopped(ctx)),
+            None => return Err(stopped(ctx).into()),
         }
     };
     if !held.is_empty() || in_flight.is_empty() {
@@ -678,7 +764,7 @@ async fn parts(
         let Some((bytes, result)) = answered else {
             break;
         };
-        result.map_err(|e| format!("a part of {key} failed: {e}"))?;
+        result.map_err(|e| part_failed(key, &e))?;
         ctx.acked(bytes).await;
     }
     tokio::select! {
@@ -697,7 +783,9 @@ async fn parts(
         ctx.retry_for,
     )
     .await
-    .map_err(|why| format!("{key} is stored, but its blake3 metadata could not be set: {why}"))
+    .map_err(|why| {
+        format!("{key} is stored, but its blake3 metadata could not be set: {why}").into()
+    })
     .map(|()| Fate::Stored)
 }
 

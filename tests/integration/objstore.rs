@@ -331,7 +331,7 @@ async fn the_cli_sends_into_the_store_and_checks_the_objects_against_sums() {
     let to = format!("s3://{}/cli", g.bucket);
     succeeds(
         tidegate()
-            .args(["send", "--no-progress", "--to", &to])
+            .args(["send", "--no-progress", "--s3-sign-payload", "--to", &to])
             .arg(src.path().join("tree"))
             .envs(g.env()),
     );
@@ -407,4 +407,41 @@ async fn the_cli_sends_into_the_store_and_checks_the_objects_against_sums() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A byte flipped on the way to the store, first in a whole object's body, then in a part's:
+/// the store refuses the damaged request (the body's CRC-64, or the part's signed SHA-256, no
+/// longer matches), the file is sent again, and each object holds its file's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_damaged_on_the_way_is_refused_by_the_store_and_sent_again() {
+    let g = Garage::start();
+    let garage: std::net::SocketAddr = g.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = crate::common::Proxy::start(garage).await;
+    let mut o = options(&g);
+    o.s3.endpoint = Some(format!("http://{}", proxy.addr));
+    let src = tempfile::tempdir().unwrap();
+    let store = client(&g);
+    for (name, size) in [("whole", 60_000), ("parts", 24 * MIB as usize)] {
+        let file = src.path().join(name);
+        let bytes = data(size, size as u64);
+        std::fs::write(&file, &bytes).unwrap();
+        // Past the request line and headers, well inside the body.
+        proxy.corrupt_at(proxy.forwarded() + 4096 + size as u64 / 2);
+        let report = send(
+            vec![file],
+            vec![format!("s3://{}/damaged", g.bucket)],
+            o.clone(),
+        )
+        .await;
+        assert!(proxy.corrupted(), "{name}: the byte was never flipped");
+        assert!(report.success(), "{name}: {report:?}");
+        let got = objects(&store, "damaged").await;
+        let (stored, blake3) = &got[&format!("damaged/{name}")];
+        assert!(stored == &bytes, "{name}: the stored bytes differ");
+        assert_eq!(
+            blake3.as_deref(),
+            Some(blake3::hash(&bytes).to_hex().as_str())
+        );
+    }
+    assert_eq!(open_uploads(&g, &store).await, 0);
 }
