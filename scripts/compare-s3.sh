@@ -10,9 +10,11 @@
 #   RCLONE_LARGE   rclone's flags for the large file (default: its best measured here)
 #   RCLONE_SMALL   rclone's flags for the small files (default: its best measured here)
 #   SCENARIOS      which of "large small" to run (default both)
+#   GARAGE_DIR     where Garage keeps its data (default $TIDEGATE_BENCH_DIR/garage); a tmpfs
+#                  such as /dev/shm/tidegate-garage takes the disk out of the comparison
 # Needs garage (cargo install garage --locked), rclone (Debian's package) and GNU time, which
-# it does not install. Garage's data goes under $TIDEGATE_BENCH_DIR/garage and is deleted at
-# the end; every run gets a fresh, empty node. rclone runs without AWS_CA_BUNDLE, which
+# it does not install. Garage's data goes under GARAGE_DIR and is deleted at the end; every
+# run gets a fresh, empty node. rclone runs without AWS_CA_BUNDLE, which
 # rclone 1.60 cannot load.
 set -euo pipefail
 size=${1:-4G} rounds=${2:-3}
@@ -31,7 +33,7 @@ import importlib.util, sys
 spec = importlib.util.spec_from_file_location('cs', '$here/scripts/compare-send.py')
 cs = importlib.util.module_from_spec(spec); spec.loader.exec_module(cs); cs.make_small(10000)"
 
-work="$bench/garage"
+work=${GARAGE_DIR:-$bench/garage}
 pid=""
 stop_garage() {
     if [ -n "$pid" ]; then
@@ -39,7 +41,7 @@ stop_garage() {
         wait "$pid" 2>/dev/null || true
         pid=""
     fi
-    rm -rf "$work"
+    rm -rf "$work" 2>/dev/null || { sleep 1; rm -rf "$work"; }
 }
 trap 'stop_garage; rm -f "$work.out"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -34,6 +34,10 @@ pub struct S3Options {
     /// body's CRC-64 and TLS protects it on the way. Worth turning on for an `http://`
     /// endpoint on a network the user does not own, where a body could be replaced in transit.
     pub sign_payload: bool,
+    /// The largest object whose metadata is set with one copy; 0 means S3's limit, 5 GiB,
+    /// which is also the most this takes. Tests lower it to exercise the copy in parts.
+    #[doc(hidden)]
+    pub max_copy: u64,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for S3Options {
             .field("files_in_flight", &self.files_in_flight)
             .field("parts_in_flight", &self.parts_in_flight)
             .field("sign_payload", &self.sign_payload)
+            .field("max_copy", &self.max_copy)
             .finish()
     }
 }
@@ -113,6 +118,7 @@ impl S3Options {
             files_in_flight: FILES_IN_FLIGHT,
             parts_in_flight: PARTS_IN_FLIGHT,
             sign_payload: false,
+            max_copy: 0,
         }
     }
 
@@ -168,6 +174,14 @@ impl S3Options {
                 target: target.to_string(),
                 why: e.to_string(),
             })
+    }
+
+    /// The largest object whose metadata is set with one copy.
+    pub(crate) fn max_copy(&self) -> u64 {
+        match self.max_copy {
+            0 => super::meta::MAX_COPY,
+            n => n.min(super::meta::MAX_COPY),
+        }
     }
 
     /// Files and parts in flight, each at least one.

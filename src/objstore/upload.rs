@@ -98,6 +98,8 @@ struct Ctx {
     budget: u64,
     parts_in_flight: usize,
     retry_for: Duration,
+    /// The largest object copied onto itself in one request (see `meta::set_root`).
+    max_copy: u64,
     force: bool,
     /// Nothing was under the prefix when the destination started, so no object needs looking
     /// up before it is put (one request per file fewer, which a tree of small files feels).
@@ -234,6 +236,7 @@ impl Upload {
             budget: self.budget,
             parts_in_flight,
             retry_for: self.retry_for,
+            max_copy: self.options.max_copy(),
             force: self.force,
             fresh,
         });
@@ -711,6 +714,7 @@ async fn parts(
 ) -> Result<Fate, PartsError> {
     use futures_util::StreamExt;
     let mut in_flight = InFlight::new();
+    let mut stored = 0u64;
     let send = |upload: &mut dyn MultipartUpload, chunks: Vec<Arc<Chunk>>| {
         let bytes = len(&chunks);
         let request = upload.put_part(payload(&chunks));
@@ -727,6 +731,7 @@ async fn parts(
             futures_util::FutureExt::now_or_never(in_flight.next())
         {
             result.map_err(|e| part_failed(key, &e))?;
+            stored += bytes;
             ctx.acked(bytes).await;
         }
         match next(ctx, pieces).await {
@@ -742,6 +747,7 @@ async fn parts(
                         };
                         if let Some((bytes, result)) = answered {
                             result.map_err(|e| part_failed(key, &e))?;
+                            stored += bytes;
                             ctx.acked(bytes).await;
                         }
                     }
@@ -765,6 +771,7 @@ async fn parts(
             break;
         };
         result.map_err(|e| part_failed(key, &e))?;
+        stored += bytes;
         ctx.acked(bytes).await;
     }
     tokio::select! {
@@ -779,7 +786,8 @@ async fn parts(
         &ctx.http,
         &ctx.target.bucket,
         key,
-        &root,
+        (&root, stored),
+        ctx.max_copy,
         ctx.retry_for,
     )
     .await

@@ -445,3 +445,27 @@ async fn a_body_damaged_on_the_way_is_refused_by_the_store_and_sent_again() {
     }
     assert_eq!(open_uploads(&g, &store).await, 0);
 }
+
+/// An object larger than one copy may take (5 GiB on AWS, lowered here) gets its `blake3`
+/// metadata by a copy onto itself in parts, and keeps its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_too_large_for_one_copy_gets_its_metadata_by_a_copy_in_parts() {
+    let g = Garage::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("large");
+    let bytes = data(20 * MIB as usize + 12_345, 5);
+    std::fs::write(&file, &bytes).unwrap();
+    let mut o = options(&g);
+    o.s3.max_copy = 6 * MIB;
+    let report = send(vec![file], vec![format!("s3://{}/copy", g.bucket)], o).await;
+    assert!(report.success(), "{report:?}");
+    let store = client(&g);
+    let got = objects(&store, "copy").await;
+    let (stored, blake3) = &got["copy/large"];
+    assert!(stored == &bytes, "the stored bytes differ");
+    assert_eq!(
+        blake3.as_deref(),
+        Some(blake3::hash(&bytes).to_hex().as_str())
+    );
+    assert_eq!(open_uploads(&g, &store).await, 0);
+}
