@@ -12,6 +12,8 @@
 #   SCENARIOS      which of "large small" to run (default both)
 #   GARAGE_DIR     where Garage keeps its data (default $TIDEGATE_BENCH_DIR/garage); a tmpfs
 #                  such as /dev/shm/tidegate-garage takes the disk out of the comparison
+#   GARAGE_FS      a size (12G): put GARAGE_DIR on a new ext4 filesystem for every run (needs
+#                  root and a loop device)
 # Needs garage (cargo install garage --locked), rclone (Debian's package) and GNU time, which
 # it does not install. Garage's data goes under GARAGE_DIR and is deleted at the end; every
 # run gets a fresh, empty node. rclone runs without AWS_CA_BUNDLE, which
@@ -21,8 +23,8 @@ size=${1:-4G} rounds=${2:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "${TIDEGATE_BIN:-$here/target/release/tidegate}")
 bench=${TIDEGATE_BENCH_DIR:-/tmp/tidegate-bench}
-rclone_large=${RCLONE_LARGE:---s3-upload-concurrency 8 --s3-chunk-size 16M}
-rclone_small=${RCLONE_SMALL:---transfers 32 --checkers 32}
+rclone_large=${RCLONE_LARGE:---s3-upload-concurrency 8 --s3-chunk-size 16M --s3-disable-checksum}
+rclone_small=${RCLONE_SMALL:---transfers 32 --checkers 32 --no-check-dest}
 garage=$(command -v garage || echo "$HOME/.cargo/bin/garage")
 mkdir -p "$bench"
 big="$bench/send-$size.bin"
@@ -34,14 +36,30 @@ spec = importlib.util.spec_from_file_location('cs', '$here/scripts/compare-send.
 cs = importlib.util.module_from_spec(spec); spec.loader.exec_module(cs); cs.make_small(10000)"
 
 work=${GARAGE_DIR:-$bench/garage}
-pid=""
+pid="" dev=""
 stop_garage() {
     if [ -n "$pid" ]; then
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
         pid=""
     fi
+    if [ -n "$dev" ]; then
+        umount "$work"
+        losetup -d "$dev"
+        rm -f "$work.img"
+        dev=""
+    fi
     rm -rf "$work" 2>/dev/null || { sleep 1; rm -rf "$work"; }
+}
+# With GARAGE_FS, Garage's data goes on a new ext4 filesystem for every run (a loop device
+# with direct I/O, as compare-send.py receives trees): ext4 creates files slowly right after
+# tens of thousands were deleted, which would otherwise make each run slower than the last.
+fresh_fs() {
+    [ -n "${GARAGE_FS:-}" ] || return 0
+    truncate -s "$GARAGE_FS" "$work.img"
+    mkfs.ext4 -q -F "$work.img"
+    dev=$(losetup --direct-io=on --find --show "$work.img")
+    mount "$dev" "$work"
 }
 trap 'stop_garage; rm -f "$work.out"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -52,6 +70,7 @@ g() { "$garage" -c "$work/garage.toml" "$@"; }
 start_garage() {
     stop_garage
     mkdir -p "$work"
+    fresh_fs
     local rpc s3 key id secret
     rpc=$(free_port)
     s3=$(free_port)
