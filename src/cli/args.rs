@@ -165,6 +165,10 @@ pub(crate) struct SendArgs {
     pub(crate) pipeline: PipelineArgs,
     #[command(flatten)]
     pub(crate) s3: S3Args,
+    /// Sign every body with SHA-256, for an http:// endpoint on a network you do not own
+    /// (costs CPU on both ends; without it the store checks each body's CRC-64).
+    #[arg(long, help_heading = "Object store (s3:// URLs)")]
+    pub(crate) s3_sign_payload: bool,
 }
 
 /// Where `s3://` destinations and checked objects are. Credentials come from
@@ -179,10 +183,6 @@ pub(crate) struct S3Args {
     /// Region to sign for (Garage's default is `garage`); default AWS_REGION, else us-east-1.
     #[arg(long, value_name = "REGION")]
     pub(crate) s3_region: Option<String>,
-    /// Sign every body with SHA-256, for an http:// endpoint on a network you do not own
-    /// (costs CPU on both ends; without it the store checks each body's CRC-64).
-    #[arg(long)]
-    pub(crate) s3_sign_payload: bool,
 }
 
 #[cfg(feature = "s3")]
@@ -196,7 +196,6 @@ impl S3Args {
         if let Some(region) = &self.s3_region {
             options.region = Some(region.clone());
         }
-        options.sign_payload = self.s3_sign_payload;
         options
     }
 }

@@ -54,6 +54,7 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
     #[cfg(feature = "s3")]
     {
         options.s3 = args.s3.options();
+        options.s3.sign_payload = args.s3_sign_payload;
     }
     let bar = !args.json && progress::wanted(args.no_progress || quiet, None);
     // Progress events, and the total (one more `stat` per file, on a thread of its own), only
