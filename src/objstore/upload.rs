@@ -10,9 +10,8 @@
 //! failed or cancelled multipart upload is aborted, so no parts are left behind. Under a
 //! prefix that was empty when the destination started, nothing is looked up first.
 //!
-//! The store checks every body (see [`Bodies`]). A whole object it refused as damaged on the
-//! way is sent again from the bytes still held; a damaged part sends its file to the redo
-//! pass, since the chunks of the parts already answered are gone.
+//! The store checks every body (see [`Bodies`]). A whole object or a part it refused as
+//! damaged on the way is sent again from the chunks still held, under the same part number.
 //!
 //! Chunks are held, with their budget permits, until the request that carries them is
 //! answered: the memory bound of the transfer holds.
@@ -22,8 +21,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use object_store::aws::AmazonS3;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
+use object_store::{MultipartId, ObjectStore, PutOptions, PutPayload};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -433,37 +433,8 @@ fn damaged(error: &object_store::Error) -> bool {
         .any(|code| text.contains(&format!("<Code>{code}</Code>")))
 }
 
-/// How many times a whole object damaged on the way is sent again at once.
+/// How many times a body damaged on the way (a whole object, or one part) is sent again.
 const DAMAGED_RETRIES: usize = 3;
-
-/// Why uploading in parts stopped.
-enum PartsError {
-    Failed(String),
-    /// A part was damaged on the way: worth reading the file again.
-    Damaged(String),
-}
-
-impl From<String> for PartsError {
-    fn from(why: String) -> Self {
-        PartsError::Failed(why)
-    }
-}
-
-impl From<&str> for PartsError {
-    fn from(why: &str) -> Self {
-        PartsError::Failed(why.to_owned())
-    }
-}
-
-/// A failed part's error, damaged or not.
-fn part_failed(key: &Path, e: &object_store::Error) -> PartsError {
-    let why = format!("a part of {key} failed: {e}");
-    if damaged(e) {
-        PartsError::Damaged(why)
-    } else {
-        PartsError::Failed(why)
-    }
-}
 
 /// The object key of an entry.
 fn key_of(target: &S3Target, entry: &Entry) -> Result<Path, String> {
@@ -485,19 +456,6 @@ enum Fate {
     /// Its root differed from the object's: read it again in the redo pass.
     Redo,
     Failed(String),
-}
-
-/// What to do about a part damaged on the way: read the file again in the redo pass (parts
-/// already answered cannot be sent again: their chunks are gone), unless this is that pass.
-fn after_damage(ctx: &Ctx, why: String) -> Fate {
-    if ctx.force {
-        Fate::Failed(format!(
-            "{why}; damaged on the way to the store, also when sent again"
-        ))
-    } else {
-        tracing::warn!(%why, "a part was damaged on the way to the store; reading the file again");
-        Fate::Redo
-    }
 }
 
 async fn upload_file(
@@ -663,9 +621,10 @@ async fn multipart(ctx: &Ctx, key: &Path, part: u64, pieces: &mut mpsc::Receiver
     multipart_from(ctx, key, part, pieces, Vec::new()).await
 }
 
-/// Parts in flight: each holds its chunks until answered.
+/// Parts in flight: each holds its chunks until answered, and answers with its number, its
+/// bytes and its id in the upload.
 type InFlight = futures_util::stream::FuturesUnordered<
-    futures_util::future::BoxFuture<'static, (u64, object_store::Result<()>)>,
+    futures_util::future::BoxFuture<'static, (usize, u64, object_store::Result<PartId>)>,
 >;
 
 /// Uploads in parts, starting with the chunks `held`; aborts the upload on any failure.
@@ -679,105 +638,129 @@ async fn multipart_from(
     let created = tokio::select! {
         biased;
         () = ctx.cancel.cancelled() => return Fate::Failed("cancelled".into()),
-        created = ctx.parts.put_multipart_opts(key, PutMultipartOptions::default()) => created,
+        created = ctx.parts.create_multipart(key) => created,
     };
-    let mut upload = match created {
-        Ok(upload) => upload,
+    let id = match created {
+        Ok(id) => id,
         Err(e) => return Fate::Failed(format!("cannot start uploading {key}: {e}")),
     };
-    match parts(ctx, key, part, pieces, held, upload.as_mut()).await {
+    match parts(ctx, key, &id, part, pieces, held).await {
         Ok(fate) => fate,
-        Err(error) => {
+        Err(why) => {
             // Nothing half-uploaded stays behind, and no parts are billed.
-            let abort =
-                tokio::time::timeout(ctx.retry_for.max(Duration::from_secs(5)), upload.abort());
+            let abort = tokio::time::timeout(
+                ctx.retry_for.max(Duration::from_secs(5)),
+                ctx.parts.abort_multipart(key, &id),
+            );
             match abort.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(%key, error = %e, "cannot abort the multipart upload"),
                 Err(_) => tracing::warn!(%key, "aborting the multipart upload timed out"),
             }
-            match error {
-                PartsError::Failed(why) => Fate::Failed(why),
-                PartsError::Damaged(why) => after_damage(ctx, why),
-            }
+            Fate::Failed(why)
         }
     }
+}
+
+/// One part: sent, and sent again from the same chunks if the store refused it as damaged on
+/// the way. The chunks (and their budget) are held until it is answered.
+fn send_part(
+    ctx: &Ctx,
+    key: &Path,
+    id: &MultipartId,
+    number: usize,
+    chunks: Vec<Arc<Chunk>>,
+) -> futures_util::future::BoxFuture<'static, (usize, u64, object_store::Result<PartId>)> {
+    let (store, key, id) = (Arc::clone(&ctx.parts), key.clone(), id.clone());
+    Box::pin(async move {
+        let bytes = len(&chunks);
+        let mut tries = 0;
+        let result = loop {
+            match store.put_part(&key, &id, number, payload(&chunks)).await {
+                Err(e) if damaged(&e) && tries < DAMAGED_RETRIES => {
+                    tries += 1;
+                    tracing::warn!(%key, part = number, error = %e,
+                        "a part was damaged on the way to the store; sending it again");
+                }
+                result => break result,
+            }
+        };
+        drop(chunks); // their budget goes back once the part is answered
+        (number, bytes, result)
+    })
 }
 
 async fn parts(
     ctx: &Ctx,
     key: &Path,
+    id: &MultipartId,
     part: u64,
     pieces: &mut mpsc::Receiver<Piece>,
     mut held: Vec<Arc<Chunk>>,
-    upload: &mut dyn MultipartUpload,
-) -> Result<Fate, PartsError> {
+) -> Result<Fate, String> {
     use futures_util::StreamExt;
     let mut in_flight = InFlight::new();
     let mut stored = 0u64;
-    let send = |upload: &mut dyn MultipartUpload, chunks: Vec<Arc<Chunk>>| {
-        let bytes = len(&chunks);
-        let request = upload.put_part(payload(&chunks));
-        let part: futures_util::future::BoxFuture<'static, _> = Box::pin(async move {
-            let result = request.await;
-            drop(chunks); // their budget goes back once the part is answered
-            (bytes, result)
-        });
-        part
+    let mut ids: Vec<Option<PartId>> = Vec::new();
+    let failed = |e: object_store::Error| format!("a part of {key} failed: {e}");
+    let mut answered = |(number, bytes, result): (usize, u64, object_store::Result<PartId>),
+                        ids: &mut Vec<Option<PartId>>| {
+        ids[number] = Some(result.map_err(failed)?);
+        stored += bytes;
+        Ok::<u64, String>(bytes)
     };
     let root = loop {
         // Answers that came meanwhile, without waiting.
-        while let Some(Some((bytes, result))) =
-            futures_util::FutureExt::now_or_never(in_flight.next())
-        {
-            result.map_err(|e| part_failed(key, &e))?;
-            stored += bytes;
-            ctx.acked(bytes).await;
+        while let Some(Some(answer)) = futures_util::FutureExt::now_or_never(in_flight.next()) {
+            ctx.acked(answered(answer, &mut ids)?).await;
         }
         match next(ctx, pieces).await {
             Some(Piece::Chunk(c)) => {
                 held.push(c);
                 if len(&held) >= part {
-                    in_flight.push(send(upload, std::mem::take(&mut held)));
+                    ids.push(None);
+                    let number = ids.len() - 1;
+                    in_flight.push(send_part(ctx, key, id, number, std::mem::take(&mut held)));
                     while in_flight.len() >= ctx.parts_in_flight {
-                        let answered = tokio::select! {
+                        let answer = tokio::select! {
                             biased;
                             () = ctx.cancel.cancelled() => return Err("cancelled".into()),
-                            answered = in_flight.next() => answered,
+                            answer = in_flight.next() => answer,
                         };
-                        if let Some((bytes, result)) = answered {
-                            result.map_err(|e| part_failed(key, &e))?;
-                            stored += bytes;
-                            ctx.acked(bytes).await;
+                        if let Some(answer) = answer {
+                            ctx.acked(answered(answer, &mut ids)?).await;
                         }
                     }
                 }
             }
             Some(Piece::End(root)) => break root,
             Some(Piece::Abort) => return Err("could not be read at the source".into()),
-            None => return Err(stopped(ctx).into()),
+            None => return Err(stopped(ctx)),
         }
     };
-    if !held.is_empty() || in_flight.is_empty() {
-        in_flight.push(send(upload, std::mem::take(&mut held)));
+    if !held.is_empty() || ids.is_empty() {
+        ids.push(None);
+        let number = ids.len() - 1;
+        in_flight.push(send_part(ctx, key, id, number, std::mem::take(&mut held)));
     }
     loop {
-        let answered = tokio::select! {
+        let answer = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Err("cancelled".into()),
-            answered = in_flight.next() => answered,
+            answer = in_flight.next() => answer,
         };
-        let Some((bytes, result)) = answered else {
+        let Some(answer) = answer else {
             break;
         };
-        result.map_err(|e| part_failed(key, &e))?;
-        stored += bytes;
-        ctx.acked(bytes).await;
+        ctx.acked(answered(answer, &mut ids)?).await;
     }
+    // Every part was answered with an id, or this returned early.
+    let ids: Vec<PartId> = ids.into_iter().flatten().collect();
     tokio::select! {
         biased;
         () = ctx.cancel.cancelled() => return Err("cancelled".into()),
-        done = upload.complete() => done.map_err(|e| format!("cannot complete {key}: {e}"))?,
+        done = ctx.parts.complete_multipart(key, id, ids) =>
+            done.map_err(|e| format!("cannot complete {key}: {e}"))?,
     };
     let root = hex(&root);
     // Stored and complete; the metadata comes with a copy onto itself.
@@ -791,9 +774,7 @@ async fn parts(
         ctx.retry_for,
     )
     .await
-    .map_err(|why| {
-        format!("{key} is stored, but its blake3 metadata could not be set: {why}").into()
-    })
+    .map_err(|why| format!("{key} is stored, but its blake3 metadata could not be set: {why}"))
     .map(|()| Fate::Stored)
 }
 

@@ -411,7 +411,8 @@ async fn the_cli_sends_into_the_store_and_checks_the_objects_against_sums() {
 
 /// A byte flipped on the way to the store, first in a whole object's body, then in a part's:
 /// the store refuses the damaged request (the body's CRC-64, or the part's signed SHA-256, no
-/// longer matches), the file is sent again, and each object holds its file's bytes.
+/// longer matches), the body is sent again from the chunks still held (the file is read
+/// once), and each object holds its file's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_damaged_on_the_way_is_refused_by_the_store_and_sent_again() {
     let g = Garage::start();
@@ -435,6 +436,7 @@ async fn a_body_damaged_on_the_way_is_refused_by_the_store_and_sent_again() {
         .await;
         assert!(proxy.corrupted(), "{name}: the byte was never flipped");
         assert!(report.success(), "{name}: {report:?}");
+        assert_eq!(report.bytes, size as u64, "{name}: the file was read again");
         let got = objects(&store, "damaged").await;
         let (stored, blake3) = &got[&format!("damaged/{name}")];
         assert!(stored == &bytes, "{name}: the stored bytes differ");
