@@ -14,6 +14,7 @@
 #                  such as /dev/shm/tidegate-garage takes the disk out of the comparison
 #   GARAGE_FS      a size (12G): put GARAGE_DIR on a new ext4 filesystem for every run (needs
 #                  root and a loop device)
+#   GARAGE_DB      Garage's metadata engine: lmdb (its default) or sqlite
 # Needs garage (cargo install garage --locked), rclone (Debian's package) and GNU time, which
 # it does not install. Garage's data goes under GARAGE_DIR and is deleted at the end; every
 # run gets a fresh, empty node. rclone runs without AWS_CA_BUNDLE, which
@@ -77,7 +78,7 @@ start_garage() {
     {
         echo "metadata_dir = \"$work/meta\""
         echo "data_dir = \"$work/data\""
-        echo 'db_engine = "sqlite"'
+        echo "db_engine = \"${GARAGE_DB:-lmdb}\""
         echo 'replication_factor = 1'
         echo "rpc_bind_addr = \"127.0.0.1:$rpc\""
         echo "rpc_public_addr = \"127.0.0.1:$rpc\""
@@ -142,7 +143,7 @@ run() {
 }
 
 echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores;" \
-    "$("$garage" --version 2>/dev/null | head -1); $(rclone version | head -1)"
+    "$("$garage" --version 2>/dev/null | head -1) (${GARAGE_DB:-lmdb}); $(rclone version | head -1)"
 echo "rclone large: $rclone_large; rclone small: $rclone_small"
 declare -A secs rss ccpu gcpu
 for what in ${SCENARIOS:-large small}; do
