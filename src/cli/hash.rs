@@ -43,7 +43,7 @@ pub(crate) async fn run(args: HashArgs, verbose: u8) -> anyhow::Result<ExitCode>
                 other => inputs.push(other),
             }
         }
-        let report = hash(inputs, options, &args).await?;
+        let report = hash(inputs, options, &args, &mut objects).await?;
         let mut out = std::io::stdout().lock();
         for f in &report.files {
             match &f.result {
@@ -94,17 +94,26 @@ async fn hash(
     inputs: Vec<Input>,
     options: PipelineOptions,
     args: &HashArgs,
+    objects: &mut Objects,
 ) -> anyhow::Result<HashReport> {
-    let total = inputs.iter().try_fold(0u64, |sum, i| match i {
+    // Files' sizes now; objects' sizes, if any, from their store while they are read.
+    let local = inputs.iter().try_fold(0u64, |sum, i| match i {
         Input::Path(p) => std::fs::metadata(p)
             .ok()
             .filter(|m| m.is_file())
             .map(|m| sum + m.len()),
-        Input::Stdin | Input::Stream(_) => None,
+        Input::Stream(_) => Some(sum),
+        Input::Stdin => None,
     });
+    let streams = inputs.iter().any(|i| matches!(i, Input::Stream(_)));
+    let total = local.filter(|_| !streams);
     let mut job = HashJob::new(inputs).options(options);
-    let bar = progress::wanted(args.no_progress || args.json, total)
-        .then(|| progress::spawn_bar(job.subscribe(), total));
+    let bar = progress::wanted(args.no_progress || args.json, total).then(|| {
+        let later = local
+            .filter(|_| streams)
+            .and_then(|local| objects.total_size(local));
+        progress::spawn_bar(job.subscribe(), total, later)
+    });
     let handle = job.start().context("starting the hash job")?;
     let cancel = ctrl_c_cancels(&handle);
     let report = handle
@@ -207,6 +216,17 @@ impl Objects {
             #[cfg(feature = "s3")]
             reader: None,
         }
+    }
+
+    /// `local` plus the sizes of the objects made into inputs, looked up in their store.
+    #[cfg_attr(not(feature = "s3"), allow(unused_variables, clippy::unused_self))]
+    fn total_size(&mut self, local: u64) -> Option<progress::LaterTotal> {
+        #[cfg(feature = "s3")]
+        if let Some(reader) = &mut self.reader {
+            let objects = reader.total_size();
+            return Some(Box::pin(async move { Some(local + objects.await?) }));
+        }
+        None
     }
 
     fn input(&mut self, path: &Path) -> Result<Input, Unusable> {
@@ -324,7 +344,7 @@ async fn check(
             }
         }
     }
-    let report = hash(inputs, options, args).await?;
+    let report = hash(inputs, options, args, &mut objects).await?;
     let mut out = std::io::stdout().lock();
     let mut failed = 0usize;
     for (want, got) in expected.iter().zip(&report.files) {

@@ -3,7 +3,9 @@
 //! The bar is shown only when stderr is a terminal and the work is large enough to be worth
 //! watching; it redraws at most 10 times a second. It is a view, not a log.
 
+use std::future::Future;
 use std::io::IsTerminal;
+use std::pin::Pin;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tidegate::{ConnectionState, Progress};
@@ -31,12 +33,16 @@ fn style(bar: &ProgressBar, template: &str) {
     }
 }
 
+/// A total found while the work goes on (objects' sizes looked up in their store).
+pub(crate) type LaterTotal = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
+
 /// Draws a bytes bar (with rate and ETA) and the current file until the events end. Without
-/// a total, a spinner with bytes and rate, which becomes a bar when an event brings one
-/// (a transfer's total comes once its sources are counted).
+/// a total, a spinner with bytes and rate, which becomes a bar when an event or `later`
+/// brings one (a transfer's total comes once its sources are counted).
 pub(crate) fn spawn_bar(
     mut events: mpsc::Receiver<Progress>,
     total_bytes: Option<u64>,
+    mut later: Option<LaterTotal>,
 ) -> JoinHandle<()> {
     let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr_with_hz(10));
     style(
@@ -47,8 +53,25 @@ pub(crate) fn spawn_bar(
             WITHOUT_TOTAL
         },
     );
+    let set_total = |bar: &ProgressBar, total: u64| {
+        if bar.length().is_none() {
+            bar.set_length(total);
+            style(bar, WITH_TOTAL);
+        }
+    };
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                total = async { later.as_mut()?.await }, if later.is_some() => {
+                    later = None;
+                    if let Some(total) = total {
+                        set_total(&bar, total);
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             match event {
                 Progress::FileStarted { path, .. } => bar.set_message(path),
                 Progress::Bytes {
@@ -56,9 +79,8 @@ pub(crate) fn spawn_bar(
                     total_bytes,
                     ..
                 } => {
-                    if let (Some(total), None) = (total_bytes, bar.length()) {
-                        bar.set_length(total);
-                        style(&bar, WITH_TOTAL);
+                    if let Some(total) = total_bytes {
+                        set_total(&bar, total);
                     }
                     bar.set_position(done_bytes);
                 }

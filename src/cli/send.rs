@@ -86,7 +86,7 @@ pub(crate) async fn run(args: SendArgs, verbose: u8, quiet: bool) -> anyhow::Res
         if args.json {
             tokio::spawn(print_json(events))
         } else {
-            progress::spawn_bar(events, None)
+            progress::spawn_bar(events, None, None)
         }
     });
     let report = handle

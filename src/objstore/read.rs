@@ -25,12 +25,17 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 /// How long a connection to the store may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `HEAD`s in flight while summing sizes for a progress total.
+const HEADS_IN_FLIGHT: usize = 16;
+
 /// Makes [`Input`]s of object URLs, with one client per bucket.
 #[derive(Debug)]
 pub struct ObjectReader {
     options: S3Options,
     clients: HashMap<String, Arc<AmazonS3>>,
     handle: Handle,
+    /// The objects of the inputs made since the last [`total_size`](Self::total_size).
+    made: Vec<(Arc<AmazonS3>, Path)>,
 }
 
 /// Why an object URL cannot be read.
@@ -56,6 +61,26 @@ impl ObjectReader {
             options,
             clients: HashMap::new(),
             handle: Handle::current(),
+            made: Vec::new(),
+        }
+    }
+
+    /// The summed size of the objects named by the inputs made since the last call, looked up
+    /// with `HEAD`s (16 at once) when awaited: a progress total, found while the objects are
+    /// read. `None` if any cannot be looked up; reading it then fails with the reason.
+    pub fn total_size(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<u64>> + Send + 'static {
+        let objects = std::mem::take(&mut self.made);
+        async move {
+            futures_util::stream::iter(objects)
+                .map(|(store, path)| async move { store.head(&path).await.map(|m| m.size) })
+                .buffer_unordered(HEADS_IN_FLIGHT)
+                .fold(
+                    Some(0u64),
+                    |sum, size| async move { Some(sum? + size.ok()?) },
+                )
+                .await
         }
     }
 
@@ -94,6 +119,7 @@ impl ObjectReader {
                 store
             }
         };
+        self.made.push((Arc::clone(&store), path.clone()));
         let handle = self.handle.clone();
         Ok(Input::Stream(StreamInput::new(url, move || {
             let got = handle.block_on(store.get(&path)).map_err(io_error)?;

@@ -471,3 +471,33 @@ async fn an_object_too_large_for_one_copy_gets_its_metadata_by_a_copy_in_parts()
     );
     assert_eq!(open_uploads(&g, &store).await, 0);
 }
+
+/// The objects `hash --check` is about to read are looked up for a progress total: their
+/// sizes summed, and no total at all when one of them is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_objects_to_check_are_sized_for_a_progress_total() {
+    use tidegate::objstore::ObjectReader;
+    let g = Garage::start();
+    let store = client(&g);
+    let mut total = 0;
+    for (name, size) in [("a", 1000), ("b", 3 * MIB as usize + 17), ("c", 0)] {
+        let key = Key::parse(format!("sized/{name}")).unwrap();
+        store.put(&key, data(size, 9).into()).await.unwrap();
+        total += size as u64;
+    }
+    let mut reader = ObjectReader::new(s3_options(&g));
+    for name in ["a", "b", "c"] {
+        reader
+            .input(&format!("s3://{}/sized/{name}", g.bucket))
+            .unwrap();
+    }
+    assert_eq!(reader.total_size().await, Some(total));
+    // Only what was made since: nothing.
+    assert_eq!(reader.total_size().await, Some(0));
+    for name in ["a", "missing"] {
+        reader
+            .input(&format!("s3://{}/sized/{name}", g.bucket))
+            .unwrap();
+    }
+    assert_eq!(reader.total_size().await, None);
+}
