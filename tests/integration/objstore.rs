@@ -68,6 +68,17 @@ async fn objects(store: &AmazonS3, prefix: &str) -> BTreeMap<String, (Vec<u8>, O
     out
 }
 
+/// Asserts that the object `key` in `got` holds `bytes` and their BLAKE3 root as metadata.
+fn assert_holds(got: &BTreeMap<String, (Vec<u8>, Option<String>)>, key: &str, bytes: &[u8]) {
+    let (stored, blake3) = &got[key];
+    assert!(stored == bytes, "{key}: the stored bytes differ");
+    assert_eq!(
+        blake3.as_deref(),
+        Some(blake3::hash(bytes).to_hex().as_str()),
+        "{key}: blake3 metadata"
+    );
+}
+
 /// The bucket's multipart uploads still open (S3's ListMultipartUploads).
 async fn open_uploads(g: &Garage, store: &AmazonS3) -> usize {
     let options = SignedUrlOptions::new().with_query([("uploads", "")]);
@@ -141,13 +152,7 @@ async fn a_tree_arrives_with_its_blake3_metadata_and_sending_again_skips_it() {
     let got = objects(&store, "backup/2026").await;
     assert_eq!(got.len(), want.len());
     for (rel, bytes) in &want {
-        let (stored, blake3) = &got[&format!("backup/2026/{rel}")];
-        assert!(stored == bytes, "{rel}: bytes differ");
-        assert_eq!(
-            blake3.as_deref(),
-            Some(blake3::hash(bytes).to_hex().as_str()),
-            "{rel}"
-        );
+        assert_holds(&got, &format!("backup/2026/{rel}"), bytes);
     }
     assert_eq!(open_uploads(&g, &store).await, 0);
 
@@ -179,12 +184,7 @@ async fn a_changed_large_file_is_uploaded_again_and_a_changed_small_one_too() {
     assert_eq!(second.destinations[0].already_there, 0);
     let got = objects(&client(&g), "").await;
     for (key, path) in [("big", &big), ("small", &small)] {
-        let bytes = std::fs::read(path).unwrap();
-        assert!(got[key].0 == bytes, "{key}: old bytes");
-        assert_eq!(
-            got[key].1.as_deref(),
-            Some(blake3::hash(&bytes).to_hex().as_str())
-        );
+        assert_holds(&got, key, &std::fs::read(path).unwrap());
     }
 }
 
@@ -309,12 +309,7 @@ async fn one_node_of_three_killed_mid_upload_loses_nothing() {
     let got = objects(&client(&g), "k").await;
     assert_eq!(got.len(), want.len());
     for (rel, bytes) in &want {
-        let (stored, blake3) = &got[&format!("k/{rel}")];
-        assert!(stored == bytes, "{rel}: bytes differ");
-        assert_eq!(
-            blake3.as_deref(),
-            Some(blake3::hash(bytes).to_hex().as_str())
-        );
+        assert_holds(&got, &format!("k/{rel}"), bytes);
     }
 }
 
@@ -438,12 +433,7 @@ async fn a_body_damaged_on_the_way_is_refused_by_the_store_and_sent_again() {
         assert!(report.success(), "{name}: {report:?}");
         assert_eq!(report.bytes, size as u64, "{name}: the file was read again");
         let got = objects(&store, "damaged").await;
-        let (stored, blake3) = &got[&format!("damaged/{name}")];
-        assert!(stored == &bytes, "{name}: the stored bytes differ");
-        assert_eq!(
-            blake3.as_deref(),
-            Some(blake3::hash(&bytes).to_hex().as_str())
-        );
+        assert_holds(&got, &format!("damaged/{name}"), &bytes);
     }
     assert_eq!(open_uploads(&g, &store).await, 0);
 }
@@ -462,13 +452,7 @@ async fn an_object_too_large_for_one_copy_gets_its_metadata_by_a_copy_in_parts()
     let report = send(vec![file], vec![format!("s3://{}/copy", g.bucket)], o).await;
     assert!(report.success(), "{report:?}");
     let store = client(&g);
-    let got = objects(&store, "copy").await;
-    let (stored, blake3) = &got["copy/large"];
-    assert!(stored == &bytes, "the stored bytes differ");
-    assert_eq!(
-        blake3.as_deref(),
-        Some(blake3::hash(&bytes).to_hex().as_str())
-    );
+    assert_holds(&objects(&store, "copy").await, "copy/large", &bytes);
     assert_eq!(open_uploads(&g, &store).await, 0);
 }
 
