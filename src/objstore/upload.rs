@@ -436,6 +436,29 @@ fn damaged(error: &object_store::Error) -> bool {
 /// How many times a body damaged on the way (a whole object, or one part) is sent again.
 const DAMAGED_RETRIES: usize = 3;
 
+/// Sends a body with `send`, and again from the bytes still held while the store refuses it
+/// as damaged on the way, up to [`DAMAGED_RETRIES`] times.
+async fn sent_again_if_damaged<T, Fut>(
+    key: &Path,
+    part: Option<usize>,
+    mut send: impl FnMut() -> Fut,
+) -> object_store::Result<T>
+where
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match send().await {
+            Err(e) if damaged(&e) && tries < DAMAGED_RETRIES => {
+                tries += 1;
+                tracing::warn!(%key, ?part, error = %e,
+                    "damaged on the way to the store; sending it again");
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The object key of an entry.
 fn key_of(target: &S3Target, entry: &Entry) -> Result<Path, String> {
     let rel = std::str::from_utf8(&entry.rel)
@@ -560,22 +583,13 @@ async fn store_file(ctx: &Ctx, key: &Path, size: u64, pieces: &mut mpsc::Receive
         attributes: meta::attributes(&root),
         ..PutOptions::default()
     };
-    let mut tries = 0;
-    let result = loop {
-        let put = ctx.store.put_opts(key, payload(&held), options.clone());
-        let result = tokio::select! {
-            biased;
-            () = ctx.cancel.cancelled() => return Fate::Failed("cancelled".into()),
-            result = put => result,
-        };
-        match result {
-            // The bytes are still held: send them again.
-            Err(e) if damaged(&e) && tries < DAMAGED_RETRIES => {
-                tries += 1;
-                tracing::warn!(%key, error = %e, "damaged on the way to the store; sending it again");
-            }
-            result => break result,
-        }
+    let put = sent_again_if_damaged(key, None, || {
+        ctx.store.put_opts(key, payload(&held), options.clone())
+    });
+    let result = tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => return Fate::Failed("cancelled".into()),
+        result = put => result,
     };
     match result {
         Ok(_) => {
@@ -674,17 +688,10 @@ fn send_part(
     let (store, key, id) = (Arc::clone(&ctx.parts), key.clone(), id.clone());
     Box::pin(async move {
         let bytes = len(&chunks);
-        let mut tries = 0;
-        let result = loop {
-            match store.put_part(&key, &id, number, payload(&chunks)).await {
-                Err(e) if damaged(&e) && tries < DAMAGED_RETRIES => {
-                    tries += 1;
-                    tracing::warn!(%key, part = number, error = %e,
-                        "a part was damaged on the way to the store; sending it again");
-                }
-                result => break result,
-            }
-        };
+        let result = sent_again_if_damaged(&key, Some(number), || {
+            store.put_part(&key, &id, number, payload(&chunks))
+        })
+        .await;
         drop(chunks); // their budget goes back once the part is answered
         (number, bytes, result)
     })
