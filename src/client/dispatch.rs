@@ -253,7 +253,10 @@ impl Dispatch {
                         }
                         Reply::Dead { error, failure } => {
                             live -= 1;
-                            if live == 0 {
+                            // A refused key or an unknown version is the destination's, not
+                            // one connection's: the others would only end the same way, or,
+                            // once the receiver locks this address out, as unreachable.
+                            if live == 0 || failure != DestinationFailure::Unreachable {
                                 out.fatal = Some(format!("{}: {error}", self.params.addr));
                                 out.failure = Some(failure);
                                 break;
