@@ -464,16 +464,15 @@ async fn end_large(
     large: Arc<LargeFile>,
     served: &Arc<crate::server::beneath::Root>,
 ) -> Frame {
-    let large = match Arc::try_unwrap(large) {
-        Ok(large) => large,
-        Err(shared) => {
-            shared.abandon();
-            return error_frame(
-                file,
-                ErrorCode::Protocol,
-                "file ended while chunks are still being written",
-            );
-        }
+    let Some(large) = released(large).await else {
+        return error_frame(
+            file,
+            ErrorCode::Io,
+            format!(
+                "file ended while a chunk was still being written {}s later",
+                RELEASE_WAIT.as_secs()
+            ),
+        );
     };
     let LargeFile {
         partial,
@@ -518,6 +517,32 @@ async fn end_large(
     match committed {
         Ok(()) => Frame::FileDone { file },
         Err(e) => error_frame(file, ErrorCode::Io, e),
+    }
+}
+
+/// How long a file's end waits for the last chunk handler to let go of it, and how often
+/// it looks.
+const RELEASE_WAIT: Duration = Duration::from_secs(60);
+const RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// The file once no chunk handler holds it any more, or `None` (the file abandoned) when one
+/// still does after [`RELEASE_WAIT`]. A holder is a handler of a connection that was cut
+/// while it wrote a chunk the sender has since resent on another connection and seen
+/// acknowledged: it is a write and a journal note away from letting go, and the file must
+/// not be renamed into place under it.
+async fn released(mut large: Arc<LargeFile>) -> Option<LargeFile> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match Arc::try_unwrap(large) {
+            Ok(large) => return Some(large),
+            Err(shared) if waited >= RELEASE_WAIT => {
+                let _ = tokio::task::spawn_blocking(move || shared.abandon()).await;
+                return None;
+            }
+            Err(shared) => large = shared,
+        }
+        tokio::time::sleep(RELEASE_POLL).await;
+        waited += RELEASE_POLL;
     }
 }
 

@@ -46,7 +46,7 @@ use large::LargeFile;
 #[derive(Debug, Default)]
 pub(crate) struct SessionState {
     large: HashMap<u64, Arc<LargeFile>>,
-    /// LargeFile files between their `FileEnd` and their rename: a repeated end waits.
+    /// Large files between their `FileEnd` and their rename: a repeated end waits.
     committing: HashSet<u64>,
     /// Entries finished (see `delivered.rs`): a repeated request for one is answered at once.
     done: crate::server::delivered::Delivered,
@@ -407,6 +407,8 @@ pub(crate) fn max_buffered(opts: &ServerOptions) -> usize {
 mod tests {
     //! The handlers driven with frames in and frames out: no socket, no clock.
 
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use super::*;
@@ -642,5 +644,64 @@ mod tests {
             [Frame::FileDone { file: 1 }]
         );
         assert_eq!(std::fs::read(r.root().join("big")).unwrap(), body);
+    }
+
+    /// File 4 begun and every chunk of it acknowledged; its body, and what a handler of a
+    /// connection cut while it wrote one of those chunks (resent and acknowledged on another
+    /// connection since) still holds.
+    async fn every_chunk_acknowledged_one_still_held(r: &Receiver) -> (Vec<u8>, Arc<LargeFile>) {
+        let body = data(3 * CHUNK);
+        let begin = Frame::FileBegin {
+            file: 4,
+            meta: meta("big", body.len()),
+            chunk_len: CHUNK as u32,
+        };
+        r.send(begin).await;
+        for (index, part) in body.chunks(CHUNK).enumerate() {
+            let chunk = Frame::Data {
+                file: 4,
+                index: index as u64,
+                cv: digest((index * CHUNK) as u64, part).chaining_value.unwrap(),
+                payload: Bytes::copy_from_slice(part),
+            };
+            r.send(chunk).await;
+        }
+        let writing = r.session.lock().large.get(&4).cloned().unwrap();
+        (body, writing)
+    }
+
+    /// The end waits for the cut connection's handler instead of failing the file, and puts
+    /// the file in place once it lets go. On a paused clock: the wait is seen, not timed.
+    #[tokio::test(start_paused = true)]
+    async fn an_end_waits_for_a_cut_connections_chunk_write_to_let_go() {
+        let r = Receiver::new();
+        let (body, writing) = every_chunk_acknowledged_one_still_held(&r).await;
+        let root = *blake3::hash(&body).as_bytes();
+        let end = r.send(Frame::FileEnd { file: 4, root });
+        tokio::pin!(end);
+        tokio::select! {
+            replied = &mut end => panic!("answered while a chunk was being written: {replied:?}"),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        assert!(!r.root().join("big").exists(), "in place under a writer");
+        drop(writing);
+        assert_eq!(end.await, [Frame::FileDone { file: 4 }]);
+        assert_eq!(std::fs::read(r.root().join("big")).unwrap(), body);
+    }
+
+    /// A handler that never lets go: the file fails after a bounded wait, and nothing of it
+    /// is put in place or left behind.
+    #[tokio::test(start_paused = true)]
+    async fn an_end_gives_up_on_a_chunk_write_that_never_lets_go() {
+        let r = Receiver::new();
+        let (body, _writing) = every_chunk_acknowledged_one_still_held(&r).await;
+        let root = *blake3::hash(&body).as_bytes();
+        let replies = r.send(Frame::FileEnd { file: 4, root }).await;
+        assert_eq!(
+            replies.iter().map(code).collect::<Vec<_>>(),
+            [Some(ErrorCode::Io as u16)]
+        );
+        let left: Vec<_> = std::fs::read_dir(r.root()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
