@@ -474,6 +474,18 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// Chunk `index` of `file`, whose content is `body`, as its sender sends it.
+    fn chunk(file: u64, body: &[u8], index: usize) -> Frame {
+        let offset = index * CHUNK;
+        let part = &body[offset..body.len().min(offset + CHUNK)];
+        Frame::Data {
+            file,
+            index: index as u64,
+            cv: digest(offset as u64, part).chaining_value.unwrap(),
+            payload: Bytes::copy_from_slice(part),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_file_is_confirmed_only_with_its_batch() {
         let r = Receiver::new();
@@ -517,14 +529,8 @@ mod tests {
             chunk_len: CHUNK as u32,
         };
         assert_eq!(r.send(begin).await, [Frame::FileReady { file: 0, have: 0 }]);
-        for (index, piece) in body.chunks(CHUNK).enumerate() {
-            let offset = (index * CHUNK) as u64;
-            let frame = Frame::Data {
-                file: 0,
-                index: index as u64,
-                cv: digest(offset, piece).chaining_value.unwrap(),
-                payload: Bytes::copy_from_slice(piece),
-            };
+        for index in 0..body.len().div_ceil(CHUNK) {
+            let frame = chunk(0, &body, index);
             let ack = Frame::Ack {
                 file: 0,
                 index: index as u64,
@@ -619,17 +625,8 @@ mod tests {
             chunk_len: CHUNK as u32,
         };
         r.send(begin.clone()).await;
-        let chunk = |index: usize| {
-            let part = &body[index * CHUNK..(index + 1) * CHUNK];
-            Frame::Data {
-                file: 1,
-                index: index as u64,
-                cv: digest((index * CHUNK) as u64, part).chaining_value.unwrap(),
-                payload: Bytes::copy_from_slice(part),
-            }
-        };
-        r.send(chunk(0)).await;
-        r.send(chunk(2)).await;
+        r.send(chunk(1, &body, 0)).await;
+        r.send(chunk(1, &body, 2)).await;
         let root = *blake3::hash(&body).as_bytes();
         let early = r.send(Frame::FileEnd { file: 1, root }).await;
         assert_eq!(
@@ -638,7 +635,7 @@ mod tests {
         );
         // Begun again: what it has is said, and the missing chunk completes the file.
         assert_eq!(r.send(begin).await, [Frame::FileReady { file: 1, have: 1 }]);
-        r.send(chunk(1)).await;
+        r.send(chunk(1, &body, 1)).await;
         assert_eq!(
             r.send(Frame::FileEnd { file: 1, root }).await,
             [Frame::FileDone { file: 1 }]
@@ -657,14 +654,8 @@ mod tests {
             chunk_len: CHUNK as u32,
         };
         r.send(begin).await;
-        for (index, part) in body.chunks(CHUNK).enumerate() {
-            let chunk = Frame::Data {
-                file: 4,
-                index: index as u64,
-                cv: digest((index * CHUNK) as u64, part).chaining_value.unwrap(),
-                payload: Bytes::copy_from_slice(part),
-            };
-            r.send(chunk).await;
+        for index in 0..3 {
+            r.send(chunk(4, &body, index)).await;
         }
         let writing = r.session.lock().large.get(&4).cloned().unwrap();
         (body, writing)
