@@ -474,6 +474,15 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// The begin of `file`, a file called `big` of `len` bytes, in chunks of [`CHUNK`].
+    fn begin(file: u64, len: usize) -> Frame {
+        Frame::FileBegin {
+            file,
+            meta: meta("big", len),
+            chunk_len: CHUNK as u32,
+        }
+    }
+
     /// Chunk `index` of `file`, whose content is `body`, as its sender sends it.
     fn chunk(file: u64, body: &[u8], index: usize) -> Frame {
         let offset = index * CHUNK;
@@ -523,12 +532,10 @@ mod tests {
     async fn a_large_file_is_begun_written_verified_and_put_in_place() {
         let r = Receiver::new();
         let body = data(2 * CHUNK + 1000);
-        let begin = Frame::FileBegin {
-            file: 0,
-            meta: meta("big", body.len()),
-            chunk_len: CHUNK as u32,
-        };
-        assert_eq!(r.send(begin).await, [Frame::FileReady { file: 0, have: 0 }]);
+        assert_eq!(
+            r.send(begin(0, body.len())).await,
+            [Frame::FileReady { file: 0, have: 0 }]
+        );
         for index in 0..body.len().div_ceil(CHUNK) {
             let frame = chunk(0, &body, index);
             let ack = Frame::Ack {
@@ -553,12 +560,7 @@ mod tests {
     async fn a_chunk_that_fails_verification_fails_its_file_and_leaves_nothing() {
         let r = Receiver::new();
         let body = data(3 * CHUNK);
-        let begin = Frame::FileBegin {
-            file: 1,
-            meta: meta("big", body.len()),
-            chunk_len: CHUNK as u32,
-        };
-        r.send(begin).await;
+        r.send(begin(1, body.len())).await;
         let forged = Frame::Data {
             file: 1,
             index: 0,
@@ -619,11 +621,7 @@ mod tests {
     async fn an_end_before_every_chunk_keeps_the_file_and_asks_for_a_new_begin() {
         let r = Receiver::new();
         let body = data(3 * CHUNK);
-        let begin = Frame::FileBegin {
-            file: 1,
-            meta: meta("big", body.len()),
-            chunk_len: CHUNK as u32,
-        };
+        let begin = begin(1, body.len());
         r.send(begin.clone()).await;
         r.send(chunk(1, &body, 0)).await;
         r.send(chunk(1, &body, 2)).await;
@@ -648,12 +646,7 @@ mod tests {
     /// connection since) still holds.
     async fn every_chunk_acknowledged_one_still_held(r: &Receiver) -> (Vec<u8>, Arc<LargeFile>) {
         let body = data(3 * CHUNK);
-        let begin = Frame::FileBegin {
-            file: 4,
-            meta: meta("big", body.len()),
-            chunk_len: CHUNK as u32,
-        };
-        r.send(begin).await;
+        r.send(begin(4, body.len())).await;
         for index in 0..3 {
             r.send(chunk(4, &body, index)).await;
         }
