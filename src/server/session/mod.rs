@@ -405,7 +405,8 @@ pub(crate) fn max_buffered(opts: &ServerOptions) -> usize {
 
 #[cfg(test)]
 mod tests {
-    //! The handlers driven with frames in and frames out: no socket, no clock.
+    //! The handlers driven with frames in and frames out: no socket, no wall clock (a wait
+    //! is seen on a paused clock).
 
     use std::time::Duration;
 
